@@ -1,0 +1,279 @@
+"""Noise, thresholds and privacy accounting. The only module that imports OpenDP.
+
+Every number that a privacy claim rests on comes from an OpenDP privacy map:
+
+* Laplace scales: the smallest scale whose ``make_laplace`` map at the L1 sensitivity is
+  within the epsilon share (``binary_search_param``), so float rounding never overspends.
+* Gaussian scales: the same with ``make_gaussian`` (zero-concentrated DP, rho).
+* Partition selection: ``make_laplace_threshold`` (Rogers et al. 2023, "A unifying privacy
+  analysis framework for unknown domain algorithms", arXiv:2309.09170), its threshold the
+  smallest whose delta is within the delta share.
+* zCDP -> (epsilon, delta): ``make_zCDP_to_approxDP`` (Bun & Steinke 2016; Canonne, Kamath
+  & Steinke 2020).
+
+Production noise is always drawn by OpenDP's samplers (exact, floating-point safe,
+from the operating system's entropy); nothing here can seed them. :class:`SeededNoise`
+exists for tests only: it draws from the same distributions with numpy, and a release
+made with it is marked ``"seeded": true`` and refused by every ledger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import opendp.prelude as dp
+
+# OpenDP gates its constructors behind a "contrib" flag (code whose proofs are written but
+# not yet vetted by its committee). telemagg relies on those constructors, so it opts in once,
+# here, and nowhere else.
+dp.enable_features("contrib")
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+_VECTOR = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+_COUNTS_BY_KEY = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=float, nan=False))
+_L01INF = dp.l01inf_distance(dp.absolute_distance(T=float))
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+@dataclass(frozen=True)
+class PrivacyLoss:
+    """The privacy loss of one release, split by how it composes.
+
+    ``approx_epsilon``/``approx_delta`` is the part accounted in (approximate) DP: Laplace
+    noise and thresholds, composed by summing. ``rho`` is the part accounted in
+    zero-concentrated DP (Gaussian noise), composed by summing rho and converting once.
+    ``epsilon``/``delta`` is the whole release standing alone: the approximate part plus
+    ``rho`` converted at the remaining ``delta - approx_delta``.
+    """
+
+    epsilon: float
+    delta: float
+    approx_epsilon: float
+    approx_delta: float
+    rho: float = 0.0
+
+    @property
+    def gaussian_delta(self) -> float:
+        """The delta spent converting ``rho`` to (epsilon, delta)."""
+        return max(self.delta - self.approx_delta, 0.0)
+
+
+def _gaussian_with_rho(rho: float) -> Any:
+    """A Gaussian measurement whose zCDP map at sensitivity 1 is (at least) ``rho``."""
+    scale = 1.0 / math.sqrt(2.0 * rho)
+    return dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale)
+
+
+def zcdp_to_epsilon(rho: float, delta: float) -> float:
+    """The epsilon of a rho-zCDP mechanism at ``delta``, by OpenDP's conversion.
+
+    >>> round(zcdp_to_epsilon(0.125, 1e-6), 3)
+    2.419
+    >>> zcdp_to_epsilon(0.0, 1e-6)
+    0.0
+    """
+    if rho <= 0.0:
+        return 0.0
+    if not 0.0 < delta < 1.0:
+        return math.inf
+    profile = dp.c.make_zCDP_to_approxDP(_gaussian_with_rho(rho)).map(1.0)
+    return float(profile.epsilon(delta))
+
+
+def rho_within(epsilon: float, delta: float) -> float:
+    """The largest rho whose conversion at ``delta`` costs at most ``epsilon`` (bisection).
+
+    >>> rho = rho_within(1.0, 1e-6)
+    >>> zcdp_to_epsilon(rho, 1e-6) <= 1.0
+    True
+    """
+    lo, hi = 0.0, epsilon
+    for _ in range(80):
+        mid = (lo + hi) / 2.0
+        if zcdp_to_epsilon(mid, delta) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _smallest_scale(make: Callable[[float], Any], d_in: float, d_out: float) -> float:
+    """Smallest scale whose privacy map at ``d_in`` is within ``d_out``."""
+    if d_in == 0.0:
+        return 0.0
+    return float(dp.binary_search_param(make, d_in=d_in, d_out=d_out, T=float))
+
+
+def laplace_scale(sensitivity_l1: float, epsilon: float) -> float:
+    """Laplace scale for a vector query of the given L1 sensitivity, by OpenDP's map.
+
+    >>> s = laplace_scale(2.0, 0.5)
+    >>> 4.0 <= s < 4.0001
+    True
+    """
+    return _smallest_scale(
+        lambda s: dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), s), sensitivity_l1, epsilon
+    )
+
+
+def gaussian_scale(sensitivity_l2: float, rho: float) -> float:
+    """Gaussian scale (stddev) for a vector query of the given L2 sensitivity under rho-zCDP.
+
+    >>> s = gaussian_scale(1.0, 0.125)
+    >>> 2.0 <= s < 2.0001
+    True
+    """
+    return _smallest_scale(
+        lambda s: dp.m.make_gaussian(_VECTOR, dp.l2_distance(T=float), s), sensitivity_l2, rho
+    )
+
+
+@dataclass(frozen=True)
+class ThresholdPlan:
+    """A calibrated Laplace threshold mechanism over per-partition counts."""
+
+    scale: float
+    threshold: float
+    epsilon: float
+    delta: float
+
+
+def _threshold_measurement(scale: float, threshold: float) -> Any:
+    return dp.m.make_laplace_threshold(_COUNTS_BY_KEY, _L01INF, scale=scale, threshold=threshold)
+
+
+def laplace_threshold(
+    max_partitions: int, max_per_partition: float, epsilon: float, delta: float
+) -> ThresholdPlan:
+    """Calibrate private partition selection over counts where one unit touches at most
+    ``max_partitions`` keys, changing each by at most ``max_per_partition``.
+
+    The scale comes from the epsilon share, then the threshold is the smallest whose delta
+    (OpenDP's map of ``make_laplace_threshold`` at d_in = (l0, l1, linf)) is within the share.
+
+    >>> plan = laplace_threshold(1, 1.0, 1.0, 1e-6)
+    >>> plan.epsilon <= 1.0 and plan.delta <= 1e-6 and plan.threshold > 10
+    True
+    """
+    d_in = (max_partitions, max_partitions * max_per_partition, max_per_partition)
+    scale = _smallest_scale(
+        lambda s: dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), s),
+        max_partitions * max_per_partition,
+        epsilon,
+    )
+    # Bisection on the threshold: delta falls monotonically as the threshold rises.
+    lo, hi = 0.0, 1.0
+    while _threshold_measurement(scale, hi).map(d_in)[1] > delta:
+        hi *= 2.0
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        if _threshold_measurement(scale, mid).map(d_in)[1] > delta:
+            lo = mid
+        else:
+            hi = mid
+    eps_used, delta_used = _threshold_measurement(scale, hi).map(d_in)
+    return ThresholdPlan(scale=scale, threshold=hi, epsilon=float(eps_used), delta=float(delta_used))
+
+
+def laplace_epsilon(sensitivity_l1: float, scale: float) -> float:
+    """Epsilon that OpenDP's Laplace map assigns to a calibrated scale (for reports)."""
+    if sensitivity_l1 == 0.0:
+        return 0.0
+    meas = dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), scale)
+    return float(meas.map(sensitivity_l1))
+
+
+def gaussian_rho(sensitivity_l2: float, scale: float) -> float:
+    """Rho that OpenDP's Gaussian map assigns to a calibrated scale (for reports)."""
+    if sensitivity_l2 == 0.0:
+        return 0.0
+    meas = dp.m.make_gaussian(_VECTOR, dp.l2_distance(T=float), scale)
+    return float(meas.map(sensitivity_l2))
+
+
+# --------------------------------------------------------------------------- noise sources
+
+
+class Noise(Protocol):
+    """Where noise comes from. Production: :class:`OpenDPNoise`; tests: :class:`SeededNoise`."""
+
+    seeded: bool
+
+    def laplace(self, values: FloatArray, scale: float) -> FloatArray: ...
+
+    def gaussian(self, values: FloatArray, scale: float) -> FloatArray: ...
+
+    def threshold(
+        self, keys: IntArray, counts: FloatArray, plan: ThresholdPlan
+    ) -> tuple[IntArray, FloatArray]:
+        """Keys whose noisy count reaches the threshold, and those noisy counts."""
+        ...
+
+
+class OpenDPNoise:
+    """OpenDP's samplers: exact, floating-point safe, unseedable. The only production source."""
+
+    seeded = False
+
+    def laplace(self, values: FloatArray, scale: float) -> FloatArray:
+        if scale == 0.0 or values.size == 0:
+            return values.astype(np.float64, copy=True)
+        meas = dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), scale)
+        return np.asarray(meas(values.astype(np.float64).tolist()), dtype=np.float64)
+
+    def gaussian(self, values: FloatArray, scale: float) -> FloatArray:
+        if scale == 0.0 or values.size == 0:
+            return values.astype(np.float64, copy=True)
+        meas = dp.m.make_gaussian(_VECTOR, dp.l2_distance(T=float), scale)
+        return np.asarray(meas(values.astype(np.float64).tolist()), dtype=np.float64)
+
+    def threshold(
+        self, keys: IntArray, counts: FloatArray, plan: ThresholdPlan
+    ) -> tuple[IntArray, FloatArray]:
+        if keys.size == 0:
+            return keys.astype(np.int64), counts.astype(np.float64)
+        meas = _threshold_measurement(plan.scale, plan.threshold)
+        released: dict[int, float] = meas(dict(zip(keys.tolist(), counts.tolist(), strict=True)))
+        kept = np.fromiter(released.keys(), dtype=np.int64, count=len(released))
+        noisy = np.fromiter(released.values(), dtype=np.float64, count=len(released))
+        order = np.argsort(kept)
+        return kept[order], noisy[order]
+
+
+class SeededNoise:
+    """Numpy noise from an explicit seed: the same distributions, reproducible. Tests only.
+
+    >>> SeededNoise(7).laplace(np.zeros(3), 0.0).tolist()
+    [0.0, 0.0, 0.0]
+    """
+
+    seeded = True
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def laplace(self, values: FloatArray, scale: float) -> FloatArray:
+        return values + (self._rng.laplace(0.0, scale, values.shape) if scale > 0 else 0.0)
+
+    def gaussian(self, values: FloatArray, scale: float) -> FloatArray:
+        return values + (self._rng.normal(0.0, scale, values.shape) if scale > 0 else 0.0)
+
+    def threshold(
+        self, keys: IntArray, counts: FloatArray, plan: ThresholdPlan
+    ) -> tuple[IntArray, FloatArray]:
+        noisy = self.laplace(counts.astype(np.float64), plan.scale)
+        keep = noisy >= plan.threshold
+        order = np.argsort(keys[keep])
+        return keys[keep][order], noisy[keep][order]
