@@ -70,7 +70,9 @@ class PrivacyLoss:
 def _gaussian_with_rho(rho: float) -> Any:
     """A Gaussian measurement whose zCDP map at sensitivity 1 is (at least) ``rho``."""
     scale = 1.0 / math.sqrt(2.0 * rho)
-    return dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale)
+    return dp.m.make_gaussian(
+        dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float), scale
+    )
 
 
 def zcdp_to_epsilon(rho: float, delta: float) -> float:
@@ -85,7 +87,7 @@ def zcdp_to_epsilon(rho: float, delta: float) -> float:
         return 0.0
     if not 0.0 < delta < 1.0:
         return math.inf
-    profile = dp.c.make_zCDP_to_approxDP(_gaussian_with_rho(rho)).map(1.0)
+    profile = dp.c.make_zCDP_to_approxDP(_gaussian_with_rho(rho)).map(1.0)  # type: ignore[no-untyped-call]
     return float(profile.epsilon(delta))
 
 
@@ -154,6 +156,10 @@ def _threshold_measurement(scale: float, threshold: float) -> Any:
     return dp.m.make_laplace_threshold(_COUNTS_BY_KEY, _L01INF, scale=scale, threshold=threshold)
 
 
+def _delta_of(scale: float, threshold: float, d_in: tuple[int, float, float]) -> float:
+    return float(_threshold_measurement(scale, threshold).map(d_in)[1])  # type: ignore[no-untyped-call]
+
+
 def laplace_threshold(
     max_partitions: int, max_per_partition: float, epsilon: float, delta: float
 ) -> ThresholdPlan:
@@ -175,16 +181,18 @@ def laplace_threshold(
     )
     # Bisection on the threshold: delta falls monotonically as the threshold rises.
     lo, hi = 0.0, 1.0
-    while _threshold_measurement(scale, hi).map(d_in)[1] > delta:
+    while _delta_of(scale, hi, d_in) > delta:
         hi *= 2.0
     for _ in range(60):
         mid = (lo + hi) / 2.0
-        if _threshold_measurement(scale, mid).map(d_in)[1] > delta:
+        if _delta_of(scale, mid, d_in) > delta:
             lo = mid
         else:
             hi = mid
-    eps_used, delta_used = _threshold_measurement(scale, hi).map(d_in)
-    return ThresholdPlan(scale=scale, threshold=hi, epsilon=float(eps_used), delta=float(delta_used))
+    eps_used, delta_used = _threshold_measurement(scale, hi).map(d_in)  # type: ignore[no-untyped-call]
+    return ThresholdPlan(
+        scale=scale, threshold=hi, epsilon=float(eps_used), delta=float(delta_used)
+    )
 
 
 def laplace_epsilon(sensitivity_l1: float, scale: float) -> float:

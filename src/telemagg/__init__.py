@@ -1,0 +1,61 @@
+"""telemagg: differentially private aggregates of telemetry, safe to hand to model training.
+
+>>> import telemagg as tm
+>>> policy = tm.Policy(privacy_unit="user_id", max_partitions=4, max_contributions=2)
+>>> policy.max_contributions
+2
+"""
+
+from telemagg._aggregator import Aggregator, aggregate
+from telemagg.errors import (
+    BudgetExceededError,
+    ConfigError,
+    LedgerError,
+    LedgerIntegrityError,
+    MissingDependencyError,
+    SchemaError,
+    TelemaggError,
+)
+from telemagg.policy import (
+    Count,
+    Mean,
+    Metric,
+    Policy,
+    Sum,
+    UnitCount,
+    Variance,
+    count,
+    mean,
+    sum,
+    unit_count,
+    variance,
+)
+from telemagg.release import MetricReport, Release
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregator",
+    "BudgetExceededError",
+    "ConfigError",
+    "Count",
+    "LedgerError",
+    "LedgerIntegrityError",
+    "Mean",
+    "Metric",
+    "MetricReport",
+    "MissingDependencyError",
+    "Policy",
+    "Release",
+    "SchemaError",
+    "Sum",
+    "TelemaggError",
+    "UnitCount",
+    "Variance",
+    "aggregate",
+    "count",
+    "mean",
+    "sum",
+    "unit_count",
+    "variance",
+]

@@ -1,0 +1,556 @@
+"""The local engine: Aggregator (add, merge, release) and the one-shot ``aggregate``.
+
+Data flow: ``add`` ingests a batch (``_ingest``), drops events without consent, gives each
+event its unit identity, partition and bottom-k priorities, and absorbs it into the bounded
+state (``_state``, ``_bounding``). ``release`` plans the measurements and budget split
+(``_plan``), charges the ledger, selects partitions, adds noise (``_mechanisms``) and
+packages a :class:`~telemagg.release.Release`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from telemagg import _mechanisms as mech
+from telemagg._ingest import (
+    MISSING_PRIVACY_UNIT,
+    NON_FINITE_VALUE,
+    Batch,
+    ingest,
+)
+from telemagg._plan import UNIT_COUNT, Plan, finalize, make_plan
+from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
+from telemagg.errors import ConfigError, TelemaggError
+from telemagg.policy import Metric, Policy, ReleaseParams, check_by, check_metrics
+from telemagg.release import MetricReport, Release
+
+I64 = npt.NDArray[np.int64]
+
+CONSENT = "consent"
+PARTITION_SELECTION = "partition_selection"
+NOT_PUBLIC_PARTITION = "not_public_partition"
+ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, NON_FINITE_VALUE, CONTRIBUTION_BOUNDS)
+
+
+def library_version() -> str:
+    try:
+        return importlib_metadata.version("telemagg")
+    except importlib_metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+class ConsentSource(Protocol):
+    """What the aggregator needs from a consent registry."""
+
+    def allowed(self, units: Any, purpose: str) -> npt.NDArray[np.bool_]: ...
+
+    def is_opt_in(self, purpose: str) -> bool: ...
+
+
+class LedgerLike(Protocol):
+    """What the aggregator needs from a budget ledger."""
+
+    def charge(
+        self, loss: mech.PrivacyLoss, *, query: Mapping[str, Any], label: str | None = None
+    ) -> Any: ...
+
+
+@dataclass
+class Randomness:
+    """Where sampling and noise randomness come from.
+
+    Production (:meth:`system`): a sampling key from ``secrets``, event priorities from
+    fresh OS entropy on every call, and OpenDP's noise. Tests build a seeded one with
+    :func:`telemagg.testing.seeded`; releases made with it are marked ``"seeded": true``
+    and refused by ledgers.
+    """
+
+    sampling_key: SamplingKey
+    noise: mech.Noise
+    seed_sequence: np.random.SeedSequence | None = None
+
+    @classmethod
+    def system(cls) -> Randomness:
+        return cls(SamplingKey(secrets.randbits(64), secrets.randbits(64)), mech.OpenDPNoise())
+
+    @property
+    def seeded(self) -> bool:
+        return self.seed_sequence is not None
+
+    def generator(self) -> np.random.Generator:
+        """A fresh generator for event priorities (never shared between calls or copies)."""
+        if self.seed_sequence is None:
+            return np.random.default_rng()
+        return np.random.default_rng(self.seed_sequence.spawn(1)[0])
+
+    def spawn(self) -> Randomness:
+        """Same sampling key (so shards sample pairs identically), independent streams."""
+        if self.seed_sequence is None:
+            return Randomness(self.sampling_key, mech.OpenDPNoise())
+        child = self.seed_sequence.spawn(1)[0]
+        noise = mech.SeededNoise(int(child.generate_state(1)[0]))
+        return Randomness(self.sampling_key, noise, child)
+
+    def __repr__(self) -> str:
+        return f"Randomness(seeded={self.seeded})"
+
+
+class Aggregator:
+    """Streaming, mergeable differentially private aggregation.
+
+    >>> import telemagg as tm
+    >>> from telemagg.testing import seeded
+    >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="user"), by=["event"],
+    ...                     metrics=[tm.count()], randomness=seeded(1))
+    >>> agg.add({"user": [1, 2, 2], "event": ["open", "open", "save"]})
+    >>> release = agg.release(epsilon=1.0, partitions=["open", "save", "quit"])
+    >>> list(release.to_dict()["event"])
+    ['open', 'save', 'quit']
+    >>> release.metadata["events"]["received"], release.metadata["events"]["aggregated"]
+    (3, 2)
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        by: str | Sequence[str],
+        metrics: Sequence[Metric],
+        consent: ConsentSource | None = None,
+        purpose: str | None = None,
+        randomness: Randomness | None = None,
+    ) -> None:
+        if not isinstance(policy, Policy):
+            raise ConfigError(f"policy must be a tm.Policy; got {policy!r}")
+        self.policy = policy
+        self.by = check_by(by)
+        self.metrics = check_metrics(metrics)
+        if policy.privacy_unit in self.by:
+            raise ConfigError(
+                f"by must not contain the privacy unit column {policy.privacy_unit!r}:"
+                " releasing per-unit partitions would reveal who is in the data"
+            )
+        self._numeric = tuple(dict.fromkeys(c for m in self.metrics for c in m.columns))
+        self.consent, self.purpose = _check_consent(
+            policy, self.by, self._numeric, consent, purpose
+        )
+        self._randomness = randomness or Randomness.system()
+        self._partitions = KeyIndex()
+        self._state = State.empty(self._numeric)
+
+    def __repr__(self) -> str:
+        return (
+            f"Aggregator(by={list(self.by)}, metrics={[m.name for m in self.metrics]},"
+            f" units_policy={self.policy.privacy_unit!r}, events_received={self._state.received},"
+            f" events_kept={len(self._state)})"
+        )
+
+    # ------------------------------------------------------------------ add / merge
+
+    def add(self, events: Any) -> None:
+        """Absorb a batch of events (any input form :func:`aggregate` takes)."""
+        batch = ingest(events, unit=self.policy.privacy_unit, by=self.by, numeric=self._numeric)
+        if self.consent is not None and len(batch):
+            assert self.purpose is not None
+            allowed = np.asarray(self.consent.allowed(batch.unit.uniques, self.purpose), dtype=bool)
+            batch = batch.take(allowed[batch.unit.codes], CONSENT)
+        self._state = self._state.absorb(
+            self._rows(batch),
+            max_partitions=self.policy.max_partitions,
+            max_contributions=self.policy.max_contributions,
+        )
+
+    def _rows(self, batch: Batch) -> State:
+        partition_ids = self._partitions.ids(batch.partition_keys)
+        partition = (
+            partition_ids[batch.partition_codes] if len(batch) else np.zeros(0, dtype=np.int64)
+        )
+        pair_key = self._pair_keys(batch.unit_id, partition)
+        priority = self._randomness.generator().integers(
+            0, np.iinfo(np.uint64).max, size=len(batch), dtype=np.uint64, endpoint=True
+        )
+        return State(
+            unit_id=batch.unit_id,
+            partition=partition,
+            pair_key=pair_key,
+            event_priority=priority,
+            numeric=batch.numeric,
+            categorical={},
+            received=batch.received,
+            dropped=Counter(batch.dropped),
+        )
+
+    def _pair_keys(self, unit_id: npt.NDArray[np.uint64], partition: I64) -> npt.NDArray[np.uint64]:
+        key = self._randomness.sampling_key
+        salts = key.partition_salts(self._partitions.hashes)
+        return key.pair_keys(
+            unit_id, salts[partition] if partition.size else partition.astype(np.uint64)
+        )
+
+    def spawn(self) -> Aggregator:
+        """An empty Aggregator for another shard: same query, same sampling key.
+
+        Shards spawned from one Aggregator sample partitions exactly as a single
+        Aggregator would, so merging them gives the same distribution as one ``add``.
+        """
+        other = Aggregator.__new__(Aggregator)
+        other.__dict__.update(self.__dict__)
+        other._randomness = self._randomness.spawn()
+        other._partitions = KeyIndex()
+        other._state = State.empty(self._numeric)
+        return other
+
+    def merge(self, other: Aggregator) -> None:
+        """Absorb another Aggregator's state (another shard, process or worker).
+
+        Bounding stays global: a unit split over shards is bounded as if all of its events
+        had arrived here. Aggregators with different sampling keys (not made by
+        :meth:`spawn`) still merge within the bounds; only which pairs are kept may then
+        deviate from a single aggregator's uniform choice.
+        """
+        if not isinstance(other, Aggregator):
+            raise ConfigError(f"merge needs a tm.Aggregator; got {type(other).__name__}")
+        for name in ("policy", "by", "metrics", "purpose"):
+            if getattr(self, name) != getattr(other, name):
+                raise ConfigError(
+                    f"cannot merge aggregators with different {name}:"
+                    f" {getattr(self, name)!r} != {getattr(other, name)!r}"
+                )
+        theirs = other._state
+        partition = (
+            self._partitions.ids(other._partitions.keys)[theirs.partition]
+            if len(theirs)
+            else np.zeros(0, np.int64)
+        )
+        pair_key = theirs.pair_key
+        if other._randomness.sampling_key != self._randomness.sampling_key:
+            pair_key = self._pair_keys(theirs.unit_id, partition)
+        rows = State(
+            unit_id=theirs.unit_id,
+            partition=partition,
+            pair_key=pair_key,
+            event_priority=theirs.event_priority,
+            numeric=theirs.numeric,
+            categorical=theirs.categorical,
+            received=theirs.received,
+            dropped=Counter(theirs.dropped),
+        )
+        self._state = self._state.absorb(
+            rows,
+            max_partitions=self.policy.max_partitions,
+            max_contributions=self.policy.max_contributions,
+        )
+
+    # ------------------------------------------------------------------ release
+
+    def release(
+        self,
+        epsilon: float,
+        delta: float = 0.0,
+        partitions: Any = None,
+        ledger: LedgerLike | None = None,
+        *,
+        noise: Literal["laplace", "gaussian"] = "laplace",
+        label: str | None = None,
+    ) -> Release:
+        """Release the metrics per partition with (epsilon, delta)-DP.
+
+        ``partitions=None`` selects partitions privately (needs ``delta > 0``); a sequence
+        of keys (tuples for several ``by`` columns) or a DataFrame of key columns releases
+        exactly those, absent ones as noisy zeros. With a ``ledger`` the loss is charged
+        atomically before any noise is drawn; if it does not fit, nothing is released.
+        """
+        params = ReleaseParams(
+            epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
+        )
+        public = None if partitions is None else self._public_keys(partitions)
+        plan = make_plan(self.metrics, self.policy, params)
+        query = self.query(params)
+        charge = None
+        if ledger is not None:
+            if self._randomness.seeded:
+                raise ConfigError(
+                    "ledger refuses releases made with seeded randomness (tests only);"
+                    " drop randomness= to release for real"
+                )
+            charge = ledger.charge(plan.loss, query=query, label=label)
+        return self._release(plan, params, public, query, charge)
+
+    def query(self, params: ReleaseParams | None = None) -> dict[str, Any]:
+        """JSON-serialisable description of the query (for metadata and ledgers)."""
+        out: dict[str, Any] = {
+            "by": list(self.by),
+            "metrics": [m.describe() for m in self.metrics],
+            "policy": self.policy.model_dump(mode="json"),
+        }
+        if self.purpose is not None:
+            out["purpose"] = self.purpose
+        if params is not None:
+            out["noise"] = params.noise
+            out["partitions"] = "private" if params.private_partitions else "public"
+        return out
+
+    def _public_keys(self, partitions: Any) -> list[tuple[Any, ...]]:
+        keys = _partition_keys(partitions, self.by)
+        seen: set[tuple[Any, ...]] = set()
+        for key in keys:
+            if key in seen:
+                raise ConfigError(f"partitions must be unique; {key!r} is listed twice")
+            seen.add(key)
+        return keys
+
+    def _release(
+        self,
+        plan: Plan,
+        params: ReleaseParams,
+        public: list[tuple[Any, ...]] | None,
+        query: dict[str, Any],
+        charge: Any,
+    ) -> Release:
+        state = self._state
+        index = KeyIndex()
+        index.keys, index._ids = list(self._partitions.keys), dict(self._partitions._ids)
+        noise = self._randomness.noise
+        noisy: dict[str, npt.NDArray[np.float64]] = {}
+        if public is None:
+            assert plan.selection is not None
+            n = len(index)
+            counts = UNIT_COUNT.compute(state, n)[:, 0]
+            present = np.flatnonzero(counts > 0)
+            kept, noisy_units = noise.threshold(present, counts[present], plan.selection)
+            order = _key_order(kept, index.keys)
+            released = kept[order]
+            noisy["unit_count"] = noisy_units[order][:, None]
+            reason = PARTITION_SELECTION
+        else:
+            released = np.array([_public_id(index, key) for key in public], dtype=np.int64)
+            n = len(index)
+            reason = NOT_PUBLIC_PARTITION
+        for key, cal in plan.measurements.items():
+            exact = cal.spec.compute(state, n)[released]
+            draw = noise.laplace if cal.mechanism == "laplace" else noise.gaussian
+            noisy[key] = draw(exact.ravel().astype(np.float64), cal.scale).reshape(exact.shape)
+        columns: dict[str, npt.NDArray[np.float64]] = {}
+        for metric in self.metrics:
+            columns.update(finalize(metric, noisy))
+
+        keys = [index.keys[i] for i in released]
+        key_columns = {c: _column([k[j] for k in keys]) for j, c in enumerate(self.by)}
+        reports = self._reports(plan)
+        in_released = np.isin(state.partition, released)
+        aggregated = int(np.count_nonzero(in_released))
+        dropped = Counter(dict.fromkeys(ALWAYS_REPORTED, 0))
+        if self.consent is not None:
+            dropped[CONSENT] += 0
+        dropped.update(state.dropped)
+        dropped[reason] += len(state) - aggregated
+        metadata = self._metadata(plan, params, query, reports, len(keys), charge)
+        metadata["events"] = {
+            "received": state.received,
+            "aggregated": aggregated,
+            "dropped": dict(sorted(dropped.items())),
+        }
+        if state.received != aggregated + sum(dropped.values()):
+            raise TelemaggError("internal: event accounting does not add up")
+        return Release(
+            keys=key_columns, columns=columns, metrics=reports, loss=plan.loss, metadata=metadata
+        )
+
+    def _reports(self, plan: Plan) -> dict[str, MetricReport]:
+        reports = {}
+        for metric in self.metrics:
+            components = []
+            for key in plan.metric_measurements[metric.name]:
+                if key in plan.measurements:
+                    components.append(plan.measurements[key].report())
+                else:  # unit_count released by the partition selection itself
+                    selection = plan.selection_report
+                    assert selection is not None
+                    components.append(
+                        {
+                            **selection,
+                            "measurement": key,
+                            "rho": 0.0,
+                            "sensitivity": 1.0 * self.policy.max_partitions,
+                        }
+                    )
+            main = components[-1]
+            reports[metric.name] = MetricReport(
+                mechanism=str(main["mechanism"]),
+                epsilon=math.fsum(float(c["epsilon"]) for c in components),
+                delta=math.fsum(float(c["delta"]) for c in components),
+                rho=math.fsum(float(c["rho"]) for c in components),
+                sensitivity=main["sensitivity"],
+                stddev=float(main["stddev"]),
+                measurement=str(main["measurement"]),
+                components=tuple(components),
+            )
+        return reports
+
+    def _metadata(
+        self,
+        plan: Plan,
+        params: ReleaseParams,
+        query: dict[str, Any],
+        reports: dict[str, MetricReport],
+        n_released: int,
+        charge: Any,
+    ) -> dict[str, Any]:
+        loss = plan.loss
+        out: dict[str, Any] = {
+            "telemagg_version": library_version(),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(),
+            "query": query,
+            "privacy": {
+                "epsilon": loss.epsilon,
+                "delta": loss.delta,
+                "approx_epsilon": loss.approx_epsilon,
+                "approx_delta": loss.approx_delta,
+                "rho": loss.rho,
+                "requested_epsilon": params.epsilon,
+                "requested_delta": params.delta,
+                "neighbouring": "add or remove all events of one privacy unit",
+            },
+            "partitions": {
+                "selection": "private" if plan.selection is not None else "public",
+                "released": n_released,
+                **({"mechanism": plan.selection_report} if plan.selection is not None else {}),
+            },
+            "metrics": {name: r.to_dict() for name, r in reports.items()},
+            "seeded": self._randomness.seeded,
+        }
+        if charge is not None:
+            out["ledger_charge"] = getattr(charge, "id", None)
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_consent(
+    policy: Policy,
+    by: tuple[str, ...],
+    numeric: tuple[str, ...],
+    consent: ConsentSource | None,
+    purpose: str | None,
+) -> tuple[ConsentSource | None, str | None]:
+    if consent is not None and not purpose:
+        raise ConfigError(
+            "purpose must name what the release is for when consent is given; got None"
+        )
+    if purpose is not None and consent is None:
+        raise ConfigError(f"purpose={purpose!r} needs consent=<a tm.ConsentRegistry>")
+    content = sorted(set(policy.content_columns) & {*by, *numeric})
+    if content:
+        if consent is None or purpose is None:
+            raise ConfigError(
+                f"columns {content} are customer content (Policy.content_columns): aggregating"
+                " them needs consent=<registry> and an opt-in purpose"
+            )
+        if not consent.is_opt_in(purpose):
+            raise ConfigError(
+                f"columns {content} are customer content (Policy.content_columns) and purpose"
+                f" {purpose!r} is opt-out: content may only be aggregated under an opt-in purpose"
+                " (declare it with registry.declare(purpose, default='opt_in'))"
+            )
+    return consent, purpose
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _partition_keys(partitions: Any, by: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Public partitions in any accepted form -> key tuples."""
+    if hasattr(partitions, "columns") or isinstance(partitions, Mapping):
+        columns = [c for c in by if c not in partitions]
+        if columns:
+            raise ConfigError(f"partitions has no key column {columns[0]!r}")
+        values = [np.asarray(partitions[c]).tolist() for c in by]
+        return [tuple(map(_python, row)) for row in zip(*values, strict=True)]
+    if isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
+        raise ConfigError(f"partitions must be None or a sequence of keys; got {partitions!r}")
+    keys = []
+    for key in partitions:
+        key = tuple(map(_python, key)) if isinstance(key, tuple | list) else (_python(key),)
+        if len(key) != len(by):
+            raise ConfigError(
+                f"partitions must have one value per by column {list(by)}; got {key!r}"
+            )
+        keys.append(key)
+    return keys
+
+
+def _public_id(index: KeyIndex, key: tuple[Any, ...]) -> int:
+    return int(index.ids([key])[0])
+
+
+def _key_order(ids: I64, keys: list[Any]) -> I64:
+    """Positions of ``ids`` ordered by their keys (first-seen order if keys don't compare)."""
+    positions = list(range(ids.size))
+    try:
+        positions.sort(key=lambda p: keys[int(ids[p])])
+    except TypeError:
+        positions.sort(key=lambda p: int(ids[p]))
+    return np.asarray(positions, dtype=np.int64)
+
+
+def _column(values: list[Any]) -> np.ndarray[Any, Any]:
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def aggregate(
+    events: Any,
+    *,
+    by: str | Sequence[str],
+    metrics: Sequence[Metric],
+    policy: Policy,
+    epsilon: float,
+    delta: float = 0.0,
+    partitions: Any = None,
+    ledger: LedgerLike | None = None,
+    noise: Literal["laplace", "gaussian"] = "laplace",
+    consent: ConsentSource | None = None,
+    purpose: str | None = None,
+    label: str | None = None,
+    randomness: Randomness | None = None,
+) -> Release:
+    """Aggregate events into a differentially private release, in one call.
+
+    Exactly ``Aggregator(...)`` + one ``add`` + ``release``.
+
+    >>> import telemagg as tm
+    >>> from telemagg.testing import seeded
+    >>> events = {"user_id": [1, 1, 2, 3], "event_name": ["open", "open", "open", "save"]}
+    >>> release = tm.aggregate(events, by=["event_name"], metrics=[tm.count()],
+    ...     policy=tm.Policy(privacy_unit="user_id"), epsilon=1.0, partitions=["open", "save"],
+    ...     randomness=seeded(0))
+    >>> sorted(release.to_dict())
+    ['count', 'event_name']
+    """
+    # Validate the release parameters before reading any data.
+    ReleaseParams(epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None)
+    agg = Aggregator(
+        policy=policy,
+        by=by,
+        metrics=metrics,
+        consent=consent,
+        purpose=purpose,
+        randomness=randomness,
+    )
+    agg.add(events)
+    return agg.release(epsilon, delta, partitions, ledger, noise=noise, label=label)

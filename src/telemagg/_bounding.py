@@ -1,0 +1,144 @@
+"""Per-unit contribution bounding: pure numpy kernels.
+
+A privacy unit keeps at most ``max_contributions`` events in each partition (Linf) and at
+most ``max_partitions`` partitions (L0). Both choices are *bottom-k samples*: every
+(unit, partition) pair has a keyed random priority (``pair_key``, also its identity) and
+every event an i.i.d. random priority; a unit keeps its ``max_partitions`` pairs with the
+smallest pair priorities, and in each its ``max_contributions`` events with the smallest
+event priorities. Because the kept set is a function of the *set* of rows and their
+priorities only, it does not depend on input order, and bounding the union of two bounded
+states gives exactly the bounded union of their inputs (a row outside a group's bottom k
+stays outside it when rows are added). That is what makes states mergeable across
+``add`` calls, shards and workers (Cohen & Kaplan, "Summarizing data using bottom-k
+sketches", PODC 2007). With i.i.d. priorities the kept events and partitions are a uniform
+random sample of the unit's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+
+_TOP40 = np.uint64(0xFFFFFFFFFF000000)
+_SHIFT = np.uint64(40)
+
+
+def _groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, I64]:
+    """Sort rows by (group, priority); return the order, group starts and group sizes.
+
+    The order is exact wherever it decides a bottom-``k`` choice. Sorting one 64-bit key is
+    several times faster than a two-key lexsort, so rows are sorted by the top 40 bits of
+    the group and the top 24 bits of the priority. That is exact unless two groups share
+    their top 40 bits, or two priorities tie in 24 bits exactly at the k-th place of a
+    group; both are rare, detected, and those runs are re-sorted exactly.
+    """
+    n = group.size
+    coarse = np.right_shift(priority, _SHIFT)
+    np.bitwise_or(coarse, group & _TOP40, out=coarse)
+    order = np.argsort(coarse)
+    del coarse
+    g = group[order]
+    boundary = np.empty(n, dtype=bool)
+    boundary[:1] = True
+    np.not_equal(g[1:], g[:-1], out=boundary[1:])
+    starts = np.flatnonzero(boundary)
+    # (a) distinct groups sharing their top 40 bits may interleave.
+    s = starts[1:]
+    clash = (g[s] & _TOP40) == (g[s - 1] & _TOP40)
+    # (b) a tie of the coarse priority across the k-th place of a group.
+    sizes = np.diff(np.append(starts, n))
+    cut = starts[sizes > k] + k
+    top = priority[order[cut]] >> _SHIFT
+    tie = top == (priority[order[cut - 1]] >> _SHIFT)
+    if clash.any() or tie.any():
+        runs = (g & _TOP40).astype(np.uint64)
+        bad_runs = np.union1d(runs[s[clash]], runs[cut[tie]])
+        rows = np.flatnonzero(np.isin(runs, bad_runs))
+        sub = order[rows]
+        order[rows] = sub[np.lexsort((priority[sub], group[sub], runs[rows]))]
+        g = group[order]
+        np.not_equal(g[1:], g[:-1], out=boundary[1:])
+        starts = np.flatnonzero(boundary)
+        sizes = np.diff(np.append(starts, n))
+    return order, starts, sizes
+
+
+def _first_k(starts: I64, sizes: I64, k: int, groups_kept: Bool | None = None) -> I64:
+    """Sorted positions of the first ``k`` rows of each (kept) group: O(groups x k)."""
+    parts = []
+    for j in range(k):  # a loop over k (max_contributions), not over events
+        take = sizes > j if groups_kept is None else (sizes > j) & groups_kept
+        parts.append(starts[take] + j)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def bottom_k(group: U64, priority: U64, k: int) -> Bool:
+    """Mask of the rows with the ``k`` smallest priorities in each group.
+
+    >>> g = np.array([1, 1, 1, 2], dtype=np.uint64)
+    >>> p = np.array([30, 10, 20, 5], dtype=np.uint64)
+    >>> bottom_k(g, p, 2).tolist()
+    [False, True, True, True]
+    """
+    keep = np.zeros(group.size, dtype=bool)
+    if group.size:
+        order, starts, sizes = _groups(group, priority, k)
+        keep[order[_first_k(starts, sizes, k)]] = True
+    return keep
+
+
+def bound_contributions(
+    unit_id: U64,
+    pair_key: U64,
+    event_priority: U64,
+    *,
+    max_partitions: int,
+    max_contributions: int,
+) -> Bool:
+    """Mask of the events kept by L0/Linf contribution bounding.
+
+    ``pair_key`` identifies a (unit, partition) pair and is its random priority among the
+    unit's pairs; ``event_priority`` is each event's random priority within its pair.
+
+    >>> unit = np.array([7, 7, 7, 7, 9], dtype=np.uint64)
+    >>> pair = np.array([100, 100, 100, 200, 300], dtype=np.uint64)
+    >>> prio = np.array([3, 1, 2, 9, 4], dtype=np.uint64)
+    >>> bound_contributions(unit, pair, prio, max_partitions=1, max_contributions=2).tolist()
+    [False, True, True, False, True]
+    """
+    keep = np.zeros(unit_id.size, dtype=bool)
+    if unit_id.size == 0:
+        return keep
+    # Linf: bottom-k events per pair.
+    order, starts, sizes = _groups(pair_key, event_priority, max_contributions)
+    first_rows = order[starts]
+    pair_units = unit_id[first_rows]
+    last_rows = order[starts + sizes - 1]
+    if np.any(unit_id[last_rows] != pair_units):
+        # Two units' pairs share a 64-bit key (astronomically rare): bound each unit's
+        # rows of that key on its own, so no unit can ever gain a slot from another.
+        return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
+    # L0: bottom-k pairs per unit, the pair key being the pair's priority.
+    pair_kept = bottom_k(pair_units, pair_key[first_rows], max_partitions)
+    keep[order[_first_k(starts, sizes, max_contributions, pair_kept)]] = True
+    return keep
+
+
+def _bound_exactly(
+    unit_id: U64, pair_key: U64, event_priority: U64, max_partitions: int, max_contributions: int
+) -> Bool:
+    """Reference implementation grouping by (unit, pair) with a lexsort (slow, exact)."""
+    order = np.lexsort((event_priority, pair_key, unit_id))
+    u, p = unit_id[order], pair_key[order]
+    boundary = np.ones(order.size, dtype=bool)
+    boundary[1:] = (u[1:] != u[:-1]) | (p[1:] != p[:-1])
+    starts = np.flatnonzero(boundary)
+    sizes = np.diff(np.append(starts, order.size))
+    pair_kept = bottom_k(u[starts], p[starts], max_partitions)
+    keep = np.zeros(order.size, dtype=bool)
+    keep[order[_first_k(starts, sizes, max_contributions, pair_kept)]] = True
+    return keep

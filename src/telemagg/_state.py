@@ -1,0 +1,185 @@
+"""Mergeable state: the bounded events of every privacy unit, per partition.
+
+The state keeps, for each event that survives contribution bounding, its unit identity,
+partition, the two bottom-k priorities and the values the metrics read. Memory therefore
+grows with units x max_partitions x max_contributions, never with the number of events.
+``absorb`` (new events) and ``merge`` (another state) both concatenate rows and re-apply
+the bounding kernel, which is exact for bottom-k samples (see ``_bounding``), so
+``add``/``merge`` in any order and any batching give the same state for the same rows and
+priorities.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from telemagg._bounding import bound_contributions
+from telemagg._ingest import hash_value, mix64
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+F64 = npt.NDArray[np.float64]
+
+CONTRIBUTION_BOUNDS = "contribution_bounds"
+
+
+class KeyIndex:
+    """Dense integer ids for hashable keys (partition key tuples, categorical values).
+
+    >>> index = KeyIndex()
+    >>> index.ids([("a",), ("b",), ("a",)]).tolist()
+    [0, 1, 0]
+    >>> index.keys
+    [('a',), ('b',)]
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+        self._ids: dict[Hashable, int] = {}
+        self._hashes: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def ids(self, keys: Iterable[Hashable]) -> I64:
+        """Ids of ``keys`` (a loop over distinct keys, never over events), adding new ones."""
+        out = []
+        for key in keys:
+            found = self._ids.get(key)
+            if found is None:
+                found = self._ids[key] = len(self.keys)
+                self.keys.append(key)
+                self._hashes.append(_key_hash(key))
+            out.append(found)
+        return np.asarray(out, dtype=np.int64)
+
+    def find(self, key: Hashable) -> int | None:
+        return self._ids.get(key)
+
+    @property
+    def hashes(self) -> U64:
+        """A stable 64-bit hash of each key, independent of insertion order."""
+        return np.asarray(self._hashes, dtype=np.uint64)
+
+
+def _key_hash(key: Any) -> int:
+    parts = key if isinstance(key, tuple) else (key,)
+    h = np.uint64(len(parts))
+    for part in parts:
+        h = mix64(np.array([h ^ np.uint64(hash_value(part))], dtype=np.uint64))[0]
+    return int(h)
+
+
+@dataclass(frozen=True)
+class SamplingKey:
+    """The secret that makes pair priorities unpredictable. Never logged or released."""
+
+    k1: int
+    k2: int
+
+    def __repr__(self) -> str:
+        return "SamplingKey(<secret>)"
+
+    def partition_salts(self, partition_hashes: U64) -> U64:
+        """Keyed per-partition salts (computed once per distinct partition)."""
+        return mix64(partition_hashes ^ np.uint64(self.k2))
+
+    def pair_keys(self, unit_id: U64, partition_salt: U64) -> U64:
+        """Keyed priority (and identity) of each (unit, partition) pair.
+
+        ``unit_id`` is already a mixed 64-bit hash; adding the keyed partition salt and
+        mixing again gives each pair a priority that is uniform and unpredictable without
+        the key, and distinct for distinct pairs except with probability ~2^-64.
+        """
+        with np.errstate(over="ignore"):
+            z = np.bitwise_xor(unit_id, np.uint64(self.k1))
+            np.add(z, partition_salt, out=z)
+            return mix64(z, inplace=True)
+
+
+@dataclass
+class State:
+    """Bounded rows plus the event accounting of everything absorbed so far."""
+
+    unit_id: U64
+    partition: I64
+    pair_key: U64
+    event_priority: U64
+    numeric: dict[str, F64]
+    categorical: dict[str, I64]
+    received: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def empty(cls, numeric: Sequence[str], categorical: Sequence[str] = ()) -> State:
+        return cls(
+            unit_id=np.zeros(0, np.uint64),
+            partition=np.zeros(0, np.int64),
+            pair_key=np.zeros(0, np.uint64),
+            event_priority=np.zeros(0, np.uint64),
+            numeric={c: np.zeros(0, np.float64) for c in numeric},
+            categorical={c: np.zeros(0, np.int64) for c in categorical},
+        )
+
+    def __len__(self) -> int:
+        return int(self.unit_id.size)
+
+    @property
+    def aggregated(self) -> int:
+        return len(self)
+
+    def absorb(self, rows: State, *, max_partitions: int, max_contributions: int) -> State:
+        """This state plus ``rows``, bounded again; evicted rows counted as dropped."""
+        if len(self) == 0:
+            merged = rows
+        else:
+            merged = State(
+                unit_id=np.concatenate([self.unit_id, rows.unit_id]),
+                partition=np.concatenate([self.partition, rows.partition]),
+                pair_key=np.concatenate([self.pair_key, rows.pair_key]),
+                event_priority=np.concatenate([self.event_priority, rows.event_priority]),
+                numeric={c: np.concatenate([v, rows.numeric[c]]) for c, v in self.numeric.items()},
+                categorical={
+                    c: np.concatenate([v, rows.categorical[c]]) for c, v in self.categorical.items()
+                },
+            )
+        keep = bound_contributions(
+            merged.unit_id,
+            merged.pair_key,
+            merged.event_priority,
+            max_partitions=max_partitions,
+            max_contributions=max_contributions,
+        )
+        dropped = self.dropped + rows.dropped
+        evicted = int(keep.size - np.count_nonzero(keep))
+        if evicted:
+            dropped[CONTRIBUTION_BOUNDS] += evicted
+        return State(
+            unit_id=merged.unit_id[keep],
+            partition=merged.partition[keep],
+            pair_key=merged.pair_key[keep],
+            event_priority=merged.event_priority[keep],
+            numeric={c: v[keep] for c, v in merged.numeric.items()},
+            categorical={c: v[keep] for c, v in merged.categorical.items()},
+            received=self.received + rows.received,
+            dropped=dropped,
+        )
+
+    def select(self, rows: npt.NDArray[np.bool_]) -> State:
+        """The rows in ``rows`` (no accounting change)."""
+        return State(
+            unit_id=self.unit_id[rows],
+            partition=self.partition[rows],
+            pair_key=self.pair_key[rows],
+            event_priority=self.event_priority[rows],
+            numeric={c: v[rows] for c, v in self.numeric.items()},
+            categorical={c: v[rows] for c, v in self.categorical.items()},
+            received=self.received,
+            dropped=Counter(self.dropped),
+        )
