@@ -245,19 +245,21 @@ class Store(ABC):
             with self._begin(write, lock) as tx:
                 yield tx
 
-    def ensure_schema(self, component: str, version: int, tables: Sequence[Table]) -> None:
+    def ensure_schema(
+        self, component: str, version: int, tables: Sequence[Table], *, create: bool = True
+    ) -> None:
         """Create ``component``'s tables unless they exist; check them if they do.
 
         Idempotent and safe when several processes race to create the same store. Raises
         LedgerError if tables of these names exist but telemagg did not create them (or with
-        other columns), or if they were written by a newer schema version.
+        other columns), if they were written by another schema version, or (``create=False``)
+        if the store holds no ``component`` yet.
         """
         with self.transaction(write=True, lock="telemagg_schema") as tx:
-            self._ensure_meta(tx)
-            row = tx.fetchone(
-                f"SELECT schema_version FROM {_META_TABLE} WHERE component = ?", (component,)
-            )
+            row = self._meta_row(tx, component, create)
             if row is None:
+                if not create:
+                    raise LedgerError(f"{self.url} holds no telemagg {component} store")
                 for table in tables:
                     if self._table_columns(tx, table.name):
                         raise LedgerError(
@@ -287,7 +289,8 @@ class Store(ABC):
 
     # -- shared helpers
 
-    def _ensure_meta(self, tx: Transaction) -> None:
+    def _meta_row(self, tx: Transaction, component: str, create: bool) -> Row | None:
+        """The component's row of the meta table (creating the table if allowed and absent)."""
         meta = Table(
             _META_TABLE,
             (Column("component", "text"), Column("schema_version", "int")),
@@ -295,8 +298,13 @@ class Store(ABC):
         )
         if self._table_columns(tx, _META_TABLE):
             self._check_columns(tx, meta, "meta")
-        else:
+        elif create:
             self._create(tx, meta)
+        else:
+            return None
+        return tx.fetchone(
+            f"SELECT schema_version FROM {_META_TABLE} WHERE component = ?", (component,)
+        )
 
     def _check_columns(self, tx: Transaction, table: Table, component: str) -> None:
         found = sorted(self._table_columns(tx, table.name))
@@ -319,8 +327,10 @@ class Store(ABC):
             tx.execute(f"CREATE INDEX {name} ON {table.name} ({', '.join(cols)})")
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, create: bool = True) -> Store:
     """Open the store a URL names (``sqlite:///...`` or ``postgresql://...``).
+
+    ``create=False`` refuses a SQLite file that does not exist yet instead of creating it.
 
     >>> open_store("mysql://db/x")
     Traceback (most recent call last):
@@ -331,7 +341,7 @@ def open_store(url: str) -> Store:
         raise ConfigError(f"store URL must be a string like 'sqlite:///path.db'; got {url!r}")
     scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "sqlite":
-        return SQLiteStore(url)
+        return SQLiteStore(url, create=create)
     if scheme in ("postgresql", "postgres"):
         return PostgresStore(url)
     raise ConfigError(
@@ -392,13 +402,16 @@ class SQLiteStore(Store):
 
     backend = "sqlite"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.path = sqlite_path(url)
         super().__init__(url)
+        self._create_file = create
         self._conn: sqlite3.Connection | None = None
         self._connect()
 
     def _connect(self) -> None:
+        if not self._create_file and not os.path.isfile(self.path):
+            raise LedgerError(f"{self.url} does not exist (no file at {self.path!r})")
         try:
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
