@@ -1,0 +1,298 @@
+"""Throughput of one user-level DP release: telemagg vs PipelineDP vs OpenDP vs ``np.unique``.
+
+The workload of issue 2, item 13: user-level ``count`` + ``unit_count`` + ``sum`` of
+``duration_ms`` clamped to [0, 60000], by ``event_name`` (200 event types, Zipf-popular),
+one user per ~20 events with Zipf-skewed activity (``telemagg.datasets.telemetry_events``),
+each user bounded to 4 partitions and 2 events per partition, private partition selection,
+epsilon 1, delta 1e-6. Engines, each timed from its favourite in-memory input to the released
+table (median of ``--repeats`` runs after a warm-up on 20k rows):
+
+* telemagg ``tm.aggregate`` on a dict of numpy arrays, and on a pandas DataFrame;
+* ``np.unique`` over the user column: the reference rate of one pass that touches every user;
+* PipelineDP's LocalBackend (list of row tuples) and OpenDP's polars ``Context`` (polars
+  DataFrame): anchors, run in their own venv (benchmarks/.anchors-venv, created here from
+  ``_anchors/requirements.txt``) so their pins never touch the project's. They read the
+  workload from benchmarks/.data/ as parquet and report JSON timings.
+
+Run from the repository root with the project's venv active::
+
+    python benchmarks/bench_throughput.py --sizes 1000000,10000000 --repeats 3
+
+Targets (issue 2): telemagg >= 30x PipelineDP and >= 0.3x ``np.unique``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from _anchors._harness import WARMUP_ROWS, Aggregate, time_runs
+
+import telemagg as tm
+from telemagg.datasets import telemetry_events
+
+HERE = Path(__file__).resolve().parent
+ANCHORS = HERE / "_anchors"
+ANCHORS_VENV = HERE / ".anchors-venv"
+DATA = HERE / ".data"
+COLUMNS = ("user_id", "event_name", "duration_ms")
+TARGET_VS_PIPELINEDP = 30.0
+TARGET_VS_UNIQUE = 0.3
+
+TELEMAGG_NUMPY = "telemagg (dict of numpy arrays)"
+TELEMAGG_PANDAS = "telemagg (pandas DataFrame)"
+NP_UNIQUE = "np.unique(user_id)"
+PIPELINEDP = "PipelineDP LocalBackend"
+OPENDP = "OpenDP polars Context"
+ANCHOR_SCRIPTS = {OPENDP: "opendp_polars.py", PIPELINEDP: "pipelinedp_local.py"}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    engine: str
+    version: str
+    n_events: int
+    seconds: list[float]
+    output_rows: int
+
+    @property
+    def events_per_second(self) -> float:
+        return self.n_events / statistics.median(self.seconds)
+
+
+def telemagg_release(events: Any, n_events: int) -> int:
+    """The workload through ``tm.aggregate``; returns the number of released partitions."""
+    release = tm.aggregate(
+        events,
+        by=["event_name"],
+        metrics=[tm.count(), tm.unit_count(), tm.sum("duration_ms", bounds=(0, 60_000))],
+        policy=tm.Policy(privacy_unit="user_id", max_partitions=4, max_contributions=2),
+        epsilon=1.0,
+        delta=1e-6,
+    )
+    return len(release.to_pandas())
+
+
+def distinct_users(events: dict[str, np.ndarray], n_events: int) -> int:
+    return len(np.unique(events["user_id"]))
+
+
+def anchors_python() -> Path:
+    """The anchors' interpreter; creates or updates their venv when the requirements change."""
+    requirements = ANCHORS / "requirements.txt"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    marker = ANCHORS_VENV / "requirements.sha256"
+    python = ANCHORS_VENV / "bin" / "python"
+    if marker.exists() and marker.read_text() == digest and python.exists():
+        return python
+    print(f"setting up the anchors' venv in {ANCHORS_VENV} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(ANCHORS_VENV)], check=True)
+    install = [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)]
+    subprocess.run(install, check=True)
+    marker.write_text(digest)
+    return python
+
+
+def write_workload(n_events: int, seed: int) -> tuple[dict[str, np.ndarray], Path]:
+    """The workload's columns in memory and as parquet for the anchors."""
+    generated = telemetry_events(n_events, seed=seed)
+    events = {name: generated[name] for name in COLUMNS}
+    table = pa.table(
+        {
+            "user_id": pa.array(events["user_id"]),
+            "event_name": pa.array(events["event_name"], type=pa.string()),
+            "duration_ms": pa.array(events["duration_ms"]),
+        }
+    )
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"throughput-{n_events}-seed{seed}.parquet"
+    pq.write_table(table, path)
+    return events, path
+
+
+def measure_in_process(
+    engine: str, version: str, aggregate: Aggregate, data: Any, warmup: Any, repeats: int
+) -> Measurement:
+    n_events = len(data["user_id"])
+    seconds, output_rows = time_runs(aggregate, data, warmup, n_events, repeats)
+    return Measurement(engine, version, n_events, seconds, output_rows)
+
+
+def measure_anchor(python: Path, engine: str, path: Path, repeats: int) -> Measurement:
+    script = ANCHORS / ANCHOR_SCRIPTS[engine]
+    command = [str(python), str(script), "--data", str(path), "--repeats", str(repeats)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return Measurement(**result)
+
+
+def measure_size(
+    n_events: int, seed: int, repeats: int, python: Path | None, with_pipelinedp: bool
+) -> list[Measurement]:
+    events, path = write_workload(n_events, seed)
+    frame = pd.DataFrame(events)
+    head = {name: column[:WARMUP_ROWS] for name, column in events.items()}
+    version = tm.__version__
+    measured = [
+        measure_in_process(NP_UNIQUE, np.__version__, distinct_users, events, head, repeats),
+        measure_in_process(TELEMAGG_NUMPY, version, telemagg_release, events, head, repeats),
+        measure_in_process(
+            TELEMAGG_PANDAS, version, telemagg_release, frame, frame.iloc[:WARMUP_ROWS], repeats
+        ),
+    ]
+    if python is not None:
+        measured.append(measure_anchor(python, OPENDP, path, repeats))
+        if with_pipelinedp:
+            measured.append(measure_anchor(python, PIPELINEDP, path, repeats))
+    for measurement in measured:
+        print(f"  {measurement.engine}: {measurement.events_per_second:,.0f} events/s", flush=True)
+    return measured
+
+
+def _millions(n_events: int) -> str:
+    return f"{n_events / 1e6:g}M"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a markdown table."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def report(measured: Sequence[Measurement], sizes: Sequence[int]) -> str:
+    """Markdown tables: events/s per engine and size, then telemagg's ratios to the targets."""
+    rate = {(m.engine, m.n_events): m.events_per_second for m in measured}
+    rows_out = {(m.engine, m.n_events): m.output_rows for m in measured}
+    engines = list(dict.fromkeys(m.engine for m in measured))
+    rates_table = _table(
+        ["engine", *(f"{_millions(n)}: events/s" for n in sizes), "rows out"],
+        [
+            [
+                engine,
+                *(f"{rate[engine, n]:,.0f}" if (engine, n) in rate else "not run" for n in sizes),
+                " / ".join(str(rows_out[engine, n]) for n in sizes if (engine, n) in rows_out),
+            ]
+            for engine in engines
+        ],
+    )
+
+    pipelinedp_sizes = [n for n in sizes if (PIPELINEDP, n) in rate]
+    notes: list[str] = []
+
+    def reference(engine: str, n_events: int) -> tuple[float | None, str]:
+        if (engine, n_events) in rate:
+            return rate[engine, n_events], ""
+        if engine == PIPELINEDP and pipelinedp_sizes:
+            largest = max(pipelinedp_sizes)
+            notes.append(
+                f"† PipelineDP was measured up to {_millions(largest)} events "
+                "(--pipelinedp-max); larger sizes are compared with its rate there."
+            )
+            return rate[engine, largest], " †"
+        return None, ""
+
+    def ratio_cell(engine: str, versus: str, n_events: int, target: float | None) -> str:
+        denominator, mark = reference(versus, n_events)
+        if (engine, n_events) not in rate or denominator is None:
+            return "n/a"
+        ratio = rate[engine, n_events] / denominator
+        verdict = "" if target is None else (" ✓" if ratio >= target else " ✗")
+        return f"{ratio:.3g}x{mark}{verdict}"
+
+    comparisons: list[tuple[str, str, float | None]] = [
+        (TELEMAGG_NUMPY, PIPELINEDP, TARGET_VS_PIPELINEDP),
+        (TELEMAGG_PANDAS, PIPELINEDP, TARGET_VS_PIPELINEDP),
+        (TELEMAGG_NUMPY, NP_UNIQUE, TARGET_VS_UNIQUE),
+        (TELEMAGG_PANDAS, NP_UNIQUE, TARGET_VS_UNIQUE),
+        (TELEMAGG_NUMPY, OPENDP, None),
+    ]
+    ratios_table = _table(
+        ["ratio", *(_millions(n) for n in sizes), "target"],
+        [
+            [
+                f"{engine} ÷ {versus}",
+                *(ratio_cell(engine, versus, n, target) for n in sizes),
+                "" if target is None else f">= {target:g}x",
+            ]
+            for engine, versus, target in comparisons
+        ],
+    )
+    return "\n".join([*rates_table, "", *ratios_table, "", *dict.fromkeys(notes)])
+
+
+def machine() -> str:
+    """CPU, cores, memory and interpreter versions, for the README's Machine section."""
+    cpu = _first_line_with(["lscpu"], "Model name:") or platform.processor()
+    memory_kib = _first_line_with(["cat", "/proc/meminfo"], "MemTotal:").removesuffix(" kB")
+    memory = f"{int(memory_kib) / 2**20:.1f} GiB memory" if memory_kib.isdigit() else ""
+    return (
+        f"CPU: {cpu}; {os.cpu_count()} cores; {memory}\n"
+        f"Python {platform.python_version()} ({platform.system()} {platform.release()}), "
+        f"numpy {np.__version__}, pandas {pd.__version__}, pyarrow {pa.__version__}"
+    )
+
+
+def _first_line_with(command: list[str], prefix: str) -> str:
+    try:
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    found = (line for line in output.splitlines() if line.startswith(prefix))
+    return next((line.removeprefix(prefix).strip() for line in found), "")
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(float(size)) for size in text.split(",")]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=_sizes, default=[1_000_000, 10_000_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--pipelinedp-max",
+        type=int,
+        default=None,
+        help="run PipelineDP only up to this many events (it is slow); default: every size",
+    )
+    parser.add_argument("--no-anchors", action="store_true", help="telemagg and np.unique only")
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--json", type=Path, default=DATA / "throughput.json")
+    args = parser.parse_args(argv)
+
+    python = None if args.no_anchors else anchors_python()
+    measured: list[Measurement] = []
+    for n_events in args.sizes:
+        print(f"{n_events:,} events", flush=True)
+        with_pipelinedp = args.pipelinedp_max is None or n_events <= args.pipelinedp_max
+        measured += measure_size(n_events, args.seed, args.repeats, python, with_pipelinedp)
+
+    args.json.parent.mkdir(exist_ok=True)
+    args.json.write_text(json.dumps([asdict(m) for m in measured], indent=1))
+    versions = dict.fromkeys(f"{m.engine} {m.version}" for m in measured)
+    print()
+    print(machine())
+    print("versions: " + "; ".join(versions))
+    print()
+    print(report(measured, args.sizes))
+
+
+if __name__ == "__main__":
+    main()
