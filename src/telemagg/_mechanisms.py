@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,6 +76,7 @@ def _gaussian_with_rho(rho: float) -> Any:
     )
 
 
+@lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
 def zcdp_to_epsilon(rho: float, delta: float) -> float:
     """The epsilon of a rho-zCDP mechanism at ``delta``, by OpenDP's conversion.
 
@@ -91,6 +93,7 @@ def zcdp_to_epsilon(rho: float, delta: float) -> float:
     return float(profile.epsilon(delta))
 
 
+@lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
 def rho_within(epsilon: float, delta: float) -> float:
     """The largest rho whose conversion at ``delta`` costs at most ``epsilon`` (bisection).
 
@@ -118,6 +121,7 @@ def _smallest_scale(make: Callable[[float], Any], d_in: float, d_out: float) -> 
     return float(dp.binary_search_param(make, d_in=d_in, d_out=d_out, T=float))
 
 
+@lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
 def laplace_scale(sensitivity_l1: float, epsilon: float) -> float:
     """Laplace scale for a vector query of the given L1 sensitivity, by OpenDP's map.
 
@@ -130,6 +134,7 @@ def laplace_scale(sensitivity_l1: float, epsilon: float) -> float:
     )
 
 
+@lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
 def gaussian_scale(sensitivity_l2: float, rho: float) -> float:
     """Gaussian scale (stddev) for a vector query of the given L2 sensitivity under rho-zCDP.
 
@@ -160,6 +165,7 @@ def _delta_of(scale: float, threshold: float, d_in: tuple[int, float, float]) ->
     return float(_threshold_measurement(scale, threshold).map(d_in)[1])  # type: ignore[no-untyped-call]
 
 
+@lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
 def laplace_threshold(
     max_partitions: int, max_per_partition: float, epsilon: float, delta: float
 ) -> ThresholdPlan:

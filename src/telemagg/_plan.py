@@ -174,8 +174,8 @@ def finalize(metric: Metric, noisy: dict[str, F64]) -> dict[str, F64]:
     centred_mean = np.clip(
         noisy[f"centred_sum({metric.column},{lo:g},{hi:g})"][:, 0] / n, -half, half
     )
-    if isinstance(metric, Mean):
-        return {metric.name: mid + centred_mean}
+    if isinstance(metric, Mean):  # clipped again: mid + x can round past a bound
+        return {metric.name: np.clip(mid + centred_mean, lo, hi)}
     squares = noisy[f"centred_sum_of_squares({metric.column},{lo:g},{hi:g})"][:, 0] / n
     return {metric.name: np.clip(squares - centred_mean**2, 0.0, half**2)}
 

@@ -1,0 +1,434 @@
+"""tm.aggregate / tm.Aggregator end to end: partitions, accounting, inputs, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.strategies import event_rows
+
+import telemagg as tm
+from telemagg.testing import seeded
+
+POLICY = tm.Policy(privacy_unit="user", max_partitions=2, max_contributions=3)
+METRICS = [tm.count(), tm.unit_count(), tm.sum("value", bounds=(0, 100))]
+
+
+def events(n_users: int = 300, per_user: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = n_users * per_user
+    return {
+        "user": np.repeat(np.arange(n_users), per_user),
+        "event": np.asarray(["open", "save", "share"], dtype=object)[rng.integers(0, 3, n)],
+        "os": np.asarray(["linux", "macos"], dtype=object)[rng.integers(0, 2, n)],
+        "value": rng.uniform(0, 100, n),
+    }
+
+
+def exact_counts(agg: tm.Aggregator) -> dict[tuple, float]:
+    """Noise-free counts per partition from the bounded state (white-box)."""
+    state = agg._state
+    counts = np.bincount(state.partition, minlength=len(agg._partitions))
+    return {agg._partitions.keys[i]: float(c) for i, c in enumerate(counts)}
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def test_public_partitions_are_released_in_order_with_absent_ones_as_noisy_zeros() -> None:
+    release = tm.aggregate(
+        events(),
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["share", "open", "never-seen"],
+        randomness=seeded(1),
+    )
+    table = release.to_pandas()
+    assert table["event"].tolist() == ["share", "open", "never-seen"]
+    assert list(table.columns) == ["event", "count", "unit_count", "sum_value"]
+    assert table.loc[2, "count"] < 60  # noisy zero: Laplace scale 6 / 0.33 = 18 stddev ~25
+    dropped = release.metadata["events"]["dropped"]
+    assert dropped["not_public_partition"] > 0  # the unlisted "save" events
+
+
+def test_private_selection_releases_busy_partitions_and_needs_delta() -> None:
+    release = tm.aggregate(
+        events(),
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        delta=1e-6,
+        randomness=seeded(2),
+    )
+    assert sorted(release.to_pandas()["event"]) == ["open", "save", "share"]
+    assert release.metadata["partitions"]["mechanism"]["mechanism"] == "laplace_threshold"
+    with pytest.raises(tm.ConfigError, match="delta must be > 0"):
+        tm.aggregate(events(), by="event", metrics=METRICS, policy=POLICY, epsilon=1.0)
+
+
+def test_multi_column_by() -> None:
+    release = tm.aggregate(
+        events(),
+        by=["event", "os"],
+        metrics=[tm.count()],
+        policy=POLICY,
+        epsilon=2.0,
+        delta=1e-6,
+        randomness=seeded(3),
+    )
+    table = release.to_pandas()
+    assert set(zip(table["event"], table["os"], strict=True)) == {
+        (e, o) for e in ("open", "save", "share") for o in ("linux", "macos")
+    }
+    public = tm.aggregate(
+        events(),
+        by=["event", "os"],
+        metrics=[tm.count()],
+        policy=POLICY,
+        epsilon=2.0,
+        partitions=[("open", "linux"), ("open", "windows")],
+        randomness=seeded(3),
+    )
+    assert public.to_pandas()["os"].tolist() == ["linux", "windows"]
+
+
+def test_public_partitions_given_as_a_dataframe_and_validated() -> None:
+    keys = pd.DataFrame({"event": ["open", "save"]})
+    release = tm.aggregate(
+        events(),
+        by="event",
+        metrics=[tm.count()],
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=keys,
+        randomness=seeded(0),
+    )
+    assert release.to_pandas()["event"].tolist() == ["open", "save"]
+    with pytest.raises(tm.ConfigError, match="listed twice"):
+        tm.aggregate(
+            events(),
+            by="event",
+            metrics=[tm.count()],
+            policy=POLICY,
+            epsilon=1.0,
+            partitions=["open", "open"],
+        )
+    with pytest.raises(tm.ConfigError, match="one value per by column"):
+        tm.aggregate(
+            events(),
+            by=["event", "os"],
+            metrics=[tm.count()],
+            policy=POLICY,
+            epsilon=1.0,
+            partitions=["open"],
+        )
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+def test_every_event_is_aggregated_or_dropped_under_a_reason() -> None:
+    data = events()
+    data["user"] = data["user"].astype(object)
+    data["user"][:7] = None
+    data["value"][10:15] = np.nan
+    data["value"][15] = np.inf
+    release = tm.aggregate(
+        data,
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        delta=1e-6,
+        randomness=seeded(4),
+    )
+    acc = release.metadata["events"]
+    assert acc["received"] == data["user"].size
+    assert acc["received"] == acc["aggregated"] + sum(acc["dropped"].values())
+    assert acc["dropped"]["missing_privacy_unit"] == 7
+    assert acc["dropped"]["non_finite_value"] == 6
+    assert acc["dropped"]["contribution_bounds"] > 0
+    assert not release.to_pandas().isna().any().any()
+
+
+def test_metadata_is_json_and_describes_the_release() -> None:
+    release = tm.aggregate(
+        events(),
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        delta=1e-6,
+        randomness=seeded(5),
+    )
+    meta = json.loads(json.dumps(release.metadata))
+    assert meta["query"]["policy"]["max_partitions"] == 2
+    assert meta["telemagg_version"]
+    assert meta["seeded"] is True
+    assert set(meta["metrics"]) == {"count", "unit_count", "sum_value"}
+    assert meta["privacy"]["epsilon"] == release.epsilon <= 1.0
+    assert meta["privacy"]["delta"] == release.delta <= 1e-6
+
+
+def test_metric_reports_follow_from_the_policy() -> None:
+    release = tm.aggregate(
+        events(),
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["open"],
+        randomness=seeded(6),
+    )
+    count = release.metrics["count"]
+    # L1 sensitivity of counts: max_partitions * max_contributions = 2 * 3
+    assert count.sensitivity == 6.0
+    assert count.mechanism == "laplace"
+    # three measurements share epsilon = 1 equally (public partitions: no selection share)
+    assert math.isclose(count.epsilon, 1 / 3, rel_tol=1e-9)
+    assert math.isclose(count.stddev, math.sqrt(2) * 6 / (1 / 3), rel_tol=1e-6)
+    assert release.metrics["sum_value"].sensitivity == 2 * 3 * 100
+    assert release.epsilon <= 1.0
+    assert release.delta == 0.0
+
+
+def test_gaussian_noise_is_accounted_in_zcdp() -> None:
+    release = tm.aggregate(
+        events(),
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        delta=1e-6,
+        noise="gaussian",
+        randomness=seeded(7),
+    )
+    assert release.metrics["count"].mechanism == "gaussian"
+    assert release.metrics["count"].rho > 0
+    assert release.loss.rho > 0
+    assert release.epsilon <= 1.0 + 1e-9
+    assert release.delta <= 1e-6 * (1 + 1e-9)
+    # Gaussian noise uses the L2 sensitivity sqrt(L0) * Linf
+    assert math.isclose(release.metrics["count"].sensitivity, math.sqrt(2) * 3)
+
+
+# --------------------------------------------------------------------------- bounding
+
+
+def test_a_heavy_unit_moves_counts_by_at_most_l0_times_linf() -> None:
+    base = events()
+    heavy = {
+        "user": np.full(5000, 10_000),
+        "event": np.asarray(["open", "save", "share"], dtype=object)[np.arange(5000) % 3],
+        "os": np.full(5000, "linux", dtype=object),
+        "value": np.full(5000, 50.0),
+    }
+    with_heavy = {k: np.concatenate([base[k], heavy[k]]) for k in base}
+    a = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()], randomness=seeded(8))
+    a.add(base)
+    b = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()], randomness=seeded(8))
+    b.add(with_heavy)
+    before, after = exact_counts(a), exact_counts(b)
+    moved = sum(abs(after[k] - before[k]) for k in before)
+    assert 0 < moved <= POLICY.max_partitions * POLICY.max_contributions
+
+
+@given(data=event_rows(), seed=st.integers(0, 1000))
+@settings(max_examples=40, deadline=None)
+def test_batching_and_merging_give_the_same_distribution_inputs(data, seed) -> None:
+    """Split one input over add() calls and merged shards: every unit's kept events
+    stay within its limits, and all events are accounted for."""
+    n = data["user"].size
+    cut = n // 3
+    agg = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()], randomness=seeded(seed))
+    agg.add({k: v[:cut] for k, v in data.items()})
+    shard = agg.spawn()
+    shard.add({k: v[cut:] for k, v in data.items()})
+    agg.merge(pickle.loads(pickle.dumps(shard)))
+    state = agg._state
+    assert state.received == n
+    assert len(state) + sum(state.dropped.values()) == n
+    per_unit: dict[int, set[int]] = {}
+    per_pair: dict[tuple[int, int], int] = {}
+    for u, p in zip(state.unit_id.tolist(), state.partition.tolist(), strict=True):
+        per_unit.setdefault(u, set()).add(p)
+        per_pair[(u, p)] = per_pair.get((u, p), 0) + 1
+    assert all(len(s) <= POLICY.max_partitions for s in per_unit.values())
+    assert all(c <= POLICY.max_contributions for c in per_pair.values())
+
+
+def test_merge_refuses_different_queries() -> None:
+    a = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()])
+    b = tm.Aggregator(policy=POLICY, by="os", metrics=[tm.count()])
+    with pytest.raises(tm.ConfigError, match="different by"):
+        a.merge(b)
+    c = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.unit_count()])
+    with pytest.raises(tm.ConfigError, match="different metrics"):
+        a.merge(c)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _forms(data: dict[str, np.ndarray]):
+    df = pd.DataFrame(data)
+    rows = df.to_dict("records")
+    return {
+        "mapping": data,
+        "pandas": df,
+        "pandas_categorical": df.astype({"event": "category"}),
+        "polars": pl.from_pandas(df),
+        "arrow": pa.Table.from_pandas(df),
+        "rows": rows,
+    }
+
+
+def test_every_input_form_gives_the_same_release() -> None:
+    data = events(n_users=60)
+    tables = []
+    for form, value in _forms(data).items():
+        release = tm.aggregate(
+            value,
+            by="event",
+            metrics=METRICS,
+            policy=POLICY,
+            epsilon=1.0,
+            delta=1e-6,
+            randomness=seeded(9),
+        )
+        tables.append((form, release.to_pandas()))
+    first = tables[0][1]
+    for form, table in tables[1:]:
+        pd.testing.assert_frame_equal(table, first, obj=form)
+
+
+def test_empty_input() -> None:
+    empty = {"user": np.zeros(0, np.int64), "event": np.zeros(0, object), "value": np.zeros(0)}
+    private = tm.aggregate(
+        empty, by="event", metrics=METRICS, policy=POLICY, epsilon=1.0, delta=1e-6
+    )
+    assert len(private) == 0
+    public = tm.aggregate(
+        empty,
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["open"],
+        randomness=seeded(1),
+    )
+    assert public.to_pandas()["event"].tolist() == ["open"]
+    assert public.metadata["events"] == {
+        "received": 0,
+        "aggregated": 0,
+        "dropped": {
+            "contribution_bounds": 0,
+            "missing_privacy_unit": 0,
+            "non_finite_value": 0,
+            "not_public_partition": 0,
+        },
+    }
+
+
+def test_string_units_and_missing_partition_keys() -> None:
+    data = {"user": ["u1", "u2", "u2", "u3", None], "event": ["a", "a", None, "b", "a"]}
+    release = tm.aggregate(
+        data,
+        by="event",
+        metrics=[tm.unit_count()],
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["a", "b"],
+        randomness=seeded(1),
+    )
+    dropped = release.metadata["events"]["dropped"]
+    assert dropped["missing_privacy_unit"] == 1
+    assert dropped["missing_partition_key"] == 1
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epsilon": 0.0}, r"epsilon must be finite and > 0; got 0.0"),
+        ({"epsilon": -1.0}, r"epsilon must be finite and > 0; got -1.0"),
+        ({"epsilon": float("nan")}, r"epsilon must be finite and > 0; got nan"),
+        ({"epsilon": float("inf")}, r"epsilon must be finite and > 0; got inf"),
+        ({"delta": 1.0}, r"delta must be in \[0, 1\); got 1.0"),
+        ({"delta": -1e-9}, r"delta must be in \[0, 1\)"),
+        ({"metrics": []}, r"metrics must name at least one metric"),
+        ({"metrics": ["count"]}, r"metrics must be telemagg metrics"),
+        ({"by": []}, r"by must be one or more column names"),
+        ({"by": ["user"]}, r"must not contain the privacy unit"),
+    ],
+)
+def test_bad_parameters_name_the_parameter_rule_and_value(kwargs, message) -> None:
+    args = {
+        "by": "event",
+        "metrics": METRICS,
+        "policy": POLICY,
+        "epsilon": 1.0,
+        "delta": 1e-6,
+        **kwargs,
+    }
+    with pytest.raises(tm.ConfigError, match=message):
+        tm.aggregate(events(n_users=5), **args)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: tm.Policy(privacy_unit="u", max_partitions=0),
+            "max_partitions must be an integer >= 1; got 0",
+        ),
+        (
+            lambda: tm.Policy(privacy_unit="u", max_contributions=1.5),
+            "max_contributions must be an integer >= 1; got 1.5",
+        ),
+        (lambda: tm.Policy(privacy_unit=""), "privacy_unit"),
+        (lambda: tm.Policy(privacy_unit="u", bogus=1), "has no parameter 'bogus'"),
+        (lambda: tm.sum("x", bounds=(1, 0)), r"bounds must satisfy lower < upper; got \(1, 0\)"),
+        (lambda: tm.mean("x", bounds=(0, float("inf"))), "bounds must be finite"),
+        (lambda: tm.count(name="not a column!"), "name must be a valid column name"),
+    ],
+)
+def test_bad_declarations_fail_where_declared(make, message) -> None:
+    with pytest.raises(tm.ConfigError, match=message):
+        make()
+
+
+def test_unknown_and_non_numeric_columns_are_schema_errors() -> None:
+    with pytest.raises(tm.SchemaError, match="'nope' is not in the events"):
+        tm.aggregate(events(), by="nope", metrics=METRICS, policy=POLICY, epsilon=1, delta=1e-6)
+    with pytest.raises(tm.SchemaError, match="column 'event' must be numeric"):
+        tm.aggregate(
+            events(),
+            by="os",
+            metrics=[tm.sum("event", bounds=(0, 1))],
+            policy=POLICY,
+            epsilon=1,
+            delta=1e-6,
+        )
+    with pytest.raises(tm.SchemaError, match="'user'"):
+        tm.aggregate(
+            {"event": ["a"]}, by="event", metrics=METRICS, policy=POLICY, epsilon=1, delta=1e-6
+        )
+
+
+def test_duplicate_metric_names_are_refused() -> None:
+    with pytest.raises(tm.ConfigError, match="unique names"):
+        tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count(), tm.count()])
