@@ -1,0 +1,254 @@
+"""The storage layer shared by the ledger and the consent registry, on both backends."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from conftest import POSTGRES_ENV
+from telemagg import _storage
+from telemagg._storage import Column, Table, open_store, redact_url, sqlite_path
+from telemagg.errors import ConfigError, LedgerError, MissingDependencyError
+
+ITEMS = Table(
+    "test_items",
+    (Column("name", "text"), Column("value", "float", nullable=True), Column("n", "int")),
+    ("name",),
+    indexes=(("n",),),
+)
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://alice:s3cret@db:5432/x", "postgresql://alice:***@db:5432/x"),
+        ("postgresql://alice:p%40ss@db/x", "postgresql://alice:***@db/x"),
+        ("postgresql://db/x?user=a&password=s3cret", "postgresql://db/x?user=a&password=***"),
+        ("postgresql://alice@db/x", "postgresql://alice@db/x"),
+        ("sqlite:////var/lib/x.db", "sqlite:////var/lib/x.db"),
+    ],
+)
+def test_redact_url_hides_passwords_only(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_sqlite_urls_relative_and_absolute() -> None:
+    assert sqlite_path("sqlite:///rel/x.db") == "rel/x.db"
+    assert sqlite_path("sqlite:////abs/x.db") == "/abs/x.db"
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///x.db?mode=ro"])
+def test_malformed_sqlite_url_is_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"sqlite:///relative\.db"):
+        open_store(url)
+
+
+def test_memory_sqlite_is_refused() -> None:
+    with pytest.raises(ConfigError, match="outlive the process"):
+        open_store("sqlite:///:memory:")
+
+
+@pytest.mark.parametrize("url", ["mysql://u:hunter2@h/db", "privacy.db", "redis://h"])
+def test_unknown_scheme_names_it_without_secret(url: str) -> None:
+    with pytest.raises(ConfigError, match="scheme must be 'sqlite' or 'postgresql'") as info:
+        open_store(url)
+    assert "hunter2" not in str(info.value)
+
+
+def test_missing_psycopg_names_postgres_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # makes `import psycopg` fail
+    with pytest.raises(MissingDependencyError, match=r"telemagg\[postgres\]"):
+        open_store("postgresql://postgres@127.0.0.1:5432/test")
+
+
+def test_unreachable_postgres_error_hides_password() -> None:
+    url = "postgresql://postgres:hunter2@127.0.0.1:1/nowhere"
+    with pytest.raises(LedgerError) as info:
+        open_store(url)
+    assert "hunter2" not in str(info.value)
+    assert "postgres:***@127.0.0.1:1" in str(info.value)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"this is a text file, not SQLite " * 100)
+    with pytest.raises(LedgerError, match="not a usable telemagg store"):
+        open_store(f"sqlite:///{path}")
+    assert path.read_bytes().startswith(b"this is a text file")
+
+
+def test_create_false_never_creates_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "typo.db"
+    with pytest.raises(LedgerError, match="does not exist"):
+        open_store(f"sqlite:///{path}", create=False)
+    assert not path.exists()
+
+
+def test_missing_directory_is_ledger_error(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="opening"):
+        open_store(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+
+
+# --------------------------------------------------------------------------- both backends
+
+
+def test_schema_is_idempotent_and_round_trips(store_url: str) -> None:
+    store = open_store(store_url)
+    store.ensure_schema("test", 1, [ITEMS])
+    store.ensure_schema("test", 1, [ITEMS])  # second time: checked, not recreated
+    with store.transaction(write=True) as tx:
+        tx.executemany(
+            "INSERT INTO test_items (name, value, n) VALUES (?, ?, ?)",
+            [("a", 0.1, 1), ("b", None, 2)],
+        )
+    again = open_store(store_url)
+    again.ensure_schema("test", 1, [ITEMS])
+    with again.transaction() as tx:
+        assert tx.fetchall("SELECT name, value, n FROM test_items ORDER BY name") == [
+            ("a", 0.1, 1),
+            ("b", None, 2),
+        ]
+        assert tx.fetchone("SELECT name FROM test_items WHERE n = ?", (3,)) is None
+    store.close()
+    again.close()
+
+
+def test_exception_rolls_back(store_url: str) -> None:
+    store = open_store(store_url)
+    store.ensure_schema("test", 1, [ITEMS])
+
+    def insert_then_fail() -> None:
+        with store.transaction(write=True) as tx:
+            tx.execute("INSERT INTO test_items (name, n) VALUES (?, ?)", ("a", 1))
+            raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError, match="abort"):
+        insert_then_fail()
+    with store.transaction() as tx:
+        assert tx.fetchall("SELECT count(*) FROM test_items") == [(0,)]
+
+
+def test_sql_error_is_ledger_error(store_url: str) -> None:
+    store = open_store(store_url)
+    with pytest.raises(LedgerError, match="failed"), store.transaction() as tx:
+        tx.fetchall("SELECT nothing FROM no_such_table")
+    with store.transaction() as tx:  # the store is still usable
+        assert tx.fetchall("SELECT 1") == [(1,)]
+
+
+def test_closed_store_refuses(store_url: str) -> None:
+    store = open_store(store_url)
+    store.close()
+    with pytest.raises(LedgerError, match="closed"), store.transaction():
+        pass
+
+
+def test_foreign_table_of_the_same_name_is_refused(store_url: str) -> None:
+    store = open_store(store_url)
+    with store.transaction(write=True) as tx:
+        tx.execute("CREATE TABLE test_items (id INTEGER, payload TEXT)")
+    with pytest.raises(LedgerError, match="that telemagg did not create"):
+        store.ensure_schema("test", 1, [ITEMS])
+
+
+def test_changed_columns_and_versions_are_refused(store_url: str) -> None:
+    store = open_store(store_url)
+    store.ensure_schema("test", 1, [ITEMS])
+    other = Table("test_items", (Column("name", "text"),), ("name",))
+    with pytest.raises(LedgerError, match="columns"):
+        store.ensure_schema("test", 1, [other])
+    with pytest.raises(LedgerError, match="schema version 1"):
+        store.ensure_schema("test", 2, [ITEMS])
+    with pytest.raises(LedgerError, match="holds no telemagg absent store"):
+        store.ensure_schema("absent", 1, [], create=False)
+
+
+def test_foreign_meta_table_is_refused(store_url: str) -> None:
+    store = open_store(store_url)
+    with store.transaction(write=True) as tx:
+        tx.execute("CREATE TABLE telemagg_meta (k TEXT)")
+    with pytest.raises(LedgerError, match="telemagg_meta"):
+        store.ensure_schema("test", 1, [ITEMS])
+
+
+def test_bad_identifier_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="names must match"):
+        Table("items; DROP TABLE x", (Column("a", "text"),), ("a",))
+
+
+def _increment(url: str, times: int) -> None:
+    """Read-modify-write a counter: loses updates unless write transactions are serialised."""
+    store = open_store(url)
+    for _ in range(times):
+        with store.transaction(write=True, lock="counter") as tx:
+            row = tx.fetchone("SELECT n FROM test_items WHERE name = ?", ("counter",))
+            assert row is not None
+            time.sleep(0.0005)  # widen the race window
+            tx.execute("UPDATE test_items SET n = ? WHERE name = ?", (row[0] + 1, "counter"))
+    store.close()
+
+
+@pytest.mark.slow
+def test_write_transactions_serialise_threads_and_processes(store_url: str) -> None:
+    store = open_store(store_url)
+    store.ensure_schema("test", 1, [ITEMS])
+    with store.transaction(write=True) as tx:
+        tx.execute("INSERT INTO test_items (name, n) VALUES (?, ?)", ("counter", 0))
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_increment, args=(store_url, 25)) for _ in range(3)]
+    threads = [threading.Thread(target=_increment, args=(store_url, 25)) for _ in range(3)]
+    for worker in [*processes, *threads]:
+        worker.start()
+    for worker in [*processes, *threads]:
+        worker.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    with store.transaction() as tx:
+        assert tx.fetchone("SELECT n FROM test_items WHERE name = ?", ("counter",)) == (150,)
+
+
+def _fork_child_writes(store: _storage.Store) -> None:
+    with store.transaction(write=True) as tx:
+        tx.execute("INSERT INTO test_items (name, n) VALUES (?, ?)", ("child", 1))
+
+
+def test_store_used_across_fork_reconnects(store_url: str) -> None:
+    store = open_store(store_url)
+    store.ensure_schema("test", 1, [ITEMS])
+    child = multiprocessing.get_context("fork").Process(target=_fork_child_writes, args=(store,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    # The parent's connection survived the child's exit (PostgreSQL would end a shared session).
+    with store.transaction() as tx:
+        assert tx.fetchall("SELECT name FROM test_items") == [("child",)]
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in its user info."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        pytest.skip(f"{POSTGRES_ENV} already holds a password")
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo or 'postgres'}:{password}@{hostinfo}"))
+
+
+def test_repr_and_errors_hide_password(postgres_url: str) -> None:
+    url = with_password(postgres_url, "hunter2")  # trust authentication ignores it
+    store = open_store(url)
+    assert "hunter2" not in repr(store)
+    assert "hunter2" not in store.url
+    with pytest.raises(LedgerError) as info, store.transaction() as tx:
+        tx.fetchall("SELECT 'hunter2' FROM no_such_table")
+    assert "hunter2" not in str(info.value)
