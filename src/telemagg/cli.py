@@ -1,0 +1,150 @@
+"""The ``telemagg`` command line: a thin layer over the library.
+
+``telemagg demo`` aggregates a synthetic telemetry stream with differential privacy and
+prints the release; ``telemagg budget show|history URL`` inspects a privacy budget ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import telemagg as tm
+from telemagg.datasets import telemetry_events
+from telemagg.ledger import Ledger
+from telemagg.ledger._cli import register as register_budget
+
+
+def format_table(
+    columns: Mapping[str, Sequence[Any] | np.ndarray[Any, Any]], limit: int = 25
+) -> str:
+    """A plain-text table; floats rounded for reading.
+
+    >>> print(format_table({"event": ["open", "save"], "count": [10.4, 2.0]}))
+    event  count
+    -----  -----
+    open    10.4
+    save     2.0
+    """
+    names = list(columns)
+    rows = [[_cell(v) for v in columns[n][:limit]] for n in names]
+    widths = [max([len(n), *(len(c) for c in col)]) for n, col in zip(names, rows, strict=True)]
+    numeric = [all(_is_number(v) for v in columns[n][:limit]) for n in names]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(names), line(["-" * w for w in widths])]
+    out += [line([col[i] for col in rows]) for i in range(len(rows[0]) if rows else 0)]
+    total = len(columns[names[0]]) if names else 0
+    if total > limit:
+        out.append(f"... {total - limit} more rows")
+    return "\n".join(out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return f"{number:,.1f}" if abs(number) < 1e15 else f"{number:.3g}"
+    return str(value)
+
+
+def demo(n_events: int, epsilon: float, ledger_url: str | None) -> int:
+    """Generate telemetry, aggregate it privately, print what was released and spent."""
+    print(f"Generating {n_events:,} synthetic telemetry events (Zipf-skewed users)...")
+    events = telemetry_events(n_events, seed=7, dirty=0.001)
+    n_users = len(np.unique(events["user_id"][events["user_id"] != None]))  # noqa: E711
+    print(f"  {n_users:,} users; the busiest emitted {_busiest(events):,} events\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = ledger_url or f"sqlite:///{Path(tmp) / 'privacy.db'}"
+        ledger = Ledger(url, epsilon=10.0, delta=1e-5)
+        policy = tm.Policy(privacy_unit="user_id", max_partitions=4, max_contributions=2)
+        release = tm.aggregate(
+            events,
+            by=["event_name"],
+            metrics=[
+                tm.unit_count(name="users"),
+                tm.count(name="events"),
+                tm.mean("duration_ms", bounds=(0, 60_000)),
+            ],
+            policy=policy,
+            epsilon=epsilon,
+            delta=1e-6,
+            ledger=ledger,
+            label="demo: usage per feature",
+        )
+        table = release.to_dict()
+        order = np.argsort(-table["users"])
+        print(f"Released {len(release)} feature partitions (busiest first):")
+        print(format_table({k: v[order] for k, v in table.items()}, limit=15))
+        print()
+        print(f"Privacy loss: epsilon={release.epsilon:.3f}, delta={release.delta:.2g}")
+        for name, report in release.metrics.items():
+            print(
+                f"  {name:<18} {report.mechanism:<18} epsilon={report.epsilon:.3f}"
+                f"  noise stddev {report.stddev:,.1f} on {report.measurement}"
+            )
+        spent, remaining = ledger.spent, ledger.remaining
+        print(
+            f"Ledger {ledger.url}: spent epsilon={spent[0]:.3f} of 10,"
+            f" remaining epsilon={remaining[0]:.3f}"
+        )
+        accounting = release.metadata["events"]
+        received, aggregated = accounting["received"], accounting["aggregated"]
+        print(f"\nEvents: {received:,} received, {aggregated:,} aggregated")
+        for reason, n in accounting["dropped"].items():
+            print(f"  dropped {n:>10,}  {reason}")
+    return 0
+
+
+def _busiest(events: Mapping[str, np.ndarray[Any, Any]]) -> int:
+    users = events["user_id"]
+    present = users[users != None].astype(np.int64)  # noqa: E711
+    return int(np.unique(present, return_counts=True)[1].max()) if present.size else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="telemagg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo_parser = sub.add_parser("demo", help="aggregate synthetic telemetry with DP")
+    demo_parser.add_argument("--events", type=int, default=1_000_000, help="events to generate")
+    demo_parser.add_argument("--epsilon", type=float, default=1.0, help="privacy budget")
+    demo_parser.add_argument(
+        "--ledger", default=None, help="ledger URL (default: a temporary file)"
+    )
+    register_budget(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``telemagg`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return demo(args.events, args.epsilon, args.ledger)
+        return int(args.func(args))
+    except tm.TelemaggError as exc:
+        print(f"telemagg: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "format_table", "main"]
