@@ -322,9 +322,7 @@ def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:
         ids = mix64(data.astype(np.int64).view(np.uint64), inplace=True)
         # codes index the raw ids themselves: uniques[codes] is the column, as for strings
         return ids, Encoded(np.arange(data.size, dtype=np.int64), data), np.zeros(data.size, bool)
-    integral = isinstance(data, np.ndarray) and data.dtype.kind == "f" and np.isfinite(data).all()
-    if integral and np.array_equal(data, np.floor(data)):
-        assert isinstance(data, np.ndarray)
+    if isinstance(data, np.ndarray) and data.dtype.kind == "f" and _integral(data):
         return _unit_ids(data.astype(np.int64), name)
     if isinstance(data, np.ndarray) and data.dtype.kind not in "OUSf":
         raise SchemaError(
@@ -341,6 +339,10 @@ def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:
     return ids, encoded, missing
 
 
+def _integral(values: F64) -> bool:
+    return bool(np.isfinite(values).all() and np.array_equal(values, np.floor(values)))
+
+
 def _numeric(column: Any, name: str) -> F64:
     data = _to_numpy(column)
     if isinstance(data, Encoded):
@@ -355,15 +357,15 @@ def _numeric(column: Any, name: str) -> F64:
     raise SchemaError(f"column {name!r} must be numeric; got values of dtype {data.dtype}")
 
 
-def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]], Bool]:
-    """Per-event partition code over several key columns, the distinct key tuples, and
-    where any key is missing."""
+def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]]]:
+    """Per-event partition code over several key columns (-1 where any key is missing),
+    and the distinct key tuples."""
     missing = np.zeros(encoded[0].codes.size, dtype=bool)
     for enc in encoded:
         missing |= enc.codes < 0
     if len(encoded) == 1:
         uniques = encoded[0].uniques
-        return encoded[0].codes, [(_python(v),) for v in uniques], missing
+        return encoded[0].codes, [(_python(v),) for v in uniques]
     combined = np.zeros(missing.size, dtype=np.int64)
     for enc in encoded:
         combined = combined * max(len(enc.uniques), 1) + np.maximum(enc.codes, 0)
@@ -375,7 +377,7 @@ def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]], B
             flat, code = divmod(int(flat), max(len(enc.uniques), 1))
             parts.append(_python(enc.uniques[code]))
         keys.append(tuple(reversed(parts)))
-    return np.where(missing, -1, present.codes), keys, missing
+    return np.where(missing, -1, present.codes), keys
 
 
 def _python(value: Any) -> Any:
@@ -402,10 +404,10 @@ def ingest(
     unit_id, unit_encoded, unit_missing = _unit_ids(raw[unit], unit)
     keys_encoded = [_encode(raw[c]) for c in by]
     if n_events == 0:
-        codes, key_missing = np.zeros(0, np.int64), np.zeros(0, bool)
+        codes = np.zeros(0, np.int64)
         keys: list[tuple[Any, ...]] = []
     else:
-        codes, keys, _ = _combine_keys(keys_encoded)
+        codes, keys = _combine_keys(keys_encoded)
     values = {c: _numeric(raw[c], c) for c in numeric}
     cats = {c: _encode(raw[c]) for c in categorical}
     batch = Batch(n_events, unit_id, unit_encoded, codes, keys, values, cats)
