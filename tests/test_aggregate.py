@@ -432,3 +432,37 @@ def test_unknown_and_non_numeric_columns_are_schema_errors() -> None:
 def test_duplicate_metric_names_are_refused() -> None:
     with pytest.raises(tm.ConfigError, match="unique names"):
         tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count(), tm.count()])
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+def test_release_is_charged_to_the_ledger_before_anything_is_released(store_url) -> None:
+    ledger = tm.Ledger(store_url, epsilon=1.5, delta=1e-5)
+    agg = tm.Aggregator(policy=POLICY, by="event", metrics=METRICS)
+    agg.add(events())
+    first = agg.release(1.0, 1e-6, ledger=ledger, label="hourly")
+    assert ledger.spent[0] == pytest.approx(first.epsilon)
+    assert first.metadata["ledger"]["charge"] == ledger.charges()[-1].seq
+    assert ledger.charges()[-1].label == "hourly"
+    assert ledger.charges()[-1].query["by"] == ["event"]
+    with pytest.raises(tm.BudgetExceededError):
+        agg.release(1.0, 1e-6, ledger=ledger)
+    assert len(ledger.charges()) == 1  # the refused release recorded nothing
+    ledger.verify()
+
+
+def test_ledgers_refuse_seeded_releases(sqlite_url) -> None:
+    ledger = tm.Ledger(sqlite_url, epsilon=1.0, delta=1e-5)
+    with pytest.raises(tm.ConfigError, match="seeded"):
+        tm.aggregate(
+            events(),
+            by="event",
+            metrics=METRICS,
+            policy=POLICY,
+            epsilon=0.5,
+            delta=1e-6,
+            ledger=ledger,
+            randomness=seeded(0),
+        )
+    assert ledger.charges() == []

@@ -16,6 +16,7 @@ from telemagg.errors import (
     SchemaError,
     TelemaggError,
 )
+from telemagg.ledger import Charge, Ledger
 from telemagg.policy import (
     Count,
     Mean,
@@ -37,8 +38,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Aggregator",
     "BudgetExceededError",
+    "Charge",
     "ConfigError",
     "Count",
+    "Ledger",
     "LedgerError",
     "LedgerIntegrityError",
     "Mean",

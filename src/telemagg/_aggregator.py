@@ -31,6 +31,7 @@ from telemagg._ingest import (
 from telemagg._plan import UNIT_COUNT, Plan, finalize, make_plan
 from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
 from telemagg.errors import ConfigError, TelemaggError
+from telemagg.ledger import Charge
 from telemagg.policy import Metric, Policy, ReleaseParams, check_by, check_metrics
 from telemagg.release import MetricReport, Release
 
@@ -58,11 +59,11 @@ class ConsentSource(Protocol):
 
 
 class LedgerLike(Protocol):
-    """What the aggregator needs from a budget ledger."""
+    """What the aggregator needs from a budget ledger (:class:`telemagg.Ledger`)."""
 
     def charge(
         self, loss: mech.PrivacyLoss, *, query: Mapping[str, Any], label: str | None = None
-    ) -> Any: ...
+    ) -> Charge: ...
 
 
 @dataclass
@@ -315,7 +316,7 @@ class Aggregator:
         params: ReleaseParams,
         public: list[tuple[Any, ...]] | None,
         query: dict[str, Any],
-        charge: Any,
+        charge: Charge | None,
     ) -> Release:
         state = self._state
         index = KeyIndex()
@@ -404,7 +405,7 @@ class Aggregator:
         query: dict[str, Any],
         reports: dict[str, MetricReport],
         n_released: int,
-        charge: Any,
+        charge: Charge | None,
     ) -> dict[str, Any]:
         loss = plan.loss
         out: dict[str, Any] = {
@@ -430,7 +431,7 @@ class Aggregator:
             "seeded": self._randomness.seeded,
         }
         if charge is not None:
-            out["ledger_charge"] = getattr(charge, "id", None)
+            out["ledger"] = {"charge": charge.seq, "hash": charge.hash}
         return out
 
 
