@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,6 +68,11 @@ class PrivacyLoss:
         return max(self.delta - self.approx_delta, 0.0)
 
 
+def privacy_map(measurement: Any, d_in: Any) -> Any:
+    """OpenDP's privacy map of ``measurement`` at input distance ``d_in``."""
+    return measurement.map(d_in)
+
+
 def _gaussian_with_rho(rho: float) -> Any:
     """A Gaussian measurement whose zCDP map at sensitivity 1 is (at least) ``rho``."""
     scale = 1.0 / math.sqrt(2.0 * rho)
@@ -89,7 +94,7 @@ def zcdp_to_epsilon(rho: float, delta: float) -> float:
         return 0.0
     if not 0.0 < delta < 1.0:
         return math.inf
-    profile = dp.c.make_zCDP_to_approxDP(_gaussian_with_rho(rho)).map(1.0)  # type: ignore[no-untyped-call]
+    profile = privacy_map(dp.c.make_zCDP_to_approxDP(_gaussian_with_rho(rho)), 1.0)
     return float(profile.epsilon(delta))
 
 
@@ -162,7 +167,7 @@ def _threshold_measurement(scale: float, threshold: float) -> Any:
 
 
 def _delta_of(scale: float, threshold: float, d_in: tuple[int, float, float]) -> float:
-    return float(_threshold_measurement(scale, threshold).map(d_in)[1])  # type: ignore[no-untyped-call]
+    return float(privacy_map(_threshold_measurement(scale, threshold), d_in)[1])
 
 
 @lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
@@ -195,7 +200,7 @@ def laplace_threshold(
             lo = mid
         else:
             hi = mid
-    eps_used, delta_used = _threshold_measurement(scale, hi).map(d_in)  # type: ignore[no-untyped-call]
+    eps_used, delta_used = privacy_map(_threshold_measurement(scale, hi), d_in)
     return ThresholdPlan(
         scale=scale, threshold=hi, epsilon=float(eps_used), delta=float(delta_used)
     )
@@ -206,7 +211,7 @@ def laplace_epsilon(sensitivity_l1: float, scale: float) -> float:
     if sensitivity_l1 == 0.0:
         return 0.0
     meas = dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), scale)
-    return float(meas.map(sensitivity_l1))
+    return float(privacy_map(meas, sensitivity_l1))
 
 
 def gaussian_rho(sensitivity_l2: float, scale: float) -> float:
@@ -214,7 +219,7 @@ def gaussian_rho(sensitivity_l2: float, scale: float) -> float:
     if sensitivity_l2 == 0.0:
         return 0.0
     meas = dp.m.make_gaussian(_VECTOR, dp.l2_distance(T=float), scale)
-    return float(meas.map(sensitivity_l2))
+    return float(privacy_map(meas, sensitivity_l2))
 
 
 # --------------------------------------------------------------------------- noise sources
