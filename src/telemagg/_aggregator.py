@@ -30,9 +30,17 @@ from telemagg._ingest import (
 )
 from telemagg._plan import UNIT_COUNT, Plan, finalize, make_plan
 from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
-from telemagg.errors import ConfigError, TelemaggError
+from telemagg.errors import BudgetExceededError, ConfigError, TelemaggError
 from telemagg.ledger import Charge
-from telemagg.policy import Metric, Policy, ReleaseParams, check_by, check_metrics
+from telemagg.policy import (
+    Metric,
+    Policy,
+    ReleaseParams,
+    check_by,
+    check_metrics,
+    format_duration,
+    parse_duration,
+)
 from telemagg.release import MetricReport, Release
 
 I64 = npt.NDArray[np.int64]
@@ -40,6 +48,7 @@ I64 = npt.NDArray[np.int64]
 CONSENT = "consent"
 PARTITION_SELECTION = "partition_selection"
 NOT_PUBLIC_PARTITION = "not_public_partition"
+LATE = "late"
 ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, NON_FINITE_VALUE, CONTRIBUTION_BOUNDS)
 
 
@@ -129,6 +138,9 @@ class Aggregator:
         metrics: Sequence[Metric],
         consent: ConsentSource | None = None,
         purpose: str | None = None,
+        window: str | None = None,
+        time: str | None = None,
+        allowed_lateness: str = "0s",
         randomness: Randomness | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
@@ -145,9 +157,23 @@ class Aggregator:
         self.consent, self.purpose = _check_consent(
             policy, self.by, self._numeric, consent, purpose
         )
+        self.window, self.time = _check_window(window, time)
+        self.allowed_lateness = format_duration(
+            parse_duration(allowed_lateness, "allowed_lateness", allow_zero=True)
+        )
         self._randomness = randomness or Randomness.system()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty state: no partitions, no events, no windows."""
         self._partitions = KeyIndex()
         self._state = State.empty(self._numeric)
+        self._windows: dict[int, State] = {}
+        self._watermark_ms: int | None = None
+        self._released_through: int | None = None  # highest window index released
+        self._received_total = 0
+        self._released_events = 0
+        self._outside_windows: Counter[str] = Counter()  # see accounting()
 
     def __repr__(self) -> str:
         return (
@@ -160,16 +186,100 @@ class Aggregator:
 
     def add(self, events: Any) -> None:
         """Absorb a batch of events (any input form :func:`aggregate` takes)."""
-        batch = ingest(events, unit=self.policy.privacy_unit, by=self.by, numeric=self._numeric)
+        batch = ingest(
+            events,
+            unit=self.policy.privacy_unit,
+            by=self.by,
+            numeric=self._numeric,
+            time=self.time,
+        )
         if self.consent is not None and len(batch):
             assert self.purpose is not None
             allowed = np.asarray(self.consent.allowed(batch.unit.uniques, self.purpose), dtype=bool)
             batch = batch.take(allowed[batch.unit.codes], CONSENT)
-        self._state = self._state.absorb(
-            self._rows(batch),
+        rows = self._rows(batch)
+        if self.window is None:
+            self._state = self._absorb(self._state, rows)
+        else:
+            assert batch.time_ms is not None
+            self._add_to_windows(rows, batch.time_ms)
+
+    def _absorb(self, state: State, rows: State) -> State:
+        return state.absorb(
+            rows,
             max_partitions=self.policy.max_partitions,
             max_contributions=self.policy.max_contributions,
         )
+
+    # ------------------------------------------------------------------ windows
+
+    @property
+    def _window_ms(self) -> int:
+        assert self.window is not None
+        return parse_duration(self.window, "window") * 1000
+
+    @property
+    def _lateness_ms(self) -> int:
+        return parse_duration(self.allowed_lateness, "allowed_lateness", allow_zero=True) * 1000
+
+    def _closed(self, index: I64 | int, watermark: int | None) -> Any:
+        """Whether window ``index`` has closed: the watermark (latest event time seen) has
+        passed its end by the allowed lateness."""
+        if watermark is None:
+            return np.zeros(np.shape(index), dtype=bool)
+        return (np.asarray(index) + 1) * self._window_ms + self._lateness_ms <= watermark
+
+    def _add_to_windows(self, rows: State, time_ms: I64) -> None:
+        """Split rows over tumbling windows; events of closed windows are dropped as late.
+
+        Events that never reach a window (no time, no unit, no consent, or late for a window
+        already released) are counted in :meth:`accounting`; each window's release accounts
+        for the events placed in it, late ones included.
+        """
+        self._received_total += rows.received
+        self._outside_windows.update(rows.dropped)
+        index = time_ms // self._window_ms
+        late = self._closed(index, self._watermark_ms)
+        for w in np.unique(index).tolist():  # a loop over windows, not events
+            in_window = index == w
+            n_in = int(np.count_nonzero(in_window))
+            if self._released_through is not None and w <= self._released_through:
+                self._outside_windows[LATE] += n_in
+                continue
+            part = rows.select(in_window & ~late)
+            n_late = n_in - len(part)
+            part.received, part.dropped = n_in, Counter({LATE: n_late} if n_late else {})
+            self._windows[w] = self._absorb(self._windows.get(w, self._empty_state()), part)
+        if time_ms.size:
+            latest = int(time_ms.max())
+            self._watermark_ms = (
+                latest if self._watermark_ms is None else max(latest, self._watermark_ms)
+            )
+
+    def _empty_state(self) -> State:
+        return State.empty(self._numeric)
+
+    def accounting(self) -> dict[str, Any]:
+        """Where every event received by a windowed aggregator is now.
+
+        ``received == pending + released + sum(dropped.values())``: ``pending`` events sit
+        in open windows, ``released`` ones belonged to windows already released (whose
+        metadata details them), ``dropped`` ones never reached a window, by reason.
+
+        >>> import telemagg as tm
+        >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="u"), by="e",
+        ...     metrics=[tm.count()], window="1h", time="t")
+        >>> agg.add({"u": [1, 2, None], "e": ["a", "a", "a"], "t": [0, 10, 20]})
+        >>> agg.accounting()
+        {'received': 3, 'pending': 2, 'released': 0, 'dropped': {'missing_privacy_unit': 1}}
+        """
+        pending = sum(s.received for s in self._windows.values())
+        return {
+            "received": self._received_total,
+            "pending": pending,
+            "released": self._released_events,
+            "dropped": dict(self._outside_windows),
+        }
 
     def _rows(self, batch: Batch) -> State:
         partition_ids = self._partitions.ids(batch.partition_keys)
@@ -207,8 +317,7 @@ class Aggregator:
         other = Aggregator.__new__(Aggregator)
         other.__dict__.update(self.__dict__)
         other._randomness = self._randomness.spawn()
-        other._partitions = KeyIndex()
-        other._state = State.empty(self._numeric)
+        other._reset()
         return other
 
     def merge(self, other: Aggregator) -> None:
@@ -221,13 +330,29 @@ class Aggregator:
         """
         if not isinstance(other, Aggregator):
             raise ConfigError(f"merge needs a tm.Aggregator; got {type(other).__name__}")
-        for name in ("policy", "by", "metrics", "purpose"):
+        for name in ("policy", "by", "metrics", "purpose", "window", "time", "allowed_lateness"):
             if getattr(self, name) != getattr(other, name):
                 raise ConfigError(
                     f"cannot merge aggregators with different {name}:"
                     f" {getattr(self, name)!r} != {getattr(other, name)!r}"
                 )
-        theirs = other._state
+        if self.window is None:
+            self._state = self._absorb(self._state, self._adopt(other, other._state))
+            return
+        self._received_total += other._received_total
+        self._released_events += other._released_events
+        self._outside_windows.update(other._outside_windows)
+        for w, theirs in other._windows.items():
+            if self._released_through is not None and w <= self._released_through:
+                self._outside_windows[LATE] += theirs.received
+                continue
+            mine = self._windows.get(w, self._empty_state())
+            self._windows[w] = self._absorb(mine, self._adopt(other, theirs))
+        marks = [m for m in (self._watermark_ms, other._watermark_ms) if m is not None]
+        self._watermark_ms = max(marks) if marks else None
+
+    def _adopt(self, other: Aggregator, theirs: State) -> State:
+        """Another aggregator's state in this one's partition ids and sampling key."""
         partition = (
             self._partitions.ids(other._partitions.keys)[theirs.partition]
             if len(theirs)
@@ -236,7 +361,7 @@ class Aggregator:
         pair_key = theirs.pair_key
         if other._randomness.sampling_key != self._randomness.sampling_key:
             pair_key = self._pair_keys(theirs.unit_id, partition)
-        rows = State(
+        return State(
             unit_id=theirs.unit_id,
             partition=partition,
             pair_key=pair_key,
@@ -245,11 +370,6 @@ class Aggregator:
             categorical=theirs.categorical,
             received=theirs.received,
             dropped=Counter(theirs.dropped),
-        )
-        self._state = self._state.absorb(
-            rows,
-            max_partitions=self.policy.max_partitions,
-            max_contributions=self.policy.max_contributions,
         )
 
     # ------------------------------------------------------------------ release
@@ -271,21 +391,57 @@ class Aggregator:
         exactly those, absent ones as noisy zeros. With a ``ledger`` the loss is charged
         atomically before any noise is drawn; if it does not fit, nothing is released.
         """
+        if self.window is not None:
+            raise ConfigError(
+                f"this Aggregator has window={self.window!r}: release its windows with"
+                " release_closed(...)"
+            )
         params = ReleaseParams(
             epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
         )
         public = None if partitions is None else self._public_keys(partitions)
         plan = make_plan(self.metrics, self.policy, params)
-        query = self.query(params)
-        charge = None
-        if ledger is not None:
-            if self._randomness.seeded:
-                raise ConfigError(
-                    "ledger refuses releases made with seeded randomness (tests only);"
-                    " drop randomness= to release for real"
-                )
-            charge = ledger.charge(plan.loss, query=query, label=label)
-        return self._release(plan, params, public, query, charge)
+        return self._release(self._state, plan, params, public, ledger, label, None)
+
+    def release_closed(
+        self,
+        epsilon: float,
+        delta: float = 0.0,
+        partitions: Any = None,
+        ledger: LedgerLike | None = None,
+        *,
+        noise: Literal["laplace", "gaussian"] = "laplace",
+        label: str | None = None,
+        flush: bool = False,
+    ) -> list[Release]:
+        """Release every closed window (all open ones too with ``flush=True``), oldest first.
+
+        Each window is its own release with its own (epsilon, delta), charged to the ledger
+        separately; a unit active in k windows is protected by k releases' composed loss,
+        which the ledger adds up. If the ledger refuses a window, the windows released
+        before it are attached to the error as ``error.released`` and the rest stay open.
+        """
+        if self.window is None:
+            raise ConfigError(
+                "release_closed needs an Aggregator made with window=...; use release"
+            )
+        params = ReleaseParams(
+            epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
+        )
+        public = None if partitions is None else self._public_keys(partitions)
+        plan = make_plan(self.metrics, self.policy, params)
+        closed = sorted(w for w in self._windows if flush or self._closed(w, self._watermark_ms))
+        released: list[Release] = []
+        for w in closed:
+            try:
+                release = self._release(self._windows[w], plan, params, public, ledger, label, w)
+            except BudgetExceededError as exc:
+                exc.released = released  # type: ignore[attr-defined]
+                raise
+            self._released_events += self._windows.pop(w).received
+            self._released_through = max(w, self._released_through or w)
+            released.append(release)
+        return released
 
     def query(self, params: ReleaseParams | None = None) -> dict[str, Any]:
         """JSON-serialisable description of the query (for metadata and ledgers)."""
@@ -312,13 +468,26 @@ class Aggregator:
 
     def _release(
         self,
+        state: State,
         plan: Plan,
         params: ReleaseParams,
         public: list[tuple[Any, ...]] | None,
-        query: dict[str, Any],
-        charge: Charge | None,
+        ledger: LedgerLike | None,
+        label: str | None,
+        window: int | None,
     ) -> Release:
-        state = self._state
+        """Charge the ledger, then select partitions, add noise and package the release."""
+        query = self.query(params)
+        if window is not None:
+            query["window"] = self._window_bounds(window)
+        charge = None
+        if ledger is not None:
+            if self._randomness.seeded:
+                raise ConfigError(
+                    "ledger refuses releases made with seeded randomness (tests only);"
+                    " drop randomness= to release for real"
+                )
+            charge = ledger.charge(plan.loss, query=query, label=label)
         index = KeyIndex()
         index.keys, index._ids = list(self._partitions.keys), dict(self._partitions._ids)
         noise = self._randomness.noise
@@ -356,6 +525,8 @@ class Aggregator:
         dropped.update(state.dropped)
         dropped[reason] += len(state) - aggregated
         metadata = self._metadata(plan, params, query, reports, len(keys), charge)
+        if window is not None:
+            metadata["window"] = query["window"]
         metadata["events"] = {
             "received": state.received,
             "aggregated": aggregated,
@@ -366,6 +537,16 @@ class Aggregator:
         return Release(
             keys=key_columns, columns=columns, metrics=reports, loss=plan.loss, metadata=metadata
         )
+
+    def _window_bounds(self, window: int) -> dict[str, str]:
+        start = dt.datetime.fromtimestamp(window * self._window_ms / 1000, dt.UTC)
+        end = start + dt.timedelta(milliseconds=self._window_ms)
+        return {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "size": str(self.window),
+            "allowed_lateness": self.allowed_lateness,
+        }
 
     def _reports(self, plan: Plan) -> dict[str, MetricReport]:
         reports = {}
@@ -465,6 +646,17 @@ def _check_consent(
                 " (declare it with registry.declare(purpose, default='opt_in'))"
             )
     return consent, purpose
+
+
+def _check_window(window: str | None, time: str | None) -> tuple[str | None, str | None]:
+    if window is None:
+        if time is not None:
+            raise ConfigError(f"time={time!r} is only used with window=...; got window=None")
+        return None, None
+    seconds = parse_duration(window, "window")
+    if not time:
+        raise ConfigError(f"window={window!r} needs time=<the event-time column>; got {time!r}")
+    return format_duration(seconds), time
 
 
 def _python(value: Any) -> Any:

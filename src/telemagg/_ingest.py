@@ -30,6 +30,7 @@ ObjArray = npt.NDArray[np.object_]
 MISSING_PRIVACY_UNIT = "missing_privacy_unit"
 MISSING_PARTITION_KEY = "missing_partition_key"
 NON_FINITE_VALUE = "non_finite_value"
+MISSING_TIME = "missing_time"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Batch:
     partition_keys: list[tuple[Any, ...]]
     numeric: dict[str, F64]
     categorical: dict[str, Encoded]
+    time_ms: I64 | None = None
     dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -62,7 +64,8 @@ class Batch:
         if n_dropped == 0:
             return self
         dropped = dict(self.dropped)
-        dropped[reason] = dropped.get(reason, 0) + n_dropped
+        if reason:  # "": the caller has counted the reasons itself
+            dropped[reason] = dropped.get(reason, 0) + n_dropped
         return Batch(
             received=self.received,
             unit_id=self.unit_id[keep],
@@ -71,6 +74,7 @@ class Batch:
             partition_keys=self.partition_keys,
             numeric={k: v[keep] for k, v in self.numeric.items()},
             categorical={k: Encoded(v.codes[keep], v.uniques) for k, v in self.categorical.items()},
+            time_ms=None if self.time_ms is None else self.time_ms[keep],
             dropped=dropped,
         )
 
@@ -357,6 +361,32 @@ def _numeric(column: Any, name: str) -> F64:
     raise SchemaError(f"column {name!r} must be numeric; got values of dtype {data.dtype}")
 
 
+def _times_ms(column: Any, name: str) -> tuple[I64, Bool]:
+    """Event times as int64 milliseconds since the epoch, and where they are missing.
+
+    datetime64 / timestamp columns of any unit (timezone-aware ones as UTC) or numbers of
+    seconds since the epoch.
+    """
+    data = _to_numpy(column)
+    if isinstance(data, Encoded):
+        data = data.uniques[np.maximum(data.codes, 0)]
+    if data.dtype.kind in "iuf":
+        seconds = data.astype(np.float64)
+        missing = ~np.isfinite(seconds)
+        return np.where(missing, 0, np.floor(seconds * 1000.0)).astype(np.int64), missing
+    if data.dtype.kind != "M":
+        try:
+            data = data.astype("datetime64[ms]")
+        except (TypeError, ValueError):
+            raise SchemaError(
+                f"column {name!r} (the event time) must hold datetimes or epoch seconds;"
+                f" got values of dtype {data.dtype}"
+            ) from None
+    millis = data.astype("datetime64[ms]")
+    missing = np.isnat(millis)
+    return np.where(missing, 0, millis.astype(np.int64)), missing
+
+
 def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]]]:
     """Per-event partition code over several key columns (-1 where any key is missing),
     and the distinct key tuples."""
@@ -392,6 +422,7 @@ def ingest(
     by: Sequence[str],
     numeric: Sequence[str] = (),
     categorical: Sequence[str] = (),
+    time: str | None = None,
 ) -> Batch:
     """Convert ``events`` to a :class:`Batch` of valid events, counting what was dropped.
 
@@ -399,7 +430,7 @@ def ingest(
     >>> b.received, len(b), b.dropped
     (3, 1, {'missing_privacy_unit': 1, 'missing_partition_key': 1})
     """
-    names = list(dict.fromkeys([unit, *by, *numeric, *categorical]))
+    names = list(dict.fromkeys([unit, *by, *numeric, *categorical, *([time] if time else [])]))
     raw, n_events = _raw_columns(events, names)
     unit_id, unit_encoded, unit_missing = _unit_ids(raw[unit], unit)
     keys_encoded = [_encode(raw[c]) for c in by]
@@ -411,9 +442,20 @@ def ingest(
     values = {c: _numeric(raw[c], c) for c in numeric}
     cats = {c: _encode(raw[c]) for c in categorical}
     batch = Batch(n_events, unit_id, unit_encoded, codes, keys, values, cats)
-    batch = batch.take(~unit_missing, MISSING_PRIVACY_UNIT)
-    batch = batch.take(batch.partition_codes >= 0, MISSING_PARTITION_KEY)
-    finite = np.ones(len(batch), dtype=bool)
-    for v in batch.numeric.values():
+    # Each dropped event is counted once, under the first reason that applies.
+    reasons: list[tuple[str, Bool]] = [(MISSING_PRIVACY_UNIT, unit_missing)]
+    if time is not None:
+        batch.time_ms, time_missing = _times_ms(raw[time], time)
+        reasons.append((MISSING_TIME, time_missing))
+    reasons.append((MISSING_PARTITION_KEY, codes < 0))
+    finite = np.ones(n_events, dtype=bool)
+    for v in values.values():
         finite &= np.isfinite(v)
-    return batch.take(finite, NON_FINITE_VALUE)
+    reasons.append((NON_FINITE_VALUE, ~finite))
+    bad = np.zeros(n_events, dtype=bool)
+    for reason, mask in reasons:
+        newly = int(np.count_nonzero(mask & ~bad))
+        if newly:
+            batch.dropped[reason] = newly
+            bad |= mask
+    return batch.take(~bad, "") if bad.any() else batch

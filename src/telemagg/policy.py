@@ -32,7 +32,9 @@ __all__ = [
     "ValueMetric",
     "Variance",
     "count",
+    "format_duration",
     "mean",
+    "parse_duration",
     "sum",
     "unit_count",
     "variance",
@@ -72,6 +74,40 @@ def _finite_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_DURATION = re.compile(r"^([0-9]+)([smhdw])$")
+_UNIT_SECONDS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def parse_duration(value: str, parameter: str, *, allow_zero: bool = False) -> int:
+    """Seconds in a duration such as ``"30d"``, ``"1h"``, ``"15m"`` (units s, m, h, d, w).
+
+    >>> parse_duration("1h", "window"), parse_duration("0s", "allowed_lateness", allow_zero=True)
+    (3600, 0)
+    >>> parse_duration("an hour", "window")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: window must look like '1h', '30m', ... got 'an hour'
+    """
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else -1
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ConfigError(
+            f"{parameter} must look like '1h', '30m', '7d', '45s' or '2w'"
+            f" (a whole number and one unit); got {value!r}"
+        )
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest spelling of a whole number of seconds.
+
+    >>> format_duration(7200), format_duration(90)
+    ('2h', '90s')
+    """
+    if seconds == 0:
+        return "0s"
+    unit = next(u for u, s in _UNIT_SECONDS.items() if seconds % s == 0)
+    return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
 
 
 # --------------------------------------------------------------------------- policy
