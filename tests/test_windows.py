@@ -108,7 +108,7 @@ def test_datetime_time_columns_work() -> None:
 
 
 def test_window_configuration_errors() -> None:
-    with pytest.raises(tm.ConfigError, match="window must look like .* got 'hourly'"):
+    with pytest.raises(tm.ConfigError, match=r"window must look like .* got 'hourly'"):
         tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()], window="hourly", time="t")
     with pytest.raises(tm.ConfigError, match="needs time="):
         tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()], window="1h")
