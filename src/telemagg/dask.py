@@ -1,0 +1,163 @@
+"""The distributed engine: :func:`telemagg.aggregate` on a Dask DataFrame, over dask.distributed.
+
+Data flow of :func:`aggregate`::
+
+    client    validate every parameter; build one template Aggregator (query + sampling key)
+    workers   shuffle the events by privacy unit
+    workers   per Dask partition: template.spawn() + add(pandas partition)   (numpy kernels)
+    workers   binary tree of Aggregator.merge over the partial aggregators
+    client    merge the root into the template; release() once: noise, ledger charge
+
+Workers hold and exchange bounded states: hashed unit identities, partition keys and the
+bounded values of kept events, plus the sampling key that makes bounding reproducible
+across shards. They must be trusted like the process that calls :func:`aggregate`; only the
+released table is differentially private. Needs the ``dask`` extra
+(``pip install 'telemagg[dask]'``); see docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from telemagg._aggregator import Aggregator, ConsentSource, LedgerLike, Randomness
+from telemagg._ingest import _missing_column
+from telemagg._plan import make_plan
+from telemagg.errors import SchemaError, require
+from telemagg.policy import Metric, Policy, ReleaseParams
+from telemagg.release import Release
+
+__all__ = ["aggregate"]
+
+EXTRA = "dask"
+# Fan-in of the merge tree. Each merge re-bounds the rows of its inputs, so a node merging k
+# partials one by one costs ~k^2/2 partial sizes; with k = 2 every level of the tree costs
+# one pass over the state and the levels run in parallel.
+SPLIT_EVERY = 2
+
+
+def aggregate(
+    ddf: Any,
+    *,
+    by: str | Sequence[str],
+    metrics: Sequence[Metric],
+    policy: Policy,
+    epsilon: float,
+    delta: float = 0.0,
+    partitions: Any = None,
+    ledger: LedgerLike | None = None,
+    noise: Literal["laplace", "gaussian"] = "laplace",
+    consent: ConsentSource | None = None,
+    purpose: str | None = None,
+    label: str | None = None,
+    randomness: Randomness | None = None,
+) -> Release:
+    """:func:`telemagg.aggregate` on a Dask DataFrame: same parameters, same release.
+
+    Runs on the current Dask scheduler (the ``distributed.Client`` you created, e.g.
+    ``Client("tcp://scheduler:8786")``). Every parameter is checked on the client before
+    anything is computed. The events are shuffled by ``policy.privacy_unit`` so that each
+    unit's events meet in one partition; that only keeps partial states small, it is not
+    needed for correctness: contribution bounding is exact under merge (bottom-k sampling
+    with one sampling key, see ``telemagg._bounding``), so a unit spread over many
+    partitions or workers is bounded exactly as if all its events had arrived together.
+    Partial aggregators are merged in a tree on the workers; noise is drawn and the
+    ``ledger`` charged only on the client, once.
+
+    >>> import dask.dataframe as dd
+    >>> import pandas as pd
+    >>> import telemagg as tm
+    >>> import telemagg.dask
+    >>> from telemagg.testing import seeded
+    >>> events = pd.DataFrame({"user_id": [1, 1, 2, 3, 4, 4],
+    ...                        "event_name": ["open", "save", "open", "open", "save", "save"]})
+    >>> release = telemagg.dask.aggregate(dd.from_pandas(events, npartitions=2),
+    ...     by="event_name", metrics=[tm.count()], policy=tm.Policy(privacy_unit="user_id"),
+    ...     epsilon=1.0, partitions=["open", "save"], randomness=seeded(0))
+    >>> release.to_pandas()["event_name"].tolist()
+    ['open', 'save']
+    >>> release.metadata["events"]["received"]
+    6
+    """
+    # The checks of tm.aggregate, in its order (so both engines fail alike), plus those that
+    # release() would make only after the compute: the measurement plan, public partitions.
+    params = ReleaseParams(
+        epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
+    )
+    template = Aggregator(
+        policy=policy,
+        by=by,
+        metrics=metrics,
+        consent=consent,
+        purpose=purpose,
+        randomness=randomness,
+    )
+    make_plan(template.metrics, template.policy, params)
+    if partitions is not None:
+        template._public_keys(partitions)
+    by_unit = _shuffled_by_unit(_projected(ddf, template), template.policy.privacy_unit)
+    template.merge(_merge_tree(by_unit, template).compute())
+    return template.release(epsilon, delta, partitions, ledger, noise=noise, label=label)
+
+
+def _dask_dataframe() -> Any:
+    """``dask.dataframe``, after checking that the whole ``dask`` extra is installed."""
+    require("distributed", EXTRA)
+    dask_dataframe: Any = require("dask.dataframe", EXTRA)
+    return dask_dataframe
+
+
+def _projected(ddf: Any, template: Aggregator) -> Any:
+    """The columns the query reads (checked against the Dask metadata, nothing computed)."""
+    dd = _dask_dataframe()
+    if not isinstance(ddf, dd.DataFrame):
+        raise SchemaError(f"ddf must be a dask DataFrame; got {type(ddf).__name__}")
+    names = list(dict.fromkeys([template.policy.privacy_unit, *template.by, *template._numeric]))
+    missing = [name for name in names if name not in ddf.columns]
+    if missing:
+        raise _missing_column(missing[0], ddf.columns)
+    return ddf[names]
+
+
+def _shuffled_by_unit(ddf: Any, unit: str) -> Any:
+    """The events repartitioned so that all events of a unit share a partition."""
+    return ddf if ddf.npartitions == 1 else ddf.shuffle(on=unit)
+
+
+def _merge_tree(ddf: Any, template: Aggregator) -> Any:
+    """A Dask ``Delayed`` of one Aggregator holding every partition's bounded events.
+
+    Each partition is absorbed by its own ``template.spawn()`` (spawned here, on the client,
+    so seeded test randomness stays reproducible), then partials are merged pairwise, level
+    by level: a tree of ``npartitions - 1`` merges, never one gather of every state.
+    """
+    dask: Any = require("dask", EXTRA)
+    name = f"telemagg-{uuid.uuid4().hex}"
+    partials = [
+        dask.delayed(_absorb)(template.spawn(), part, dask_key_name=f"{name}-add-{i}")
+        for i, part in enumerate(ddf.to_delayed())
+    ]
+    level = 0
+    while len(partials) > 1:
+        groups = [partials[i : i + SPLIT_EVERY] for i in range(0, len(partials), SPLIT_EVERY)]
+        partials = [
+            group[0]
+            if len(group) == 1
+            else dask.delayed(_merge)(*group, dask_key_name=f"{name}-merge-{level}-{j}")
+            for j, group in enumerate(groups)
+        ]
+        level += 1
+    return partials[0]
+
+
+def _absorb(shard: Aggregator, events: Any) -> Aggregator:
+    shard.add(events)
+    return shard
+
+
+def _merge(first: Aggregator, *others: Aggregator) -> Aggregator:
+    # Merging into ``first`` in place is safe: every partial has exactly one consumer.
+    for other in others:
+        first.merge(other)
+    return first

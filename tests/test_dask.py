@@ -1,0 +1,243 @@
+"""telemagg.dask on a real distributed.LocalCluster with worker processes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import telemagg as tm
+from telemagg._ingest import hash_value
+from telemagg.ledger import Ledger
+from telemagg.testing import seeded
+
+dask = pytest.importorskip("dask")
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+import telemagg.dask as tm_dask  # noqa: E402  (after the skips: needs the dask extra)
+
+POLICY = tm.Policy(privacy_unit="user", max_partitions=2, max_contributions=3)
+METRICS = [tm.count(), tm.unit_count(), tm.sum("value", bounds=(0, 100))]
+BUSY = ("open", "save", "share")
+QUERY: dict[str, Any] = {
+    "by": "event", "metrics": METRICS, "policy": POLICY, "epsilon": 1.0, "delta": 1e-6
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """Two single-threaded worker processes: states really travel between processes."""
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def workload(n_users: int = 3000, per_user: int = 6, seed: int = 0) -> pd.DataFrame:
+    """Busy partitions (thousands of users each), one rare partition (2 users), dirty rows."""
+    rng = np.random.default_rng(seed)
+    n = n_users * per_user
+    user = np.repeat(np.arange(n_users), per_user).astype(np.float64)
+    event = np.asarray(BUSY, dtype=object)[rng.integers(0, len(BUSY), n)]
+    event[:2] = "rare"  # user 0, twice
+    event[per_user] = "rare"  # user 1
+    value = rng.uniform(-20, 120, n)  # clamped to the bounds (0, 100)
+    user[rng.choice(n, 9, replace=False)] = np.nan  # missing_privacy_unit
+    value[rng.choice(n, 5, replace=False)] = np.nan  # non_finite_value (or no unit)
+    frame = pd.DataFrame({"user": user, "event": event, "value": value})
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # units spread
+
+
+def exact(agg: tm.Aggregator) -> dict[Any, tuple[int, int]]:
+    """Noise-free (count, unit_count) per partition from the bounded state (white-box)."""
+    state = agg._state
+    n = len(agg._partitions)
+    counts = np.bincount(state.partition, minlength=n)
+    pairs = np.unique(np.stack([state.partition.astype(np.uint64), state.unit_id]), axis=1)
+    units = np.bincount(pairs[0].astype(np.int64), minlength=n)
+    return {agg._partitions.keys[i]: (int(counts[i]), int(units[i])) for i in range(n)}
+
+
+def template(seed: int) -> tm.Aggregator:
+    return tm.Aggregator(policy=POLICY, by="event", metrics=METRICS, randomness=seeded(seed))
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def test_same_partitions_counts_and_accounting_as_the_local_engine(client: Any) -> None:
+    frame = workload()
+    local = tm.aggregate(frame, **QUERY, randomness=seeded(11))
+    spread = dd.from_pandas(frame, npartitions=6)
+    on_dask = tm_dask.aggregate(spread, **QUERY, randomness=seeded(11))
+
+    local_table = local.to_pandas().set_index("event")
+    dask_table = on_dask.to_pandas().set_index("event")
+    assert sorted(dask_table.index) == sorted(local_table.index) == sorted(BUSY)
+    assert on_dask.metadata["events"] == local.metadata["events"]
+    assert on_dask.metadata["events"]["dropped"]["missing_privacy_unit"] == 9
+    for column in ("count", "unit_count", "sum_value"):
+        # two independent draws differ by at most 6 stddevs of one (seeded: deterministic)
+        stddev = on_dask.metrics[column].stddev
+        diff = (dask_table[column] - local_table.loc[dask_table.index, column]).abs()
+        assert (diff <= 6 * np.sqrt(2) * stddev).all(), (column, diff.tolist(), stddev)
+    assert on_dask.epsilon == local.epsilon
+    assert on_dask.metadata["query"] == local.metadata["query"]
+
+
+def test_one_sampling_key_keeps_the_same_pairs_as_one_local_aggregator(client: Any) -> None:
+    """Same seeded sampling key: the merged state's exact counts and unit counts equal a
+    single local Aggregator's, whatever the number of Dask partitions (white-box)."""
+    frame = workload(n_users=800, seed=3)
+    local = template(5)
+    local.add(frame)
+    for npartitions in (1, 7):
+        ddf = dd.from_pandas(frame, npartitions=npartitions)
+        merged = tm_dask._merge_tree(ddf, template(5)).compute()
+        assert exact(merged) == exact(local)
+        assert merged._state.received == len(frame)
+
+
+def test_public_partitions_with_empty_dask_partitions(client: Any) -> None:
+    frame = pd.DataFrame({"user": [1, 1, 2, 3], "event": ["open", "open", "save", "open"]})
+    frame["value"] = 50.0
+    release = tm_dask.aggregate(
+        dd.from_pandas(frame, npartitions=4),  # 3 units over 4 partitions: some stay empty
+        by="event",
+        metrics=METRICS,
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["save", "open", "absent"],
+        randomness=seeded(2),
+    )
+    assert release.to_pandas()["event"].tolist() == ["save", "open", "absent"]
+    assert release.metadata["events"] == {
+        "received": 4,
+        "aggregated": 4,
+        "dropped": {
+            "contribution_bounds": 0,
+            "missing_privacy_unit": 0,
+            "non_finite_value": 0,
+            "not_public_partition": 0,
+        },
+    }
+
+
+def test_real_randomness_charges_the_ledger_once_on_the_client(
+    client: Any, sqlite_url: str
+) -> None:
+    ledger = Ledger(sqlite_url, epsilon=3.0, delta=1e-5)
+    ddf = dd.from_pandas(workload(n_users=500), npartitions=3)
+    release = tm_dask.aggregate(ddf, **QUERY, ledger=ledger, label="dask")
+    assert release.metadata["seeded"] is False
+    charges = ledger.charges()
+    assert len(charges) == 1
+    assert charges[0].epsilon == pytest.approx(release.epsilon)
+    assert set(release.to_pandas()["event"]) == set(BUSY)
+    ledger.close()
+
+
+# --------------------------------------------------------------------------- bounding
+
+
+def striped(frame: pd.DataFrame, npartitions: int) -> Any:
+    """Dask partition i holds rows i, i + n, i + 2n, ...: every unit in every partition."""
+    parts = [dask.delayed(frame.iloc[i::npartitions]) for i in range(npartitions)]
+    return dd.from_delayed(parts, meta=frame.iloc[:0])
+
+
+def test_a_heavy_unit_spread_over_many_partitions_is_bounded_globally(client: Any) -> None:
+    """No shuffle here: the heavy unit's events sit in all 10 Dask partitions, and only
+    merging bounds it. Its events move counts by at most max_partitions x max_contributions."""
+    base = workload(n_users=400, seed=4).dropna()
+    heavy = pd.DataFrame(
+        {"user": 10_000.0, "event": np.asarray(BUSY, dtype=object)[np.arange(5000) % 3]}
+    )
+    heavy["value"] = 50.0
+    with_heavy = pd.concat([base, heavy], ignore_index=True)
+
+    before = exact(tm_dask._merge_tree(striped(base, 10), template(8)).compute())
+    merged = tm_dask._merge_tree(striped(with_heavy, 10), template(8)).compute()
+    after = exact(merged)
+    moved = sum(abs(after[key][0] - before.get(key, (0, 0))[0]) for key in after)
+    assert 0 < moved <= POLICY.max_partitions * POLICY.max_contributions
+    state = merged._state
+    heavy_rows = state.unit_id == np.uint64(hash_value(10_000))
+    assert 0 < np.count_nonzero(heavy_rows) <= POLICY.max_partitions * POLICY.max_contributions
+    assert np.unique(state.partition[heavy_rows]).size <= POLICY.max_partitions
+    # 10 partitions each kept up to 6 of its events; the merges evicted all but <= 6
+    assert state.dropped["contribution_bounds"] >= len(heavy) - 6
+
+
+def test_partial_aggregators_are_merged_in_a_binary_tree() -> None:
+    frame = workload(n_users=50)
+    ddf = dd.from_pandas(frame, npartitions=9)
+    root = tm_dask._merge_tree(ddf, template(1))
+    graph = dict(root.__dask_graph__())
+    merges = [key for key in graph if "-merge-" in str(key)]
+    assert len(merges) == ddf.npartitions - 1
+    for key in merges:
+        assert len(dask.core.get_dependencies(graph, key)) == 2
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _never_computed() -> pd.DataFrame:
+    raise RuntimeError("the events were computed before the parameters were checked")
+
+
+UNCOMPUTABLE_META = pd.DataFrame(
+    {"user": [1.0], "event": ["open"], "os": ["linux"], "value": [1.0]}
+).iloc[:0]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"epsilon": 0.0}, tm.ConfigError),
+        ({"epsilon": float("nan")}, tm.ConfigError),
+        ({"delta": 0.0}, tm.ConfigError),  # private partition selection needs delta
+        ({"delta": 1.5}, tm.ConfigError),
+        ({"noise": "gaussian", "delta": 0.0, "partitions": ["open"]}, tm.ConfigError),
+        ({"by": ["event", "user"]}, tm.ConfigError),
+        ({"by": []}, tm.ConfigError),
+        ({"metrics": []}, tm.ConfigError),
+        ({"policy": {"privacy_unit": "user"}}, tm.ConfigError),
+        ({"partitions": ["open", "open"]}, tm.ConfigError),
+        ({"by": ["event", "os"], "partitions": ["open"]}, tm.ConfigError),
+        ({"purpose": "training"}, tm.ConfigError),  # purpose without consent
+        ({"by": "platform"}, tm.SchemaError),
+        ({"metrics": [tm.sum("duration", bounds=(0, 1))]}, tm.SchemaError),
+    ],
+)
+def test_bad_parameters_fail_before_compute_with_the_local_engines_error(
+    change: dict[str, Any], error: type[Exception]
+) -> None:
+    query = {**QUERY, **change}
+    with pytest.raises(error) as local:
+        tm.aggregate(UNCOMPUTABLE_META, **query)
+    uncomputable = dd.from_delayed([dask.delayed(_never_computed)()], meta=UNCOMPUTABLE_META)
+    with pytest.raises(error) as on_dask:
+        tm_dask.aggregate(uncomputable, **query)
+    assert str(on_dask.value) == str(local.value)
+
+
+def test_only_dask_dataframes_are_accepted() -> None:
+    with pytest.raises(tm.SchemaError, match="ddf must be a dask DataFrame; got DataFrame"):
+        tm_dask.aggregate(workload(n_users=5), **QUERY)
+
+
+@pytest.mark.parametrize("module", ["distributed", "dask.dataframe"])
+def test_a_missing_dask_extra_is_named(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(tm.MissingDependencyError, match=r"pip install 'telemagg\[dask\]'"):
+        tm_dask.aggregate(object(), **QUERY)
