@@ -1,0 +1,114 @@
+"""The bounded state: independent of order, batching and sharding; uniform sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from tests.strategies import event_rows, policies
+
+import telemagg as tm
+from telemagg.testing import seeded
+
+
+def exact(agg: tm.Aggregator) -> dict[tuple, tuple[int, int]]:
+    """Noise-free (events, distinct units) per partition key, from the state (white-box)."""
+    state = agg._state
+    out = {}
+    for pid, key in enumerate(agg._partitions.keys):
+        rows = state.partition == pid
+        out[key] = (int(rows.sum()), len(set(state.unit_id[rows].tolist())))
+    return {k: v for k, v in out.items() if v[0]}
+
+
+def split(data: dict[str, np.ndarray], cuts: list[int]) -> list[dict[str, np.ndarray]]:
+    bounds = [0, *sorted(cuts), data["user"].size]
+    return [{k: v[a:b] for k, v in data.items()} for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+@given(
+    data=event_rows(),
+    policy=policies,
+    seed=st.integers(0, 2**16),
+    cuts=st.lists(st.integers(0, 120), max_size=4),
+    order_seed=st.integers(0, 2**16),
+)
+@settings(max_examples=80, deadline=None)
+def test_counts_do_not_depend_on_order_batching_or_sharding(
+    data, policy, seed, cuts, order_seed
+) -> None:
+    """Which partitions a unit keeps is a keyed function of (unit, partition) and how many
+    events a pair keeps is min(n, max_contributions): so per-partition counts and unit
+    counts are the same whatever the order, batching or sharding of the same events."""
+    metrics = [tm.count()]
+    whole = tm.Aggregator(policy=policy, by="event", metrics=metrics, randomness=seeded(seed))
+    whole.add(data)
+
+    perm = np.random.default_rng(order_seed).permutation(data["user"].size)
+    shuffled = {k: v[perm] for k, v in data.items()}
+    streamed = tm.Aggregator(policy=policy, by="event", metrics=metrics, randomness=seeded(seed))
+    shards = [streamed.spawn() for _ in range(2)]
+    for i, part in enumerate(split(shuffled, [c % (data["user"].size + 1) for c in cuts])):
+        target = streamed if i % 3 == 0 else shards[i % 2]
+        target.add(part)
+    for shard in shards:
+        streamed.merge(shard)
+
+    assert exact(streamed) == exact(whole)
+    assert streamed._state.received == whole._state.received == data["user"].size
+
+
+def kept_value_histogram(n_batches: int, trials: int, seed0: int) -> np.ndarray:
+    """Which of one unit's 20 events (values 0..19) survives max_contributions=1."""
+    policy = tm.Policy(privacy_unit="user", max_contributions=1)
+    values = np.arange(20.0)
+    counts = np.zeros(20, dtype=np.int64)
+    for trial in range(trials):
+        agg = tm.Aggregator(
+            policy=policy,
+            by="event",
+            metrics=[tm.sum("v", bounds=(0, 20))],
+            randomness=seeded(seed0 + trial),
+        )
+        for chunk in np.array_split(values, n_batches):
+            agg.add(
+                {
+                    "user": np.zeros(chunk.size, np.int64),
+                    "event": np.zeros(chunk.size, np.int64),
+                    "v": chunk,
+                }
+            )
+        (kept,) = agg._state.numeric["v"].tolist()
+        counts[int(kept)] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_kept_events_are_uniform_whatever_the_batching() -> None:
+    """Never first-N: over many seeds each of a unit's events is kept equally often, whether
+    its events arrive at once or over 10 add() calls (chi-square at alpha 1e-3)."""
+    for n_batches in (1, 10):
+        counts = kept_value_histogram(n_batches, trials=2000, seed0=n_batches * 10_000)
+        assert stats.chisquare(counts).pvalue > 1e-3, counts
+    # and the test can fail: a first-N rule would keep value 0 every time
+    assert stats.chisquare(np.array([2000] + [0] * 19)).pvalue < 1e-3
+
+
+def test_a_unit_over_ten_batches_moves_counts_by_at_most_l0_linf() -> None:
+    policy = tm.Policy(privacy_unit="user", max_partitions=2, max_contributions=3)
+    rng = np.random.default_rng(0)
+    base = {"user": rng.integers(0, 200, 4000), "event": rng.integers(0, 5, 4000)}
+    heavy = {"user": np.full(3000, 10_000), "event": rng.integers(0, 5, 3000)}
+    without = tm.Aggregator(policy=policy, by="event", metrics=[tm.count()], randomness=seeded(1))
+    without.add(base)
+    with_heavy = tm.Aggregator(
+        policy=policy, by="event", metrics=[tm.count()], randomness=seeded(1)
+    )
+    with_heavy.add(base)
+    for chunk in split(heavy, [300 * i for i in range(1, 10)]):
+        with_heavy.add(chunk)
+    a, b = exact(without), exact(with_heavy)
+    moved = sum(abs(b[k][0] - a.get(k, (0, 0))[0]) for k in b)
+    assert 0 < moved <= 2 * 3
