@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -25,7 +27,7 @@ def exact(agg: tm.Aggregator) -> dict[tuple, tuple[int, int]]:
 
 def split(data: dict[str, np.ndarray], cuts: list[int]) -> list[dict[str, np.ndarray]]:
     bounds = [0, *sorted(cuts), data["user"].size]
-    return [{k: v[a:b] for k, v in data.items()} for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [{k: v[a:b] for k, v in data.items()} for a, b in itertools.pairwise(bounds)]
 
 
 @given(
