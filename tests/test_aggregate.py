@@ -466,3 +466,21 @@ def test_ledgers_refuse_seeded_releases(sqlite_url) -> None:
             randomness=seeded(0),
         )
     assert ledger.charges() == []
+
+
+def test_public_partitions_known_up_front_are_filtered_before_bounding() -> None:
+    """A unit's max_partitions is not spent on keys that will not be released."""
+    policy = tm.Policy(privacy_unit="user", max_partitions=1, max_contributions=1)
+    data = {
+        "user": np.repeat(np.arange(50), 4),
+        "event": np.tile(np.asarray(["open", "x", "y", "z"], dtype=object), 50),
+    }
+    agg = tm.Aggregator(
+        policy=policy, by="event", metrics=[tm.count()], partitions=["open"], randomness=seeded(3)
+    )
+    agg.add(data)
+    assert exact_counts(agg) == {("open",): 50.0}  # every unit kept its "open" event
+    release = agg.release(1.0)
+    assert release.metadata["events"]["dropped"]["not_public_partition"] == 150
+    with pytest.raises(tm.ConfigError, match="among the Aggregator's partitions"):
+        agg.release(1.0, partitions=["x"])

@@ -141,6 +141,7 @@ class Aggregator:
         window: str | None = None,
         time: str | None = None,
         allowed_lateness: str = "0s",
+        partitions: Any = None,
         randomness: Randomness | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
@@ -161,6 +162,10 @@ class Aggregator:
         self.allowed_lateness = format_duration(
             parse_duration(allowed_lateness, "allowed_lateness", allow_zero=True)
         )
+        # Public partitions known up front: other partitions' events are dropped before
+        # bounding, so no unit spends its max_partitions on keys that will not be released.
+        self.partitions = None if partitions is None else self._public_keys(partitions)
+        self._public_set = None if self.partitions is None else set(self.partitions)
         self._randomness = randomness or Randomness.system()
         self._reset()
 
@@ -197,6 +202,13 @@ class Aggregator:
             assert self.purpose is not None
             allowed = np.asarray(self.consent.allowed(batch.unit.uniques, self.purpose), dtype=bool)
             batch = batch.take(allowed[batch.unit.codes], CONSENT)
+        if self._public_set is not None and len(batch):
+            listed = np.fromiter(
+                (key in self._public_set for key in batch.partition_keys),
+                bool,
+                len(batch.partition_keys),
+            )
+            batch = batch.take(listed[batch.partition_codes], NOT_PUBLIC_PARTITION)
         rows = self._rows(batch)
         if self.window is None:
             self._state = self._absorb(self._state, rows)
@@ -330,7 +342,17 @@ class Aggregator:
         """
         if not isinstance(other, Aggregator):
             raise ConfigError(f"merge needs a tm.Aggregator; got {type(other).__name__}")
-        for name in ("policy", "by", "metrics", "purpose", "window", "time", "allowed_lateness"):
+        config = (
+            "policy",
+            "by",
+            "metrics",
+            "purpose",
+            "window",
+            "time",
+            "allowed_lateness",
+            "partitions",
+        )
+        for name in config:
             if getattr(self, name) != getattr(other, name):
                 raise ConfigError(
                     f"cannot merge aggregators with different {name}:"
@@ -396,10 +418,10 @@ class Aggregator:
                 f"this Aggregator has window={self.window!r}: release its windows with"
                 " release_closed(...)"
             )
+        public = self._release_partitions(partitions)
         params = ReleaseParams(
-            epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
+            epsilon=epsilon, delta=delta, noise=noise, private_partitions=public is None
         )
-        public = None if partitions is None else self._public_keys(partitions)
         plan = make_plan(self.metrics, self.policy, params)
         return self._release(self._state, plan, params, public, ledger, label, None)
 
@@ -425,10 +447,10 @@ class Aggregator:
             raise ConfigError(
                 "release_closed needs an Aggregator made with window=...; use release"
             )
+        public = self._release_partitions(partitions)
         params = ReleaseParams(
-            epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
+            epsilon=epsilon, delta=delta, noise=noise, private_partitions=public is None
         )
-        public = None if partitions is None else self._public_keys(partitions)
         plan = make_plan(self.metrics, self.policy, params)
         closed = sorted(w for w in self._windows if flush or self._closed(w, self._watermark_ms))
         released: list[Release] = []
@@ -456,6 +478,19 @@ class Aggregator:
             out["noise"] = params.noise
             out["partitions"] = "private" if params.private_partitions else "public"
         return out
+
+    def _release_partitions(self, partitions: Any) -> list[tuple[Any, ...]] | None:
+        """The public partitions of a release: given now, or to the constructor."""
+        if partitions is None:
+            return self.partitions
+        keys = self._public_keys(partitions)
+        if self._public_set is not None and not set(keys) <= self._public_set:
+            missing = sorted(map(repr, set(keys) - self._public_set))[:5]
+            raise ConfigError(
+                "partitions at release must be among the Aggregator's partitions (the events"
+                f" of others were dropped before bounding); not listed there: {missing}"
+            )
+        return keys
 
     def _public_keys(self, partitions: Any) -> list[tuple[Any, ...]]:
         keys = _partition_keys(partitions, self.by)
@@ -743,7 +778,8 @@ def aggregate(
         metrics=metrics,
         consent=consent,
         purpose=purpose,
+        partitions=partitions,
         randomness=randomness,
     )
     agg.add(events)
-    return agg.release(epsilon, delta, partitions, ledger, noise=noise, label=label)
+    return agg.release(epsilon, delta, ledger=ledger, noise=noise, label=label)
