@@ -252,3 +252,15 @@ def test_repr_and_errors_hide_password(postgres_url: str) -> None:
     with pytest.raises(LedgerError) as info, store.transaction() as tx:
         tx.fetchall("SELECT 'hunter2' FROM no_such_table")
     assert "hunter2" not in str(info.value)
+
+
+def test_lost_postgres_connection_reconnects(postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    with store.transaction() as tx:
+        (pid,) = tx.fetchone("SELECT pg_backend_pid()") or (None,)
+    with open_store(postgres_url).transaction() as tx:  # as a server restart would
+        tx.fetchall("SELECT pg_terminate_backend(?)", (pid,))
+    with pytest.raises(LedgerError), store.transaction() as tx:
+        tx.fetchall("SELECT 1")
+    with store.transaction() as tx:
+        assert tx.fetchall("SELECT 1") == [(1,)]

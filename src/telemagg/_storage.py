@@ -533,6 +533,8 @@ class PostgresStore(Store):
     @contextlib.contextmanager
     def _begin(self, write: bool, lock: str) -> Iterator[Transaction]:
         psycopg: Any = require("psycopg", "postgres")
+        if self._conn.closed:  # lost (server restart, network): a long-lived store reconnects
+            self._connect()
         try:
             with self._conn.transaction():
                 tx = _PostgresTransaction(self, self._conn)
