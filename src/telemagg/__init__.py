@@ -7,6 +7,7 @@
 """
 
 from telemagg._aggregator import Aggregator, aggregate
+from telemagg._version import library_version
 from telemagg.errors import (
     BudgetExceededError,
     ConfigError,
@@ -33,7 +34,8 @@ from telemagg.policy import (
 )
 from telemagg.release import MetricReport, Release
 
-__version__ = "0.1.0"
+__version__ = library_version()
+del library_version
 
 __all__ = [
     "Aggregator",

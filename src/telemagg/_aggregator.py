@@ -15,7 +15,6 @@ import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -30,6 +29,7 @@ from telemagg._ingest import (
 )
 from telemagg._plan import UNIT_COUNT, Plan, finalize, make_plan
 from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
+from telemagg._version import library_version
 from telemagg.errors import BudgetExceededError, ConfigError, TelemaggError
 from telemagg.ledger import Charge
 from telemagg.policy import (
@@ -50,13 +50,6 @@ PARTITION_SELECTION = "partition_selection"
 NOT_PUBLIC_PARTITION = "not_public_partition"
 LATE = "late"
 ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, NON_FINITE_VALUE, CONTRIBUTION_BOUNDS)
-
-
-def library_version() -> str:
-    try:
-        return importlib_metadata.version("telemagg")
-    except importlib_metadata.PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
 
 
 class ConsentSource(Protocol):

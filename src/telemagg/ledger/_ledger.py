@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,8 +44,10 @@ from typing import Any, Self
 
 from telemagg._mechanisms import PrivacyLoss
 from telemagg._storage import Column, Store, Table, Transaction, open_store
+from telemagg._version import library_version
 from telemagg.errors import BudgetExceededError, ConfigError, LedgerError, LedgerIntegrityError
 from telemagg.ledger._accounting import Sums, check_loss, within
+from telemagg.policy import format_duration, parse_duration
 
 __all__ = ["Charge", "Ledger", "parse_window"]
 
@@ -96,8 +96,6 @@ _SUMS_SQL = (
 
 # Fixed width, so that text order is time order in both backends.
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-_WINDOW = re.compile(r"^([1-9][0-9]*)([smhdw])$")
-_UNIT_SECONDS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
 
 
 def parse_window(window: str | None) -> int | None:
@@ -108,24 +106,13 @@ def parse_window(window: str | None) -> int | None:
     >>> parse_window("3 weeks")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    telemagg.errors.ConfigError: window must look like '30d', '12h', ... got '3 weeks'
+    telemagg.errors.ConfigError: window must look like '1h', '30m', ... got '3 weeks'
     """
-    if window is None:
-        return None
-    match = _WINDOW.match(window) if isinstance(window, str) else None
-    if match is None:
-        raise ConfigError(
-            "window must look like '30d', '12h', '15m', '45s' or '2w' "
-            f"(a positive whole number and one unit); got {window!r}"
-        )
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return None if window is None else parse_duration(window, "window")
 
 
 def _format_window(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    unit = next(u for u, s in _UNIT_SECONDS.items() if seconds % s == 0)
-    return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return None if seconds is None else format_duration(seconds)
 
 
 def _check_total(epsilon: object, delta: object) -> tuple[float, float]:
@@ -156,13 +143,6 @@ def _sha256(document: Mapping[str, Any]) -> str:
 
 
 @functools.cache
-def _version() -> str:
-    try:
-        return importlib.metadata.version("telemagg")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -394,7 +374,7 @@ class Ledger:
                 rho=loss.rho,
                 query=json.loads(query_text),
                 label=label,
-                version=_version(),
+                version=library_version(),
                 prev_hash=prev_hash,
                 hash="",
             )
