@@ -12,6 +12,7 @@ telemagg.errors.ConfigError: Policy.max_partitions must be an integer >= 1; got 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -23,27 +24,36 @@ from telemagg.errors import ConfigError
 
 __all__ = [
     "Count",
+    "Histogram",
     "Mean",
     "Metric",
     "Policy",
+    "Quantiles",
     "ReleaseParams",
     "Sum",
+    "TopK",
     "UnitCount",
     "ValueMetric",
     "Variance",
     "count",
+    "exponential_buckets",
     "format_duration",
+    "histogram",
     "mean",
     "parse_duration",
+    "quantiles",
     "sum",
+    "top_k",
     "unit_count",
     "variance",
 ]
 
 
 def _describe(error: dict[str, Any], model: str) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "value"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a model validator: its message names the field and the value
+        return f"{model}.{message}"
+    where = ".".join(str(part) for part in error["loc"])
     return f"{model}.{where} {message}; got {error['input']!r}"
 
 
@@ -166,6 +176,11 @@ class Metric(_Model):
         return ()
 
     @property
+    def categorical_columns(self) -> tuple[str, ...]:
+        """Input columns this metric reads as categories (values compared, not summed)."""
+        return ()
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         """Columns this metric adds to the release table."""
         return (self.name,)
@@ -224,6 +239,150 @@ class Variance(ValueMetric):
     kind: ClassVar[str] = "variance"
 
 
+MAX_BINS = 4096
+"""Most buckets a histogram (or a quantiles grid) may have: each costs memory per partition."""
+
+
+def _floats(value: Any, rule: str) -> tuple[float, ...]:
+    """A list/tuple/array of numbers as floats; anything else breaks ``rule``."""
+    if isinstance(value, str | bytes | set | frozenset | dict):
+        raise ValueError(rule)
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(rule) from None
+
+
+def _percent_label(level: float) -> str:
+    """``0.5`` -> ``"50"``, ``0.999`` -> ``"99_9"``: a level as a column-name-safe percent."""
+    return f"{level * 100:.10g}".replace(".", "_")
+
+
+class Quantiles(ValueMetric):
+    """Several quantiles of the clamped values per partition, from one noisy histogram.
+
+    The bounded domain is cut into ``bins`` equal bins (equal in log space for
+    ``scale="log"``); one noisy count per bin and partition is the only measurement, and
+    every level is read from it, so more levels cost nothing. Outputs are monotone in the
+    level and inside ``bounds``. Columns: ``p50_<name>``, ``p90_<name>``, ``p99_9_<name>``
+    for 0.999, ...; ``name`` defaults to the column.
+    """
+
+    kind: ClassVar[str] = "quantiles"
+    levels: tuple[float, ...]
+    scale: Literal["linear", "log"] = "linear"
+    bins: int = 32
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels(cls, value: Any) -> tuple[float, ...]:
+        levels = _floats(value, "must be a sequence of levels in (0, 1), e.g. [0.5, 0.9, 0.99]")
+        if not levels:
+            raise ValueError("must name at least one level")
+        if not all(0.0 < v < 1.0 for v in levels):
+            raise ValueError("must each be in (0, 1), exclusive")
+        if len(set(levels)) != len(levels):
+            raise ValueError("must not repeat a level")
+        if list(levels) != sorted(levels):
+            raise ValueError("must be sorted in increasing order")
+        return levels
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale(cls, value: Any) -> str:
+        if value not in ("linear", "log"):
+            raise ValueError("must be 'linear' or 'log'")
+        return str(value)
+
+    @field_validator("bins", mode="before")
+    @classmethod
+    def _bins(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_BINS:
+            raise ValueError(f"must be an integer in [2, {MAX_BINS}]")
+        return value
+
+    @model_validator(mode="after")
+    def _log_needs_positive_bounds(self) -> Quantiles:
+        if self.scale == "log" and self.bounds[0] <= 0:
+            raise ValueError(
+                "bounds must have lower > 0 when scale='log' (bins are log-spaced);"
+                f" got {self.bounds!r}"
+            )
+        return self
+
+    def default_name(self) -> str:
+        return self.column
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(f"p{_percent_label(level)}_{self.name}" for level in self.levels)
+
+
+class Histogram(Metric):
+    """Counts per bucket of a numeric column; buckets from increasing ``bins`` edges.
+
+    Bucket ``i`` holds values in ``(bins[i], bins[i + 1]]`` (upper-inclusive, as
+    OpenTelemetry's), the first also ``bins[0]`` itself; values outside the edges are
+    clamped into the first or last bucket. The release has one column, ``histogram_<col>``,
+    holding per partition a list of ``len(bins) - 1`` noisy counts, non-negative.
+    """
+
+    kind: ClassVar[str] = "histogram"
+    column: Annotated[str, Field(min_length=1)]
+    bins: tuple[float, ...]
+
+    @field_validator("bins", mode="before")
+    @classmethod
+    def _edges(cls, value: Any) -> tuple[float, ...]:
+        edges = _floats(value, "must be a sequence of increasing bucket edges")
+        if not 2 <= len(edges) <= MAX_BINS + 1:
+            raise ValueError(f"must have between 2 and {MAX_BINS + 1} edges")
+        if not all(math.isfinite(e) for e in edges):
+            raise ValueError("must be finite")
+        if not all(a < b for a, b in itertools.pairwise(edges)):
+            raise ValueError("must be strictly increasing")
+        return edges
+
+    def default_name(self) -> str:
+        return f"{self.kind}_{self.column}"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+
+class TopK(Metric):
+    """The ``k`` most frequent values of a categorical column per partition, with counts.
+
+    Two columns: ``top_<col>`` (a list of at most ``k`` values, most frequent first) and
+    ``top_<col>_count`` (their noisy event counts). Values are chosen privately: a value is
+    listed only when its noisy count passes a threshold, so values seen by few units are
+    never released. Missing values (None, NaN) are not counted.
+    """
+
+    kind: ClassVar[str] = "top_k"
+    column: Annotated[str, Field(min_length=1)]
+    k: int
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            raise ValueError("must be an integer in [1, 1000]")
+        return value
+
+    def default_name(self) -> str:
+        return f"top_{self.column}"
+
+    @property
+    def categorical_columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return (self.name, f"{self.name}_count")
+
+
 def count(*, name: str = "") -> Count:
     """Events per partition.
 
@@ -269,6 +428,100 @@ def variance(column: str, bounds: tuple[float, float], *, name: str = "") -> Var
     telemagg.errors.ConfigError: Variance.bounds must satisfy lower < upper; got (5, 1)
     """
     return Variance(column=column, bounds=bounds, name=name)
+
+
+def quantiles(
+    column: str,
+    levels: Sequence[float],
+    bounds: tuple[float, float],
+    *,
+    scale: Literal["linear", "log"] = "linear",
+    bins: int = 32,
+    name: str = "",
+) -> Quantiles:
+    """Quantiles of ``column`` at every level in ``levels``, per partition, in one release.
+
+    Values are clamped to ``bounds`` and counted in ``bins`` bins (log-spaced for
+    ``scale="log"``, which needs ``bounds[0] > 0`` and suits heavy-tailed latencies); all
+    levels are read from that one noisy histogram, so they share one budget share.
+    Outputs are monotone in the level and inside ``bounds``. More bins resolve values more
+    finely but add the noise of more bins to each quantile; the default 32 log bins over
+    (1, 10_000) are 33% wide. With ``n`` bounded events in a partition and ``stddev`` the
+    reported noise per bin, the released quantile ``x`` of level ``q`` has, with high
+    probability, a true rank ``F(x)`` within ``q ± 8 * stddev * sqrt(bins) / n`` plus the
+    share of events in ``x``'s bin (:func:`telemagg._plan.quantile_rank_error`).
+
+    >>> q = quantiles("latency_ms", [0.5, 0.9, 0.99, 0.999], bounds=(1, 10_000), scale="log")
+    >>> q.output_names
+    ('p50_latency_ms', 'p90_latency_ms', 'p99_latency_ms', 'p99_9_latency_ms')
+    >>> quantiles("latency_ms", [0.9, 0.5], bounds=(0, 10_000))
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: Quantiles.levels must be sorted in increasing order; got [0.9, 0.5]
+    """
+    return Quantiles(column=column, levels=levels, bounds=bounds, scale=scale, bins=bins, name=name)
+
+
+def histogram(column: str, bins: Sequence[float], *, name: str = "") -> Histogram:
+    """Counts of ``column`` per bucket and partition; ``bins`` are the bucket edges.
+
+    Give explicit edges, or OpenTelemetry-style exponential ones from
+    :func:`exponential_buckets`. Values outside the edges count in the end buckets.
+
+    >>> histogram("latency_ms", bins=[0, 10, 100, 1000, 10_000]).name
+    'histogram_latency_ms'
+    >>> histogram("latency_ms", bins=[0, 100, 10])
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: Histogram.bins must be strictly increasing; got [0, 100, 10]
+    """
+    return Histogram(column=column, bins=bins, name=name)
+
+
+def exponential_buckets(lower: float, upper: float, *, scale: int = 3) -> tuple[float, ...]:
+    """OpenTelemetry exponential bucket edges covering ``[lower, upper]``.
+
+    As in OpenTelemetry's exponential histogram, ``scale`` fixes the growth factor
+    ``base = 2 ** (2 ** -scale)`` (scale 3: each bucket 9% wider than the one before) and
+    edges are the integer powers of ``base``, so histograms with the same scale line up
+    whatever their range. Pass the result as ``tm.histogram(col, bins=...)``.
+
+    >>> exponential_buckets(1, 16, scale=0)
+    (1.0, 2.0, 4.0, 8.0, 16.0)
+    >>> len(exponential_buckets(1, 10_000, scale=3))
+    108
+    """
+    if not (isinstance(scale, int) and not isinstance(scale, bool) and -10 <= scale <= 20):
+        raise ConfigError(
+            f"exponential_buckets scale must be an integer in [-10, 20]; got {scale!r}"
+        )
+    if not (math.isfinite(lower) and math.isfinite(upper) and 0 < lower < upper):
+        raise ConfigError(
+            "exponential_buckets needs finite 0 < lower < upper;"
+            f" got lower={lower!r}, upper={upper!r}"
+        )
+    per_doubling = 2.0**scale  # buckets per doubling of the value
+    first = math.floor(math.log2(lower) * per_doubling + 1e-9)
+    last = math.ceil(math.log2(upper) * per_doubling - 1e-9)
+    if last - first > MAX_BINS:
+        raise ConfigError(
+            f"exponential_buckets would make {last - first} buckets, more than {MAX_BINS};"
+            f" lower the scale (got {scale}) or narrow [lower, upper]"
+        )
+    return tuple(float(2.0 ** (i / per_doubling)) for i in range(first, last + 1))
+
+
+def top_k(column: str, k: int, *, name: str = "") -> TopK:
+    """The ``k`` most frequent values of a categorical ``column`` per partition.
+
+    >>> top_k("error_code", k=5).output_names
+    ('top_error_code', 'top_error_code_count')
+    >>> top_k("error_code", k=0)
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: TopK.k must be an integer in [1, 1000]; got 0
+    """
+    return TopK(column=column, k=k, name=name)
 
 
 # --------------------------------------------------------------------------- release
