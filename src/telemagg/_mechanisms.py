@@ -172,10 +172,15 @@ def _delta_of(scale: float, threshold: float, d_in: tuple[int, float, float]) ->
 
 @lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
 def laplace_threshold(
-    max_partitions: int, max_per_partition: float, epsilon: float, delta: float
+    max_partitions: int,
+    max_per_partition: float,
+    epsilon: float,
+    delta: float,
+    max_total: float | None = None,
 ) -> ThresholdPlan:
     """Calibrate private partition selection over counts where one unit touches at most
-    ``max_partitions`` keys, changing each by at most ``max_per_partition``.
+    ``max_partitions`` keys, changing each by at most ``max_per_partition`` and all of them
+    together by at most ``max_total`` (default: their product).
 
     The scale comes from the epsilon share, then the threshold is the smallest whose delta
     (OpenDP's map of ``make_laplace_threshold`` at d_in = (l0, l1, linf)) is within the share.
@@ -184,14 +189,14 @@ def laplace_threshold(
     >>> plan.epsilon <= 1.0 and plan.delta <= 1e-6 and plan.threshold > 10
     True
     """
-    d_in = (max_partitions, max_partitions * max_per_partition, max_per_partition)
+    total = max_partitions * max_per_partition if max_total is None else max_total
+    d_in = (max_partitions, total, max_per_partition)
     scale = _smallest_scale(
-        lambda s: dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), s),
-        max_partitions * max_per_partition,
-        epsilon,
+        lambda s: dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), s), total, epsilon
     )
-    # Bisection on the threshold: delta falls monotonically as the threshold rises.
-    lo, hi = 0.0, 1.0
+    # Bisection on the threshold: delta falls monotonically as the threshold rises; OpenDP
+    # accepts no threshold below one unit's largest change to one key.
+    lo, hi = float(max_per_partition), 2.0 * max_per_partition
     while _delta_of(scale, hi, d_in) > delta:
         hi *= 2.0
     for _ in range(60):
