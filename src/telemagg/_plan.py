@@ -14,19 +14,28 @@ contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` ev
 * count: Linf; unit count: 1;
 * sum of values clamped to [lo, hi]: Linf * max(|lo|, |hi|);
 * centred sum of (x - mid), mid = (lo + hi) / 2: Linf * (hi - lo) / 2;
-* centred sum of squares (x - mid)^2: Linf * ((hi - lo) / 2)^2.
+* centred sum of squares (x - mid)^2: Linf * ((hi - lo) / 2)^2;
+* a histogram (``histogram`` buckets, or the fine grid ``quantiles`` reads): each kept
+  event adds 1 to one bin, so L1 <= Linf, and L2 <= Linf too (all Linf events may fall in
+  one bin).
+
+``top_k`` is not a per-partition vector but a threshold over (partition, value) counts,
+see :func:`value_threshold`.
 
 Budget split: epsilon is divided equally over the measurements, plus one share for private
-partition selection. Selection takes all of delta under Laplace noise; under Gaussian noise
-selection and the Gaussian measurements take half of delta each. Every scale, threshold and
+partition selection and one per ``top_k`` column. The thresholds (selection, ``top_k``)
+share delta equally: all of it under Laplace noise; under Gaussian noise the thresholds
+and the Gaussian measurements take half of delta each. Every scale, threshold and
 the loss actually spent come from OpenDP maps (``_mechanisms``), so the totals never exceed
 what the caller passed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +45,23 @@ import numpy.typing as npt
 from telemagg import _mechanisms as mech
 from telemagg._state import State
 from telemagg.errors import ConfigError, TelemaggError
-from telemagg.policy import Count, Mean, Metric, Policy, ReleaseParams, Sum, UnitCount, Variance
+from telemagg.policy import (
+    Count,
+    Histogram,
+    Mean,
+    Metric,
+    Policy,
+    Quantiles,
+    ReleaseParams,
+    Sum,
+    TopK,
+    UnitCount,
+    Variance,
+)
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+Column = np.ndarray[Any, Any]  # a released column: float64, or object (lists) for histograms
 
 Compute = Callable[[State, int], F64]
 """Exact per-partition values of a measurement: (state, number of partitions) -> (P, width)."""
@@ -54,6 +76,7 @@ class MeasurementSpec:
     partition_l2: float
     compute: Compute = field(compare=False)
     width: int = 1
+    details: Mapping[str, Any] = field(default_factory=dict, compare=False)  # for reports
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,7 @@ class Calibrated:
             "rho": self.rho,
             "sensitivity": self.sensitivity,
             "stddev": self.stddev,
+            **self.spec.details,
         }
 
 
@@ -136,6 +160,78 @@ def centred_spec(
     )
 
 
+def _number(x: float) -> str:
+    """Shortest exact text of a float (keys must not merge different parameters)."""
+    return repr(float(x)).removesuffix(".0")
+
+
+def _histogram(state: State, n: int, bins: I64, width: int) -> F64:
+    flat = np.bincount(state.partition * width + bins, minlength=n * width)
+    return flat.reshape(n, width).astype(np.float64)
+
+
+def quantile_grid(metric: Quantiles, values: F64) -> I64:
+    """Grid bin of each value: ``metric.bins`` equal bins of the (log-)scaled bounds."""
+    lo, hi = metric.bounds
+    clamped = np.clip(values, lo, hi)
+    if metric.scale == "log":
+        position = np.log(clamped / lo) / math.log(hi / lo)
+    else:
+        position = (clamped - lo) / (hi - lo)
+    return np.clip(np.floor(position * metric.bins).astype(np.int64), 0, metric.bins - 1)
+
+
+def quantile_key(metric: Quantiles) -> str:
+    lo, hi = metric.bounds
+    return (
+        f"quantile_grid({metric.column},{_number(lo)},{_number(hi)},{metric.scale},{metric.bins})"
+    )
+
+
+def quantile_spec(policy: Policy, metric: Quantiles) -> MeasurementSpec:
+    """The noisy grid histogram every level of ``metric`` is read from (L1 = L2 = Linf)."""
+    bound = float(policy.max_contributions)
+    return MeasurementSpec(
+        quantile_key(metric),
+        bound,
+        bound,
+        lambda s, n: _histogram(s, n, quantile_grid(metric, s.numeric[metric.column]), metric.bins),
+        width=metric.bins,
+        details={"bins": metric.bins, "spacing": metric.scale},
+    )
+
+
+def histogram_buckets(edges: Sequence[float], values: F64) -> I64:
+    """Bucket of each value: ``(edges[i], edges[i + 1]]``, clamped into the end buckets."""
+    inside = np.searchsorted(np.asarray(edges), values, side="left") - 1
+    return np.clip(inside, 0, len(edges) - 2).astype(np.int64)
+
+
+def histogram_key(metric: Histogram) -> str:
+    edges = metric.bins
+    if len(edges) <= 8:
+        shown = ",".join(map(_number, edges))
+    else:  # many edges: first, last, and a digest that tells edge sets apart
+        digest = hashlib.blake2b(np.asarray(edges).tobytes(), digest_size=4).hexdigest()
+        shown = f"{_number(edges[0])}..{_number(edges[-1])} in {len(edges) - 1} buckets #{digest}"
+    return f"histogram({metric.column},{shown})"
+
+
+def histogram_spec(policy: Policy, metric: Histogram) -> MeasurementSpec:
+    """Noisy counts per bucket (L1 = L2 = Linf per partition)."""
+    edges = metric.bins
+    width = len(edges) - 1
+    bound = float(policy.max_contributions)
+    return MeasurementSpec(
+        histogram_key(metric),
+        bound,
+        bound,
+        lambda s, n: _histogram(s, n, histogram_buckets(edges, s.numeric[metric.column]), width),
+        width=width,
+        details={"bins": width},
+    )
+
+
 def measurement_specs(metric: Metric, policy: Policy) -> list[MeasurementSpec]:
     """The measurements a metric is computed from."""
     if isinstance(metric, Count):
@@ -152,15 +248,34 @@ def measurement_specs(metric: Metric, policy: Policy) -> list[MeasurementSpec]:
             centred_spec(policy, metric.column, metric.bounds, 1),
             centred_spec(policy, metric.column, metric.bounds, 2),
         ]
+    if isinstance(metric, Quantiles):
+        return [quantile_spec(policy, metric)]
+    if isinstance(metric, Histogram):
+        return [histogram_spec(policy, metric)]
+    if isinstance(metric, TopK):
+        return []  # a threshold over (partition, value) keys, not a measurement
     raise ConfigError(f"metrics contains an unknown metric: {metric!r}")
 
 
-def finalize(metric: Metric, noisy: dict[str, F64]) -> dict[str, F64]:
+def finalize(
+    metric: Metric,
+    noisy: dict[str, F64],
+    value_counts: Mapping[str, ValueCounts] | None = None,
+) -> dict[str, Column]:
     """Post-process noisy measurements (shape (P, width)) into the metric's columns.
 
-    Post-processing never costs privacy; it keeps counts non-negative and means and
-    variances inside what their bounds allow.
+    Post-processing never costs privacy; it keeps counts non-negative, means and
+    variances inside what their bounds allow, and quantiles monotone and inside theirs.
+    ``value_counts`` holds the released (partition, value) counts that ``top_k`` reads.
     """
+    if isinstance(metric, Quantiles):
+        return quantile_columns(metric, noisy[quantile_key(metric)])
+    if isinstance(metric, Histogram):
+        counts = np.maximum(noisy[histogram_key(metric)], 0.0)
+        return {metric.name: list_column([row.tolist() for row in counts])}
+    if isinstance(metric, TopK):
+        assert value_counts is not None
+        return top_k_columns(metric, value_counts[value_counts_key(metric.column)])
     if isinstance(metric, Count | UnitCount):
         key = "count" if isinstance(metric, Count) else "unit_count"
         return {metric.name: np.maximum(noisy[key][:, 0], 0.0)}
@@ -180,6 +295,198 @@ def finalize(metric: Metric, noisy: dict[str, F64]) -> dict[str, F64]:
     return {metric.name: np.clip(squares - centred_mean**2, 0.0, half**2)}
 
 
+def list_column(rows: Sequence[list[Any]]) -> Column:
+    """An object column of Python lists (arrow: list<...>, polars: List, pandas: object)."""
+    out = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        out[i] = row
+    return out
+
+
+# --------------------------------------------------------------------------- quantiles
+
+
+def grid_positions(counts: F64, levels: Sequence[float]) -> F64:
+    """Where each level falls on a grid histogram, as a fraction of the grid, per partition.
+
+    ``counts`` (P, bins) are noisy bin counts. Their running sum C is the noisy cumulative
+    count at each grid edge; it wanders, so it is made monotone as the mean of its running
+    maximum from the left and running minimum from the right (each within the noise's
+    largest excursion W of the true cumulative counts, so their mean is too), then scaled
+    to run from 0 to 1. A level's position interpolates linearly inside the bin where this
+    CDF first reaches it. Clipping each bin at zero first would be simpler, but it turns
+    the noise of empty tail bins into phantom events and drags high quantiles up.
+    Partitions whose noisy CDF is flat carry no information; they get the uniform CDF.
+    Positions are monotone in the level and in [0, 1].
+
+    >>> grid_positions(np.array([[10.0, 0.0, 10.0, 0.0]]), [0.25, 0.5, 0.75]).round(3).tolist()
+    [[0.125, 0.25, 0.625]]
+    """
+    n_partitions, bins = counts.shape
+    cumulative = np.zeros((n_partitions, bins + 1))
+    np.cumsum(counts, axis=1, out=cumulative[:, 1:])
+    upper = np.maximum.accumulate(cumulative, axis=1)
+    lower = np.minimum.accumulate(cumulative[:, ::-1], axis=1)[:, ::-1]
+    cdf = (upper + lower) / 2.0
+    cdf -= cdf[:, :1]
+    span = cdf[:, -1:].copy()
+    flat = span[:, 0] <= 0.0
+    cdf = np.where(
+        flat[:, None],
+        np.linspace(0.0, 1.0, bins + 1),
+        cdf / np.where(flat, 1.0, span[:, 0])[:, None],
+    )
+    cdf[:, 0], cdf[:, -1] = 0.0, 1.0
+    rows = np.arange(n_partitions)
+    out = np.empty((n_partitions, len(levels)))
+    for i, level in enumerate(levels):
+        edge = np.argmax(cdf >= level, axis=1)  # >= 1: cdf[:, 0] = 0 < level
+        below, above = cdf[rows, edge - 1], cdf[rows, edge]
+        out[:, i] = (edge - 1 + (level - below) / (above - below)) / bins
+    return np.clip(out, 0.0, 1.0)
+
+
+def quantile_columns(metric: Quantiles, counts: F64) -> dict[str, Column]:
+    """The released quantiles of ``metric`` from its noisy grid histogram."""
+    lo, hi = metric.bounds
+    position = grid_positions(counts, metric.levels)
+    if metric.scale == "log":
+        values = lo * np.exp(position * math.log(hi / lo))
+    else:
+        values = lo + position * (hi - lo)
+    values = np.clip(values, lo, hi)  # rounding can step past a bound
+    return {name: values[:, i] for i, name in enumerate(metric.output_names)}
+
+
+def quantile_rank_error(stddev: float, bins: int, n: float, z: float = 4.0) -> float:
+    """Bound on how far a released quantile's true rank may be from its level.
+
+    With ``n`` bounded events in the partition and ``stddev`` the noise per grid bin
+    (``release.metrics[...].stddev``), the released ``x`` for level ``q`` satisfies
+    ``|F(x) - q| <= share of events in x's bin + quantile_rank_error(stddev, bins, n)``.
+    Why: the noise's running sum over the bins stays within ``W = z * stddev * sqrt(bins)``
+    except with probability about ``2 * P(|Z| > z)`` (Levy's maximal inequality); then every
+    point of the monotone CDF of :func:`grid_positions` is within ``W`` of the true
+    cumulative count, the scaled CDF within ``4W / (n - 2W)`` of the true one, and the bin
+    edges around ``x`` pin ``F(x)`` to three times that.
+
+    >>> round(quantile_rank_error(stddev=1.0, bins=16, n=10_000), 4)
+    0.0193
+    """
+    excursion = z * stddev * math.sqrt(bins)
+    if n <= 2.0 * excursion:
+        return math.inf
+    return 12.0 * excursion / (n - 2.0 * excursion)
+
+
+# --------------------------------------------------------------------------- top_k
+
+
+def value_counts_key(column: str) -> str:
+    return f"value_counts({column})"
+
+
+@dataclass(frozen=True)
+class ValueThreshold:
+    """Private selection of (partition, value) keys of a categorical column, for ``top_k``.
+
+    Privacy: after bounding, a unit keeps events in at most L0 = ``max_partitions``
+    partitions and at most Linf = ``max_contributions`` events in each, and each kept event
+    adds 1 to the count of one (partition, value) key. Removing a unit therefore changes at
+    most L0 * Linf keys (l0), each by at most Linf (linf: all its events in a partition may
+    share one value), and all of them together by at most L0 * Linf (l1: one per kept
+    event). OpenDP's ``make_laplace_threshold`` map at d_in = (l0, l1, linf) gives the
+    (epsilon, delta) of releasing every key whose noisy count passes the threshold (Rogers
+    et al. 2023, arXiv:2309.09170); keys below it, values seen by few units among them,
+    are never released. Restricting the keys to the released partitions first is adaptive
+    composition with the partition selection: it only removes a unit's contributions.
+    """
+
+    column: str
+    threshold: mech.ThresholdPlan
+    l0: int
+    l1: float
+    linf: float
+
+    @property
+    def key(self) -> str:
+        return value_counts_key(self.column)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "measurement": self.key,
+            "mechanism": "laplace_threshold",
+            "epsilon": self.threshold.epsilon,
+            "delta": self.threshold.delta,
+            "rho": 0.0,
+            "sensitivity": self.l1,
+            "stddev": self.threshold.scale * math.sqrt(2.0),
+            "threshold": self.threshold.threshold,
+            "keys_per_unit": self.l0,
+        }
+
+
+def value_threshold(policy: Policy, column: str, epsilon: float, delta: float) -> ValueThreshold:
+    """Calibrate the (partition, value) threshold of ``column`` (see :class:`ValueThreshold`)."""
+    linf = policy.max_contributions
+    l0 = policy.max_partitions * linf
+    plan = mech.laplace_threshold(l0, float(linf), epsilon, delta, float(l0))
+    return ValueThreshold(column, plan, l0, float(l0), float(linf))
+
+
+@dataclass(frozen=True)
+class ValueCounts:
+    """The (partition, value) keys that passed a :class:`ValueThreshold`, with noisy counts.
+
+    ``partition`` indexes the released partitions (``n_partitions`` of them), ``value`` the
+    column's distinct values (``values``).
+    """
+
+    partition: I64
+    value: I64
+    count: F64
+    n_partitions: int
+    values: Sequence[Any]
+
+
+def noisy_value_counts(
+    state: State,
+    released: I64,
+    n_known: int,
+    selection: ValueThreshold,
+    values: Sequence[Any],
+    noise: mech.Noise,
+) -> ValueCounts:
+    """Count events per (released partition, value) and keep the keys that pass the
+    threshold. ``released`` are partition ids (of ``n_known``), in release order."""
+    codes = state.categorical[selection.column]
+    position = np.full(n_known, -1, dtype=np.int64)
+    position[released] = np.arange(released.size)
+    where = position[state.partition] if len(state) else np.zeros(0, np.int64)
+    counted = (where >= 0) & (codes >= 0)
+    width = max(len(values), 1)
+    keys, counts = np.unique(where[counted] * width + codes[counted], return_counts=True)
+    kept, noisy = noise.threshold(keys, counts.astype(np.float64), selection.threshold)
+    return ValueCounts(kept // width, kept % width, noisy, int(released.size), values)
+
+
+def top_k_columns(metric: TopK, counts: ValueCounts) -> dict[str, Column]:
+    """Per released partition, the ``k`` values with the largest noisy counts (descending)."""
+    order = np.lexsort((counts.value, -counts.count, counts.partition))
+    partition, value, count = counts.partition[order], counts.value[order], counts.count[order]
+    first = np.searchsorted(partition, np.arange(counts.n_partitions))
+    rank = np.arange(partition.size) - first[partition] if partition.size else partition
+    keep = rank < metric.k
+    partition, value, count = partition[keep], value[keep], count[keep]
+    bounds = np.searchsorted(partition, np.arange(counts.n_partitions + 1))
+    names, numbers = [], []
+    for start, stop in itertools.pairwise(bounds.tolist()):
+        names.append([counts.values[v] for v in value[start:stop].tolist()])
+        numbers.append(count[start:stop].tolist())
+    name, count_name = metric.output_names
+    return {name: list_column(names), count_name: list_column(numbers)}
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -191,6 +498,7 @@ class Plan:
     selection: mech.ThresholdPlan | None
     loss: mech.PrivacyLoss
     metric_measurements: dict[str, tuple[str, ...]]
+    value_thresholds: dict[str, ValueThreshold] = field(default_factory=dict)  # top_k
 
     @property
     def selection_report(self) -> dict[str, Any] | None:
@@ -213,21 +521,37 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     private = params.private_partitions
     specs: dict[str, MeasurementSpec] = {}
     metric_measurements: dict[str, tuple[str, ...]] = {}
+    value_columns: dict[str, None] = {}
     for metric in metrics:
+        if isinstance(metric, TopK):
+            value_columns[metric.column] = None
+            metric_measurements[metric.name] = (value_counts_key(metric.column),)
+            continue
         needed = measurement_specs(metric, policy)
         for spec in needed:
             if private and spec.key == "unit_count":
                 continue  # released by the selection's threshold mechanism itself
             specs.setdefault(spec.key, spec)
         metric_measurements[metric.name] = tuple(s.key for s in needed)
+    if value_columns and params.delta == 0:
+        raise ConfigError(
+            "delta must be > 0 for top_k: its values are selected privately (a threshold"
+            " over per-value counts); pass delta, e.g. 1e-6"
+        )
 
-    shares = len(specs) + (1 if private else 0)
+    thresholds = (1 if private else 0) + len(value_columns)
+    shares = len(specs) + thresholds
     eps_share = params.epsilon / shares
     gaussian = params.noise == "gaussian"
-    delta_selection = (params.delta / 2.0 if gaussian else params.delta) if private else 0.0
-    delta_gaussian = params.delta - delta_selection if gaussian else 0.0
+    delta_thresholds = (params.delta / 2.0 if gaussian else params.delta) if thresholds else 0.0
+    delta_gaussian = params.delta - delta_thresholds if gaussian else 0.0
+    delta_each = delta_thresholds / thresholds if thresholds else 0.0
 
-    selection = mech.laplace_threshold(l0, 1.0, eps_share, delta_selection) if private else None
+    selection = mech.laplace_threshold(l0, 1.0, eps_share, delta_each) if private else None
+    value_thresholds = {
+        value_counts_key(c): value_threshold(policy, c, eps_share, delta_each)
+        for c in value_columns
+    }
 
     calibrated: dict[str, Calibrated] = {}
     if gaussian and specs:
@@ -248,9 +572,10 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
 
     approx_eps = sum(c.epsilon for c in calibrated.values() if c.mechanism == "laplace")
     approx_delta = 0.0
-    if selection is not None:
-        approx_eps += selection.epsilon
-        approx_delta += selection.delta
+    for threshold in [selection, *(v.threshold for v in value_thresholds.values())]:
+        if threshold is not None:
+            approx_eps += threshold.epsilon
+            approx_delta += threshold.delta
     rho = sum(c.rho for c in calibrated.values())
     eps_total = approx_eps + mech.zcdp_to_epsilon(rho, delta_gaussian)
     delta_total = approx_delta + (delta_gaussian if rho > 0 else 0.0)
@@ -258,4 +583,4 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     # The OpenDP maps are exact; this guards the split itself (never disabled, unlike assert).
     if eps_total > params.epsilon * (1 + 1e-9) or delta_total > params.delta * (1 + 1e-9):
         raise TelemaggError(f"internal: budget split exceeds the request: {loss}")
-    return Plan(calibrated, selection, loss, metric_measurements)
+    return Plan(calibrated, selection, loss, metric_measurements, value_thresholds)

@@ -567,7 +567,8 @@ class ReleaseParams(_Model):
 
 
 def check_metrics(metrics: Sequence[Metric]) -> tuple[Metric, ...]:
-    """Validate a metric list: non-empty, known metrics, unique output column names."""
+    """Validate a metric list: non-empty, known metrics, unique names and output columns
+    (a quantiles metric's name, the suffix of its columns, counts too: reports key on it)."""
     if not metrics:
         raise ConfigError("metrics must name at least one metric; got []")
     seen: set[str] = set()
@@ -576,7 +577,7 @@ def check_metrics(metrics: Sequence[Metric]) -> tuple[Metric, ...]:
             raise ConfigError(
                 f"metrics must be telemagg metrics (tm.count(), tm.sum(...), ...); got {metric!r}"
             )
-        for out in metric.output_names:
+        for out in dict.fromkeys([metric.name, *metric.output_names]):
             if out in seen:
                 raise ConfigError(f"metrics must have unique names; {out!r} appears twice")
             seen.add(out)
