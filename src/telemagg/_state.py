@@ -62,6 +62,23 @@ class KeyIndex:
     def find(self, key: Hashable) -> int | None:
         return self._ids.get(key)
 
+    def remap(self, codes: I64, keys: Sequence[Hashable]) -> I64:
+        """Ids of ``keys[codes]`` in this index (adding new keys); code -1 (missing) stays -1.
+
+        This is how categorical columns get codes that are global across ``add`` and
+        ``merge``: each batch or shard codes its values locally, the index makes them one.
+
+        >>> index = KeyIndex()
+        >>> index.ids(["a"]).tolist()  # seen first, in another batch
+        [0]
+        >>> index.remap(np.array([1, -1, 0]), ["b", "a"]).tolist()  # a, missing, b
+        [0, -1, 1]
+        """
+        ids = self.ids(keys)
+        if not ids.size:
+            return np.full(codes.size, -1, dtype=np.int64)
+        return np.where(codes >= 0, ids[np.maximum(codes, 0)], -1).astype(np.int64)
+
     @property
     def hashes(self) -> U64:
         """A stable 64-bit hash of each key, independent of insertion order."""
