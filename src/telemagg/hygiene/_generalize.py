@@ -33,14 +33,11 @@ def parse_duration(spec: str, *, param: str) -> int:
     >>> parse_duration("3 weeks", param="every")
     Traceback (most recent call last):
     ...
-    telemagg.errors.ConfigError: every must look like '30s', '15m', '1h' or '7d' (a positive whole number and one of s, m, h, d); got '3 weeks'
+    telemagg.errors.ConfigError: every must look like '30s', '15m', '1h' or '7d'; got '3 weeks'
     """
     match = _DURATION.fullmatch(spec) if isinstance(spec, str) else None
     if match is None:
-        raise ConfigError(
-            f"{param} must look like '30s', '15m', '1h' or '7d' (a positive whole number and "
-            f"one of s, m, h, d); got {spec!r}"
-        )
+        raise ConfigError(f"{param} must look like '30s', '15m', '1h' or '7d'; got {spec!r}")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
@@ -63,24 +60,44 @@ def bucket_time(timestamps: Iterable[Any] | npt.ArrayLike, every: str = "1h") ->
     width = parse_duration(every, param="every")
     array = _as_time_array(timestamps)
     if array.dtype.kind == "M":
-        unit, _ = np.datetime_data(array.dtype)
-        ticks = int(np.timedelta64(width, "s") // np.timedelta64(1, unit))
-        if ticks == 0:
-            raise ConfigError(
-                f"every must be at least one {unit!r} tick of the input; got {every!r}"
-            )
+        ticks = _ticks(width, array.dtype, every)
         raw = array.view(np.int64)
         buckets = np.floor_divide(raw, ticks) * ticks
         buckets[np.isnat(array)] = raw[np.isnat(array)]  # NaT is the int64 minimum: keep it
-        return buckets.view(array.dtype)
-    if array.dtype.kind in "iu":
-        return np.floor_divide(array, width) * width
-    if array.dtype.kind == "f":
-        return np.floor(array / width) * width
-    raise SchemaError(
-        "timestamps must be numpy datetime64 values or numbers of seconds since the epoch; "
-        f"got values of dtype {array.dtype}"
-    )
+        result: npt.NDArray[Any] = buckets.view(array.dtype)
+    elif array.dtype.kind in "iu":
+        result = np.floor_divide(array, width) * width
+    elif array.dtype.kind == "f":
+        result = np.floor(array / width) * width
+    else:
+        raise SchemaError(
+            "timestamps must be numpy datetime64 values or numbers of seconds since the "
+            f"epoch; got values of dtype {array.dtype}"
+        )
+    return result
+
+
+_TICKS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9, "ps": 10**12}
+_SECONDS_PER_TICK = {"m": 60, "h": 3600, "D": 86400, "W": 7 * 86400}
+
+
+def _ticks(width: int, dtype: np.dtype[Any], every: str) -> int:
+    """How many ticks of a datetime64 ``dtype`` make ``width`` seconds."""
+    unit, count = np.datetime_data(dtype)
+    if unit in _TICKS_PER_SECOND:
+        ticks, remainder = divmod(width * _TICKS_PER_SECOND[unit], count)
+    elif unit in _SECONDS_PER_TICK:
+        ticks, remainder = divmod(width, _SECONDS_PER_TICK[unit] * count)
+    else:
+        raise SchemaError(
+            f"timestamps of dtype {dtype} cannot be bucketed (months and years vary in "
+            "length); convert them to datetime64[s] first"
+        )
+    if ticks == 0 or remainder:
+        raise ConfigError(
+            f"every must be a whole number of the timestamps' {count}{unit} ticks; got {every!r}"
+        )
+    return int(ticks)
 
 
 def _as_time_array(timestamps: Iterable[Any] | npt.ArrayLike) -> npt.NDArray[Any]:

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from telemagg.errors import SchemaError
 
-__all__ = ["FactorizedIds", "as_1d_array", "factorize_ids"]
+__all__ = ["FactorizedIds", "as_1d_array", "factorize_ids", "is_missing"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,18 @@ def factorize_ids(values: Iterable[Any] | npt.ArrayLike, *, param: str = "ids") 
     )
 
 
+def is_missing(value: Any) -> bool:
+    """Whether ``value`` stands for a missing value: None, NaN, ``pandas.NA`` or ``NaT``.
+
+    >>> is_missing(None), is_missing(float("nan")), is_missing(0), is_missing("")
+    (True, True, False, False)
+    """
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)):
+        return True
+    pandas = sys.modules.get("pandas")  # if pandas is not loaded, no value can be pandas.NA
+    return pandas is not None and (value is pandas.NA or value is pandas.NaT)
+
+
 def _factorize_floats(array: npt.NDArray[np.floating[Any]], param: str) -> FactorizedIds:
     missing = np.isnan(array)
     present = array[~missing]
@@ -116,10 +128,10 @@ def _factorize_objects(items: list[Any], param: str) -> FactorizedIds:
     for rejected in (bool, np.bool_):
         if rejected in types:  # before the dict below, where True would merge with 1
             raise _bad_id(param, items, rejected, "a boolean is not an identifier")
-    pandas = sys.modules.get("pandas")  # if pandas is not loaded, no value can be pandas.NA
+    pandas = sys.modules.get("pandas")
     if pandas is not None and types & {type(pandas.NA), type(pandas.NaT)}:
         # NA compares as NA, which a dict lookup cannot use: make it None first.
-        items = [None if pandas.isna(item) else item for item in items]
+        items = [None if is_missing(item) else item for item in items]
     # First by the raw value (a dict: one hash per item, no sorting), then the few distinct
     # raw values to canonical strings, merging 42 and "42".
     first_code: dict[Any, int] = {}
