@@ -27,7 +27,7 @@ from telemagg._ingest import (
     Batch,
     ingest,
 )
-from telemagg._plan import UNIT_COUNT, Plan, finalize, make_plan
+from telemagg._plan import UNIT_COUNT, Column, Plan, finalize, make_plan, noisy_value_counts
 from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
 from telemagg._version import library_version
 from telemagg.errors import BudgetExceededError, ConfigError, TelemaggError
@@ -148,8 +148,11 @@ class Aggregator:
                 " releasing per-unit partitions would reveal who is in the data"
             )
         self._numeric = tuple(dict.fromkeys(c for m in self.metrics for c in m.columns))
+        self._categorical = tuple(
+            dict.fromkeys(c for m in self.metrics for c in m.categorical_columns)
+        )
         self.consent, self.purpose = _check_consent(
-            policy, self.by, self._numeric, consent, purpose
+            policy, self.by, (*self._numeric, *self._categorical), consent, purpose
         )
         self.window, self.time = _check_window(window, time)
         self.allowed_lateness = format_duration(
@@ -165,7 +168,8 @@ class Aggregator:
     def _reset(self) -> None:
         """Empty state: no partitions, no events, no windows."""
         self._partitions = KeyIndex()
-        self._state = State.empty(self._numeric)
+        self._categories = {c: KeyIndex() for c in self._categorical}  # values, global ids
+        self._state = self._empty_state()
         self._windows: dict[int, State] = {}
         self._watermark_ms: int | None = None
         self._released_through: int | None = None  # highest window index released
@@ -189,6 +193,7 @@ class Aggregator:
             unit=self.policy.privacy_unit,
             by=self.by,
             numeric=self._numeric,
+            categorical=self._categorical,
             time=self.time,
         )
         if self.consent is not None and len(batch):
@@ -262,7 +267,7 @@ class Aggregator:
             )
 
     def _empty_state(self) -> State:
-        return State.empty(self._numeric)
+        return State.empty(self._numeric, self._categorical)
 
     def accounting(self) -> dict[str, Any]:
         """Where every event received by a windowed aggregator is now.
@@ -301,7 +306,10 @@ class Aggregator:
             pair_key=pair_key,
             event_priority=priority,
             numeric=batch.numeric,
-            categorical={},
+            categorical={
+                c: self._categories[c].remap(enc.codes, enc.uniques.tolist())
+                for c, enc in batch.categorical.items()
+            },
             received=batch.received,
             dropped=Counter(batch.dropped),
         )
@@ -382,7 +390,10 @@ class Aggregator:
             pair_key=pair_key,
             event_priority=theirs.event_priority,
             numeric=theirs.numeric,
-            categorical=theirs.categorical,
+            categorical={
+                c: self._categories[c].remap(codes, other._categories[c].keys)
+                for c, codes in theirs.categorical.items()
+            },
             received=theirs.received,
             dropped=Counter(theirs.dropped),
         )
@@ -538,9 +549,15 @@ class Aggregator:
             exact = cal.spec.compute(state, n)[released]
             draw = noise.laplace if cal.mechanism == "laplace" else noise.gaussian
             noisy[key] = draw(exact.ravel().astype(np.float64), cal.scale).reshape(exact.shape)
-        columns: dict[str, npt.NDArray[np.float64]] = {}
+        value_counts = {
+            key: noisy_value_counts(
+                state, released, n, selection, self._categories[selection.column].keys, noise
+            )
+            for key, selection in plan.value_thresholds.items()
+        }
+        columns: dict[str, Column] = {}
         for metric in self.metrics:
-            columns.update(finalize(metric, noisy))
+            columns.update(finalize(metric, noisy, value_counts))
 
         keys = [index.keys[i] for i in released]
         key_columns = {c: _column([k[j] for k in keys]) for j, c in enumerate(self.by)}
@@ -583,6 +600,8 @@ class Aggregator:
             for key in plan.metric_measurements[metric.name]:
                 if key in plan.measurements:
                     components.append(plan.measurements[key].report())
+                elif key in plan.value_thresholds:  # top_k
+                    components.append(plan.value_thresholds[key].report())
                 else:  # unit_count released by the partition selection itself
                     selection = plan.selection_report
                     assert selection is not None
@@ -595,7 +614,7 @@ class Aggregator:
                         }
                     )
             main = components[-1]
-            reports[metric.name] = MetricReport(
+            report = MetricReport(
                 mechanism=str(main["mechanism"]),
                 epsilon=math.fsum(float(c["epsilon"]) for c in components),
                 delta=math.fsum(float(c["delta"]) for c in components),
@@ -605,6 +624,8 @@ class Aggregator:
                 measurement=str(main["measurement"]),
                 components=tuple(components),
             )
+            for column in metric.output_names:  # release.metrics[column], as documented
+                reports[column] = report
         return reports
 
     def _metadata(
