@@ -1,0 +1,430 @@
+"""Telemetry metrics: quantiles, histogram, top_k (policy specs, _plan measurements, release)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.stats import assert_noise_scale
+from tests.strategies import event_rows, policies
+
+import telemagg as tm
+from telemagg import _mechanisms as mech
+from telemagg._aggregator import Randomness
+from telemagg._plan import grid_positions, quantile_rank_error
+from telemagg.policy import exponential_buckets, histogram, quantiles, top_k
+from telemagg.testing import seeded
+
+ONE_EACH = tm.Policy(privacy_unit="user", max_partitions=1, max_contributions=1)
+
+
+def one_event_per_user(values: np.ndarray, n_partitions: int) -> dict[str, np.ndarray]:
+    """``values`` split evenly over partitions 0..n-1, every event its own user."""
+    return {
+        "user": np.arange(values.size),
+        "event": np.arange(values.size) % n_partitions,
+        "value": values,
+    }
+
+
+class RecordingNoise:
+    """Seeded noise that also records every draw (input, output, scale): white-box checks
+    that the noise a measurement received is the noise its report claims."""
+
+    seeded = True
+
+    def __init__(self, seed: int) -> None:
+        self._inner = mech.SeededNoise(seed)
+        self.draws: list[tuple[np.ndarray, np.ndarray, float]] = []
+
+    def laplace(self, values: np.ndarray, scale: float) -> np.ndarray:
+        out = self._inner.laplace(values, scale)
+        self.draws.append((values, out, scale))
+        return out
+
+    def gaussian(self, values: np.ndarray, scale: float) -> np.ndarray:
+        out = self._inner.gaussian(values, scale)
+        self.draws.append((values, out, scale))
+        return out
+
+    def threshold(self, keys: Any, counts: Any, plan: mech.ThresholdPlan) -> Any:
+        return self._inner.threshold(keys, counts, plan)
+
+
+def recording(seed: int) -> tuple[Randomness, RecordingNoise]:
+    base = seeded(seed)
+    noise = RecordingNoise(seed)
+    return Randomness(base.sampling_key, noise, base.seed_sequence), noise
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: quantiles("x", [0.5, 1.0], bounds=(0, 1)), r"levels must each be in \(0, 1\)"),
+        (lambda: quantiles("x", [0.0, 0.5], bounds=(0, 1)), r"levels must each be in \(0, 1\)"),
+        (lambda: quantiles("x", [0.9, 0.5], bounds=(0, 1)), "levels must be sorted"),
+        (lambda: quantiles("x", [0.5, 0.5], bounds=(0, 1)), "levels must not repeat"),
+        (lambda: quantiles("x", [], bounds=(0, 1)), "levels must name at least one"),
+        (lambda: quantiles("x", 0.5, bounds=(0, 1)), "levels must be a sequence"),
+        (lambda: quantiles("x", [0.5], bounds=(1, 0)), "bounds must satisfy lower < upper"),
+        (
+            lambda: quantiles("x", [0.5], bounds=(0, 10), scale="log"),
+            r"bounds must have lower > 0 when scale='log'.*got \(0.0, 10.0\)",
+        ),
+        (lambda: quantiles("x", [0.5], bounds=(1, 2), scale="ln"), "scale must be 'linear'"),
+        (lambda: quantiles("x", [0.5], bounds=(1, 2), bins=1), r"bins must be an integer in"),
+        (lambda: histogram("x", bins=[0, 10, 10]), r"bins must be strictly increasing"),
+        (lambda: histogram("x", bins=[5]), "bins must have between 2"),
+        (lambda: histogram("x", bins=[0, math.nan]), "bins must be finite"),
+        (lambda: top_k("code", k=0), r"k must be an integer in \[1, 1000\]; got 0"),
+        (lambda: top_k("code", k=2.5), "k must be an integer"),
+        (lambda: exponential_buckets(0, 10), "0 < lower < upper"),
+        (lambda: exponential_buckets(1, 10, scale=21), r"scale must be an integer in \[-10, 20\]"),
+        (lambda: exponential_buckets(1e-300, 1e300, scale=8), "more than 4096"),
+    ],
+)
+def test_bad_declarations_are_config_errors_naming_the_problem(make, message) -> None:
+    with pytest.raises(tm.ConfigError, match=message):
+        make()
+
+
+def test_output_names_and_name_override() -> None:
+    q = quantiles("latency_ms", [0.05, 0.5, 0.999], bounds=(1, 10), scale="log", name="lat")
+    assert q.output_names == ("p5_lat", "p50_lat", "p99_9_lat")
+    assert top_k("code", k=3, name="codes").output_names == ("codes", "codes_count")
+    assert histogram("x", bins=[0, 1]).output_names == ("histogram_x",)
+    with pytest.raises(tm.ConfigError, match="unique names; 'x' appears twice"):
+        tm.Aggregator(
+            policy=ONE_EACH, by="event", metrics=[quantiles("x", [0.5], (0, 1)), tm.count(name="x")]
+        )
+
+
+def test_quantiles_of_a_non_numeric_column_is_a_schema_error() -> None:
+    events = {"user": [1, 2], "event": ["a", "b"], "code": ["E1", "E2"]}
+    with pytest.raises(tm.SchemaError, match="column 'code' must be numeric"):
+        tm.aggregate(
+            events,
+            by="event",
+            metrics=[quantiles("code", [0.5], bounds=(0, 1))],
+            policy=ONE_EACH,
+            epsilon=1.0,
+            delta=1e-6,
+        )
+
+
+def test_top_k_needs_delta_even_with_public_partitions() -> None:
+    events = {"user": [1, 2], "event": ["a", "b"], "code": ["E1", "E2"]}
+    with pytest.raises(tm.ConfigError, match="delta must be > 0 for top_k"):
+        tm.aggregate(
+            events,
+            by="event",
+            metrics=[top_k("code", k=1)],
+            policy=ONE_EACH,
+            epsilon=1.0,
+            partitions=["a", "b"],
+        )
+
+
+@given(
+    lower=st.floats(1e-3, 1e3),
+    ratio=st.floats(1.01, 1e4),
+    scale=st.integers(-2, 5),
+)
+def test_exponential_buckets_cover_the_range_on_opentelemetry_boundaries(
+    lower: float, ratio: float, scale: int
+) -> None:
+    upper = lower * ratio
+    edges = np.asarray(exponential_buckets(lower, upper, scale=scale))
+    assert edges[0] <= lower * (1 + 1e-9)
+    assert edges[-1] >= upper * (1 - 1e-9)
+    indices = np.log2(edges) * 2.0**scale  # OpenTelemetry: edge i is base**i, base = 2**2**-scale
+    np.testing.assert_allclose(indices, np.round(indices), atol=1e-6)
+    np.testing.assert_array_equal(np.diff(np.round(indices)), 1.0)
+
+
+# --------------------------------------------------------------------------- quantiles
+
+
+@given(
+    counts=st.lists(st.lists(st.floats(-1e4, 1e4), min_size=8, max_size=8), min_size=1, max_size=6),
+    levels=st.lists(st.floats(0.001, 0.999), min_size=1, max_size=6, unique=True),
+)
+def test_grid_positions_are_monotone_in_the_level_and_inside_the_grid(counts, levels) -> None:
+    positions = grid_positions(np.asarray(counts), sorted(levels))
+    assert positions.min() >= 0.0
+    assert positions.max() <= 1.0
+    assert (np.diff(positions, axis=1) >= 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=event_rows(),
+    policy=policies,
+    levels=st.lists(st.floats(0.01, 0.99), min_size=1, max_size=5, unique=True),
+    lower=st.floats(0.5, 20),
+    width=st.floats(1, 200),
+    scale=st.sampled_from(["linear", "log"]),
+    bins=st.integers(2, 64),
+    noise=st.sampled_from(["laplace", "gaussian"]),
+)
+def test_released_quantiles_are_monotone_and_inside_bounds(
+    rows, policy, levels, lower, width, scale, bins, noise
+) -> None:
+    bounds = (lower, lower + width)
+    metric = quantiles("value", sorted(levels), bounds=bounds, scale=scale, bins=bins)
+    release = tm.aggregate(
+        rows,
+        by="event",
+        metrics=[metric],
+        policy=policy,
+        epsilon=0.5,
+        delta=1e-6,
+        partitions=["a", "b", "c", "z"],
+        noise=noise,
+        randomness=seeded(7),
+    )
+    table = np.column_stack([release.to_dict()[c] for c in metric.output_names])
+    assert table.shape == (4, len(levels))
+    assert (table >= bounds[0]).all()
+    assert (table <= bounds[1]).all()
+    assert (np.diff(table, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("noise", ["laplace", "gaussian"])
+def test_quantile_grid_noise_has_the_reported_scale(noise) -> None:
+    n_partitions, bins = 50, 40
+    values = np.random.default_rng(0).uniform(0, 100, 50_000)
+    metric = quantiles("value", [0.5, 0.9], bounds=(0, 100), bins=bins)
+    randomness, recorder = recording(3)
+    release = tm.aggregate(
+        one_event_per_user(values, n_partitions),
+        by="event",
+        metrics=[metric],
+        policy=ONE_EACH,
+        epsilon=1.0,
+        delta=1e-6,
+        partitions=list(range(n_partitions)),
+        noise=noise,
+        randomness=randomness,
+    )
+    report = release.metrics["p90_value"]
+    assert release.metrics["p50_value"] is report
+    assert report.mechanism == noise
+    assert report.sensitivity == 1.0
+    assert report.components[0]["bins"] == bins
+    if noise == "laplace":  # L1 = L0 * Linf = 1, the whole epsilon: scale 1
+        assert report.stddev == pytest.approx(math.sqrt(2.0), rel=1e-6)
+    (exact, noisy, _), *others = recorder.draws
+    assert not others
+    assert exact.size == n_partitions * bins
+    assert_noise_scale(noisy - exact, noise, report.stddev)
+
+
+def test_quantiles_rank_error_is_within_the_claimed_bound() -> None:
+    n_partitions, per_partition, bins = 20, 20_000, 32
+    rng = np.random.default_rng(11)
+    values = rng.lognormal(np.log(80.0), 0.8, n_partitions * per_partition)
+    levels = [0.1, 0.5, 0.9, 0.99]
+    metric = quantiles("value", levels, bounds=(1, 10_000), scale="log", bins=bins)
+    events = one_event_per_user(values, n_partitions)
+    release = tm.aggregate(
+        events,
+        by="event",
+        metrics=[metric],
+        policy=ONE_EACH,
+        epsilon=1.0,
+        delta=1e-6,
+        partitions=list(range(n_partitions)),
+        randomness=seeded(5),
+    )
+    bound = quantile_rank_error(release.metrics["p50_value"].stddev, bins, per_partition)
+    assert 0 < bound < 0.05
+    grid = np.geomspace(1, 10_000, bins + 1)
+    for p in range(n_partitions):
+        mine = np.sort(np.clip(values[events["event"] == p], 1, 10_000))
+        for level, name in zip(levels, metric.output_names, strict=True):
+            x = float(release.to_dict()[name][p])
+            below = np.searchsorted(mine, x, side="left") / mine.size
+            at_or_below = np.searchsorted(mine, x, side="right") / mine.size
+            j = min(np.searchsorted(grid, x, side="right") - 1, bins - 1)
+            share = np.count_nonzero((mine >= grid[j]) & (mine < grid[j + 1])) / mine.size
+            slack = bound + share
+            assert below - slack <= level <= at_or_below + slack, (p, level, x)
+
+
+def test_log_quantiles_of_heavy_tailed_latencies_are_close_in_value() -> None:
+    """Enough data per partition: p50/p90/p99 within a bin's width (33% for 32 log bins)."""
+    rng = np.random.default_rng(2)
+    values = np.concatenate(
+        [rng.lognormal(np.log(80), 0.6, 190_000), 400 * (1 + rng.pareto(1.5, 10_000))]
+    )
+    rng.shuffle(values)
+    levels = [0.5, 0.9, 0.99]
+    metric = quantiles("value", levels, bounds=(1, 10_000), scale="log")
+    release = tm.aggregate(
+        one_event_per_user(values, 4),
+        by="event",
+        metrics=[metric],
+        policy=ONE_EACH,
+        epsilon=1.0,
+        delta=1e-6,
+        randomness=seeded(8),
+    )
+    truth = np.quantile(np.clip(values, 1, 10_000), levels)
+    for level, name, true in zip(levels, metric.output_names, truth, strict=True):
+        released = release.to_dict()[name]
+        assert len(released) == 4
+        assert np.all(np.abs(np.log(released / true)) < np.log(10_000) / 32), (level, released)
+
+
+# --------------------------------------------------------------------------- histogram
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=event_rows(),
+    policy=policies,
+    edges=st.lists(st.floats(-100, 200), min_size=2, max_size=12, unique=True),
+)
+def test_histogram_counts_are_non_negative_with_one_count_per_bucket(rows, policy, edges) -> None:
+    edges = sorted(edges)
+    release = tm.aggregate(
+        rows,
+        by="event",
+        metrics=[histogram("value", bins=edges)],
+        policy=policy,
+        epsilon=0.3,
+        delta=1e-6,
+        partitions=["a", "b", "z"],
+        randomness=seeded(4),
+    )
+    for counts in release.to_dict()["histogram_value"]:
+        assert len(counts) == len(edges) - 1
+        assert min(counts) >= 0.0
+
+
+@pytest.mark.parametrize("noise", ["laplace", "gaussian"])
+def test_histogram_noise_has_the_reported_scale_and_values_clamp_into_end_buckets(noise) -> None:
+    n_partitions = 1500
+    # every partition: 40 events at -5 (below the edges), 40 at 5, 40 at 50, 40 at 500
+    values = np.tile(np.repeat([-5.0, 5.0, 50.0, 500.0], 40), n_partitions)
+    events = {
+        "user": np.arange(values.size),
+        "event": np.repeat(np.arange(n_partitions), 160),
+        "value": values,
+    }
+    release = tm.aggregate(
+        events,
+        by="event",
+        metrics=[histogram("value", bins=[0, 10, 100])],
+        policy=ONE_EACH,
+        epsilon=1.0,
+        delta=1e-6,
+        partitions=list(range(n_partitions)),
+        noise=noise,
+        randomness=seeded(6),
+    )
+    counts = np.array(release.to_dict()["histogram_value"].tolist())
+    report = release.metrics["histogram_value"]
+    assert counts.shape == (n_partitions, 2)
+    # -5 clamps into the first bucket, 500 into the last: exact counts are 80 and 80
+    assert_noise_scale((counts - 80.0).ravel(), noise, report.stddev)
+    assert report.sensitivity == 1.0
+    assert report.components[0]["bins"] == 2
+
+
+def test_histogram_bucket_edges_are_upper_inclusive() -> None:
+    events = {
+        "user": np.arange(3000),
+        "event": np.zeros(3000, int),
+        "value": np.repeat([10.0], 3000),
+    }
+    release = tm.aggregate(
+        events,
+        by="event",
+        metrics=[histogram("value", bins=[0, 10, 20])],
+        policy=ONE_EACH,
+        epsilon=5.0,
+        partitions=[0],
+        randomness=seeded(1),
+    )
+    first, second = release.to_dict()["histogram_value"][0]
+    assert first > 2900
+    assert second < 100  # 10 belongs to (0, 10]
+
+
+# --------------------------------------------------------------------------- top_k
+
+
+def coded_events(counts: dict[str, int], partitions: int, offset: int = 0) -> dict[str, Any]:
+    """Each partition gets ``counts[v]`` events of value v, every event its own user."""
+    per_partition = np.concatenate([np.full(n, v, dtype=object) for v, n in counts.items()])
+    codes = np.tile(per_partition, partitions)
+    return {
+        "user": offset + np.arange(codes.size),
+        "event": np.repeat(np.arange(partitions), per_partition.size),
+        "code": codes,
+    }
+
+
+def test_top_k_releases_frequent_values_in_order_and_never_rare_ones() -> None:
+    counts = {"E_TIMEOUT": 900, "E_NETWORK": 600, "0x80070005": 300, "E_RARE": 3}
+    events = coded_events(counts, partitions=3)
+    events["code"][::50] = None  # missing codes are not values
+    release = tm.aggregate(
+        events,
+        by="event",
+        metrics=[top_k("code", k=10), top_k("code", k=2, name="top2")],
+        policy=ONE_EACH,
+        epsilon=2.0,
+        delta=1e-6,
+        randomness=seeded(9),
+    )
+    table = release.to_dict()
+    for values, numbers, two in zip(
+        table["top_code"], table["top_code_count"], table["top2"], strict=True
+    ):
+        assert values == ["E_TIMEOUT", "E_NETWORK", "0x80070005"]
+        assert numbers == sorted(numbers, reverse=True)
+        assert two == ["E_TIMEOUT", "E_NETWORK"]
+    report = release.metrics["top_code_count"]
+    assert report is release.metrics["top_code"]
+    assert report.mechanism == "laplace_threshold"
+    assert report.delta > 0
+    assert report.components[0]["keys_per_unit"] == 1
+    assert release.delta <= 1e-6
+    assert release.epsilon <= 2.0
+
+
+def test_top_k_counts_have_the_reported_noise_and_threshold() -> None:
+    policy = tm.Policy(privacy_unit="user", max_partitions=2, max_contributions=3)
+    n_partitions = 1500
+    events = coded_events({"A": 501}, partitions=n_partitions)
+    events["user"] = events["user"] // 3  # three events per user, all in one partition
+    release = tm.aggregate(
+        events,
+        by="event",
+        metrics=[top_k("code", k=1)],
+        policy=policy,
+        epsilon=1.0,
+        delta=1e-6,
+        partitions=list(range(n_partitions)),
+        randomness=seeded(10),
+    )
+    report = release.metrics["top_code"]
+    component = report.components[0]
+    # a unit changes at most L0 * Linf = 6 (partition, value) keys, each by <= 3, 6 in all
+    assert component["keys_per_unit"] == 6
+    assert report.sensitivity == 6.0
+    assert report.stddev == pytest.approx(6.0 * math.sqrt(2.0), rel=1e-6)
+    assert component["threshold"] < 501 - 8 * report.stddev  # every key passes
+    counts = np.array([c[0] for c in release.to_dict()["top_code_count"]])
+    assert counts.size == n_partitions
+    assert_noise_scale(counts - 501.0, "laplace", report.stddev)
