@@ -13,6 +13,7 @@ import pytest
 import telemagg as tm
 from telemagg._ingest import hash_value
 from telemagg.ledger import Ledger
+from telemagg.policy import histogram, quantiles, top_k
 from telemagg.testing import seeded
 
 dask = pytest.importorskip("dask")
@@ -73,24 +74,51 @@ def template(seed: int) -> tm.Aggregator:
 # --------------------------------------------------------------------------- parity
 
 
-def test_same_partitions_counts_and_accounting_as_the_local_engine(client: Any) -> None:
+@pytest.mark.parametrize(
+    ("partitions", "released"),
+    [(None, sorted(BUSY)), (["rare", "open", "absent"], ["rare", "open", "absent"])],
+)
+def test_same_partitions_counts_and_accounting_as_the_local_engine(
+    client: Any, partitions: list[str] | None, released: list[str]
+) -> None:
     frame = workload()
-    local = tm.aggregate(frame, **QUERY, randomness=seeded(11))
-    spread = dd.from_pandas(frame, npartitions=6)
-    on_dask = tm_dask.aggregate(spread, **QUERY, randomness=seeded(11))
+    query = {**QUERY, "partitions": partitions, "randomness": seeded(11)}
+    local = tm.aggregate(frame, **query)
+    on_dask = tm_dask.aggregate(dd.from_pandas(frame, npartitions=6), **query)
 
     local_table = local.to_pandas().set_index("event")
     dask_table = on_dask.to_pandas().set_index("event")
-    assert sorted(dask_table.index) == sorted(local_table.index) == sorted(BUSY)
+    assert sorted(local_table.index) == sorted(released)
+    assert list(dask_table.index) == list(local_table.index)
     assert on_dask.metadata["events"] == local.metadata["events"]
     assert on_dask.metadata["events"]["dropped"]["missing_privacy_unit"] == 9
     for column in ("count", "unit_count", "sum_value"):
         # two independent draws differ by at most 6 stddevs of one (seeded: deterministic)
         stddev = on_dask.metrics[column].stddev
-        diff = (dask_table[column] - local_table.loc[dask_table.index, column]).abs()
+        diff = (dask_table[column] - local_table[column]).abs()
         assert (diff <= 6 * np.sqrt(2) * stddev).all(), (column, diff.tolist(), stddev)
     assert on_dask.epsilon == local.epsilon
     assert on_dask.metadata["query"] == local.metadata["query"]
+
+
+def test_every_metric_kind_reads_its_columns_on_the_workers(client: Any) -> None:
+    """Value, grid and categorical metrics: their columns reach the workers and categorical
+    codes merge globally; a dominant error code is the top value in both engines."""
+    frame = workload(n_users=2000, seed=6)
+    frame["latency"] = np.random.default_rng(6).uniform(10, 90, len(frame))
+    frame["error"] = np.where(np.arange(len(frame)) % 10 == 0, "E_TIMEOUT", "E_NETWORK")
+    metrics = [
+        tm.mean("value", bounds=(0, 100)),
+        quantiles("latency", [0.5], bounds=(0, 100)),
+        histogram("latency", bins=[0, 50, 100]),
+        top_k("error", k=1),
+    ]
+    query = {**QUERY, "metrics": metrics, "partitions": list(BUSY), "randomness": seeded(12)}
+    local = tm.aggregate(frame, **query).to_pandas()
+    on_dask = tm_dask.aggregate(dd.from_pandas(frame, npartitions=5), **query).to_pandas()
+    assert list(on_dask.columns) == list(local.columns)
+    assert on_dask["top_error"].tolist() == local["top_error"].tolist() == [["E_NETWORK"]] * 3
+    assert np.allclose(on_dask["p50_latency"], 50, atol=10)
 
 
 def test_one_sampling_key_keeps_the_same_pairs_as_one_local_aggregator(client: Any) -> None:

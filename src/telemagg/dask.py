@@ -80,8 +80,8 @@ def aggregate(
     >>> release.metadata["events"]["received"]
     6
     """
-    # The checks of tm.aggregate, in its order (so both engines fail alike), plus those that
-    # release() would make only after the compute: the measurement plan, public partitions.
+    # The checks of tm.aggregate, in its order (so both engines fail alike), plus the plan's,
+    # which release() would make only after the compute.
     params = ReleaseParams(
         epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
     )
@@ -91,14 +91,13 @@ def aggregate(
         metrics=metrics,
         consent=consent,
         purpose=purpose,
+        partitions=partitions,
         randomness=randomness,
     )
     make_plan(template.metrics, template.policy, params)
-    if partitions is not None:
-        template._public_keys(partitions)
     by_unit = _shuffled_by_unit(_projected(ddf, template), template.policy.privacy_unit)
     template.merge(_merge_tree(by_unit, template).compute())
-    return template.release(epsilon, delta, partitions, ledger, noise=noise, label=label)
+    return template.release(epsilon, delta, ledger=ledger, noise=noise, label=label)
 
 
 def _dask_dataframe() -> Any:
@@ -113,7 +112,8 @@ def _projected(ddf: Any, template: Aggregator) -> Any:
     dd = _dask_dataframe()
     if not isinstance(ddf, dd.DataFrame):
         raise SchemaError(f"ddf must be a dask DataFrame; got {type(ddf).__name__}")
-    names = list(dict.fromkeys([template.policy.privacy_unit, *template.by, *template._numeric]))
+    read = (c for m in template.metrics for c in (*m.columns, *m.categorical_columns))
+    names = list(dict.fromkeys([template.policy.privacy_unit, *template.by, *read]))
     missing = [name for name in names if name not in ddf.columns]
     if missing:
         raise _missing_column(missing[0], ddf.columns)
