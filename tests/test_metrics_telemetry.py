@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -428,3 +429,93 @@ def test_top_k_counts_have_the_reported_noise_and_threshold() -> None:
     counts = np.array([c[0] for c in release.to_dict()["top_code_count"]])
     assert counts.size == n_partitions
     assert_noise_scale(counts - 501.0, "laplace", report.stddev)
+
+
+def test_top_k_values_keep_their_identity_across_batches_and_merged_shards() -> None:
+    """Each batch and shard codes values locally; the release must name the right ones."""
+    policy = tm.Policy(privacy_unit="user", max_partitions=2, max_contributions=2)
+    metrics = [top_k("code", k=2)]
+    first = coded_events({"E1": 400, "E2": 200}, partitions=2)
+    second = coded_events({"E3": 300, "E2": 100}, partitions=2, offset=10**6)
+    third = coded_events({"E4": 350}, partitions=2, offset=2 * 10**6)
+    agg = tm.Aggregator(policy=policy, by="event", metrics=metrics, randomness=seeded(12))
+    agg.add(first)
+    agg.add(second)
+    shard = agg.spawn()
+    shard.add(third)
+    agg.merge(shard)
+    release = agg.release(epsilon=4.0, delta=1e-6, partitions=[0, 1])
+    for values, counts in zip(
+        release.to_dict()["top_code"], release.to_dict()["top_code_count"], strict=True
+    ):
+        assert values == ["E1", "E4"]  # E1 400, E4 350, E2 and E3 300 each
+        assert counts[0] == pytest.approx(400, abs=40)
+        assert counts[1] == pytest.approx(350, abs=40)
+
+
+def test_every_metric_with_a_multi_column_by_and_every_output_format() -> None:
+    from telemagg.datasets import telemetry_events
+
+    events = telemetry_events(60_000, seed=4)
+    metrics = [
+        tm.count(),
+        quantiles("latency_ms", [0.5, 0.9, 0.99], bounds=(1, 10_000), scale="log"),
+        histogram("latency_ms", bins=exponential_buckets(1, 10_000, scale=0)),
+        top_k("event_name", k=3),
+    ]
+    release = tm.aggregate(
+        events,
+        by=["app_version", "os"],
+        metrics=metrics,
+        policy=tm.Policy(privacy_unit="user_id", max_partitions=2, max_contributions=5),
+        epsilon=8.0,
+        delta=1e-6,
+        randomness=seeded(13),
+    )
+    frame = release.to_pandas()
+    assert list(frame.columns) == [
+        "app_version",
+        "os",
+        "count",
+        "p50_latency_ms",
+        "p90_latency_ms",
+        "p99_latency_ms",
+        "histogram_latency_ms",
+        "top_event_name",
+        "top_event_name_count",
+    ]
+    assert len(frame) > 5
+    assert (frame["p50_latency_ms"] <= frame["p99_latency_ms"]).all()
+    assert {len(h) for h in frame["histogram_latency_ms"]} == {14}  # 2**0 .. 2**14
+    listed = [names for names in frame["top_event_name"] if names]  # the busiest partitions
+    assert listed
+    assert all(names[0] == "editor.save" for names in listed)  # the most popular event
+    arrow = release.to_arrow()
+    assert str(arrow.schema.field("histogram_latency_ms").type) == "list<item: double>"
+    assert str(arrow.schema.field("top_event_name").type) == "list<item: string>"
+    polars = release.to_polars()
+    assert str(polars.schema["histogram_latency_ms"]) == "List(Float64)"
+    for column in frame.columns[2:]:
+        report = release.metrics[column]
+        assert report.mechanism in {"laplace", "laplace_threshold"}
+        assert report.epsilon > 0
+        assert report.stddev > 0
+        assert report.sensitivity is not None
+    assert set(release.metadata["metrics"]) == set(frame.columns[2:])
+    json.dumps(release.metadata)
+    # selection, count, grid, histogram and top_k's threshold: five equal shares
+    assert release.epsilon == pytest.approx(8.0, rel=1e-6)
+    assert release.epsilon <= 8.0
+    assert release.delta <= 1e-6
+    shares = {round(release.metrics[c].epsilon, 9) for c in ("count", "top_event_name")}
+    assert shares == {round(8.0 / 5, 9)}
+
+
+def test_an_aggregator_with_categorical_state_pickles() -> None:
+    import pickle
+
+    agg = tm.Aggregator(policy=ONE_EACH, by="event", metrics=[top_k("code", k=1)])
+    agg.add(coded_events({"A": 3}, partitions=2))
+    again = pickle.loads(pickle.dumps(agg))
+    assert again._categories["code"].keys == ["A"]
+    assert again._state.categorical["code"].tolist() == [0] * 6
