@@ -32,6 +32,12 @@ def one_event_per_user(values: np.ndarray, n_partitions: int) -> dict[str, np.nd
     }
 
 
+def by_event(events: Any, metrics: list[Any], **options: Any) -> tm.Release:
+    """``tm.aggregate`` by ``event``; defaults: ONE_EACH, epsilon 1, delta 1e-6."""
+    settings: dict[str, Any] = {"policy": ONE_EACH, "epsilon": 1.0, "delta": 1e-6, **options}
+    return tm.aggregate(events, by="event", metrics=metrics, **settings)
+
+
 class RecordingNoise:
     """Seeded noise that also records every draw (input, output, scale): white-box checks
     that the noise a measurement received is the noise its report claims."""
@@ -110,27 +116,13 @@ def test_output_names_and_name_override() -> None:
 def test_quantiles_of_a_non_numeric_column_is_a_schema_error() -> None:
     events = {"user": [1, 2], "event": ["a", "b"], "code": ["E1", "E2"]}
     with pytest.raises(tm.SchemaError, match="column 'code' must be numeric"):
-        tm.aggregate(
-            events,
-            by="event",
-            metrics=[quantiles("code", [0.5], bounds=(0, 1))],
-            policy=ONE_EACH,
-            epsilon=1.0,
-            delta=1e-6,
-        )
+        by_event(events, [quantiles("code", [0.5], bounds=(0, 1))])
 
 
 def test_top_k_needs_delta_even_with_public_partitions() -> None:
     events = {"user": [1, 2], "event": ["a", "b"], "code": ["E1", "E2"]}
     with pytest.raises(tm.ConfigError, match="delta must be > 0 for top_k"):
-        tm.aggregate(
-            events,
-            by="event",
-            metrics=[top_k("code", k=1)],
-            policy=ONE_EACH,
-            epsilon=1.0,
-            partitions=["a", "b"],
-        )
+        by_event(events, [top_k("code", k=1)], partitions=["a", "b"], delta=0.0)
 
 
 @given(
@@ -180,13 +172,11 @@ def test_released_quantiles_are_monotone_and_inside_bounds(
 ) -> None:
     bounds = (lower, lower + width)
     metric = quantiles("value", sorted(levels), bounds=bounds, scale=scale, bins=bins)
-    release = tm.aggregate(
+    release = by_event(
         rows,
-        by="event",
-        metrics=[metric],
+        [metric],
         policy=policy,
         epsilon=0.5,
-        delta=1e-6,
         partitions=["a", "b", "c", "z"],
         noise=noise,
         randomness=seeded(7),
@@ -204,13 +194,9 @@ def test_quantile_grid_noise_has_the_reported_scale(noise) -> None:
     values = np.random.default_rng(0).uniform(0, 100, 50_000)
     metric = quantiles("value", [0.5, 0.9], bounds=(0, 100), bins=bins)
     randomness, recorder = recording(3)
-    release = tm.aggregate(
+    release = by_event(
         one_event_per_user(values, n_partitions),
-        by="event",
-        metrics=[metric],
-        policy=ONE_EACH,
-        epsilon=1.0,
-        delta=1e-6,
+        [metric],
         partitions=list(range(n_partitions)),
         noise=noise,
         randomness=randomness,
@@ -235,16 +221,7 @@ def test_quantiles_rank_error_is_within_the_claimed_bound() -> None:
     levels = [0.1, 0.5, 0.9, 0.99]
     metric = quantiles("value", levels, bounds=(1, 10_000), scale="log", bins=bins)
     events = one_event_per_user(values, n_partitions)
-    release = tm.aggregate(
-        events,
-        by="event",
-        metrics=[metric],
-        policy=ONE_EACH,
-        epsilon=1.0,
-        delta=1e-6,
-        partitions=list(range(n_partitions)),
-        randomness=seeded(5),
-    )
+    release = by_event(events, [metric], partitions=list(range(n_partitions)), randomness=seeded(5))
     bound = quantile_rank_error(release.metrics["p50_value"].stddev, bins, per_partition)
     assert 0 < bound < 0.05
     grid = np.geomspace(1, 10_000, bins + 1)
@@ -269,15 +246,7 @@ def test_log_quantiles_of_heavy_tailed_latencies_are_close_in_value() -> None:
     rng.shuffle(values)
     levels = [0.5, 0.9, 0.99]
     metric = quantiles("value", levels, bounds=(1, 10_000), scale="log")
-    release = tm.aggregate(
-        one_event_per_user(values, 4),
-        by="event",
-        metrics=[metric],
-        policy=ONE_EACH,
-        epsilon=1.0,
-        delta=1e-6,
-        randomness=seeded(8),
-    )
+    release = by_event(one_event_per_user(values, 4), [metric], randomness=seeded(8))
     truth = np.quantile(np.clip(values, 1, 10_000), levels)
     for level, name, true in zip(levels, metric.output_names, truth, strict=True):
         released = release.to_dict()[name]
@@ -296,13 +265,11 @@ def test_log_quantiles_of_heavy_tailed_latencies_are_close_in_value() -> None:
 )
 def test_histogram_counts_are_non_negative_with_one_count_per_bucket(rows, policy, edges) -> None:
     edges = sorted(edges)
-    release = tm.aggregate(
+    release = by_event(
         rows,
-        by="event",
-        metrics=[histogram("value", bins=edges)],
+        [histogram("value", bins=edges)],
         policy=policy,
         epsilon=0.3,
-        delta=1e-6,
         partitions=["a", "b", "z"],
         randomness=seeded(4),
     )
@@ -321,13 +288,9 @@ def test_histogram_noise_has_the_reported_scale_and_values_clamp_into_end_bucket
         "event": np.repeat(np.arange(n_partitions), 160),
         "value": values,
     }
-    release = tm.aggregate(
+    release = by_event(
         events,
-        by="event",
-        metrics=[histogram("value", bins=[0, 10, 100])],
-        policy=ONE_EACH,
-        epsilon=1.0,
-        delta=1e-6,
+        [histogram("value", bins=[0, 10, 100])],
         partitions=list(range(n_partitions)),
         noise=noise,
         randomness=seeded(6),
@@ -347,11 +310,9 @@ def test_histogram_bucket_edges_are_upper_inclusive() -> None:
         "event": np.zeros(3000, int),
         "value": np.repeat([10.0], 3000),
     }
-    release = tm.aggregate(
+    release = by_event(
         events,
-        by="event",
-        metrics=[histogram("value", bins=[0, 10, 20])],
-        policy=ONE_EACH,
+        [histogram("value", bins=[0, 10, 20])],
         epsilon=5.0,
         partitions=[0],
         randomness=seeded(1),
@@ -379,13 +340,10 @@ def test_top_k_releases_frequent_values_in_order_and_never_rare_ones() -> None:
     counts = {"E_TIMEOUT": 900, "E_NETWORK": 600, "0x80070005": 300, "E_RARE": 3}
     events = coded_events(counts, partitions=3)
     events["code"][::50] = None  # missing codes are not values
-    release = tm.aggregate(
+    release = by_event(
         events,
-        by="event",
-        metrics=[top_k("code", k=10), top_k("code", k=2, name="top2")],
-        policy=ONE_EACH,
+        [top_k("code", k=10), top_k("code", k=2, name="top2")],
         epsilon=2.0,
-        delta=1e-6,
         randomness=seeded(9),
     )
     table = release.to_dict()
@@ -409,13 +367,10 @@ def test_top_k_counts_have_the_reported_noise_and_threshold() -> None:
     n_partitions = 1500
     events = coded_events({"A": 501}, partitions=n_partitions)
     events["user"] = events["user"] // 3  # three events per user, all in one partition
-    release = tm.aggregate(
+    release = by_event(
         events,
-        by="event",
-        metrics=[top_k("code", k=1)],
+        [top_k("code", k=1)],
         policy=policy,
-        epsilon=1.0,
-        delta=1e-6,
         partitions=list(range(n_partitions)),
         randomness=seeded(10),
     )
