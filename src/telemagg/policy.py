@@ -253,6 +253,12 @@ def _floats(value: Any, rule: str) -> tuple[float, ...]:
         raise ValueError(rule) from None
 
 
+def _integer_in(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"must be an integer in [{low}, {high}]")
+    return value
+
+
 def _percent_label(level: float) -> str:
     """``0.5`` -> ``"50"``, ``0.999`` -> ``"99_9"``: a level as a column-name-safe percent."""
     return f"{level * 100:.10g}".replace(".", "_")
@@ -297,9 +303,7 @@ class Quantiles(ValueMetric):
     @field_validator("bins", mode="before")
     @classmethod
     def _bins(cls, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_BINS:
-            raise ValueError(f"must be an integer in [2, {MAX_BINS}]")
-        return value
+        return _integer_in(value, 2, MAX_BINS)
 
     @model_validator(mode="after")
     def _log_needs_positive_bounds(self) -> Quantiles:
@@ -367,9 +371,7 @@ class TopK(Metric):
     @field_validator("k", mode="before")
     @classmethod
     def _k(cls, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-            raise ValueError("must be an integer in [1, 1000]")
-        return value
+        return _integer_in(value, 1, 1000)
 
     def default_name(self) -> str:
         return f"top_{self.column}"
