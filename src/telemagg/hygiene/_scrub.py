@@ -64,7 +64,11 @@ _DOMAIN = (
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     r"(?![A-Za-z0-9-])"
 )
-_EMAIL_LOCAL = r"[A-Za-z0-9._+!#$*^~-]"  # stops at = / ? & so "?email=a@b.c" keeps its key
+# The local part of an e-mail address, as scrubbed: it stops at = / ? & ' ` { | } (which
+# RFC 5322 allows but URLs and templates use around addresses), so "?email=a@b.c" keeps its
+# key. Any RFC 5322 local-part character before the @ is enough for the domain to go.
+_EMAIL_LOCAL = r"[A-Za-z0-9._+!#$*^~-]"
+_EMAIL_LOCAL_RFC = r"[A-Za-z0-9._+!#$*^~=/?&'`{|}%-]"
 _AUTH_SCHEME = r"(?i:bearer|token|basic|digest|negotiate)"
 _VALUE = r"(?:\"[^\"\x00\n]+\"|'[^'\x00\n]+'|[^\s\x00&;,\"'<>(){}\[\]]+)"
 _HOME_USER = (  # a user name, with inner spaces only if a path separator follows
@@ -119,21 +123,31 @@ def _lookbehinds(words: Iterable[str], gaps: tuple[str, ...], sep: str) -> str:
     return "(?:" + "|".join(f"(?<={'|'.join(alts)})" for alts in by_width.values()) + ")"
 
 
-def _secret_key_before(gaps: tuple[str, ...], sep: str) -> tuple[str, str]:
-    """A secret key ending (see above), one of ``gaps``, then ``sep``, just before here.
+def _secret_key_before(
+    endings: tuple[str, ...], gaps: tuple[str, ...], sep: str
+) -> tuple[str, str]:
+    """A key ending in one of ``endings``, one of ``gaps``, then ``sep``, just before here.
 
-    Two checks. The first is cheap and loose: each of the last three letters is one that a
-    key ending has in that place; it rejects the ``status=`` and ``bytes=`` of ordinary log
-    lines in a few steps. The second is exact: one of the key endings.
+    Two checks. The first is cheap and loose: the character just before ``sep`` fits, and
+    each of the last three letters is one that an ending has in that place; it rejects the
+    ``10:32`` of timestamps and the ``status=`` and ``bytes=`` of log lines in a few steps.
+    The second is exact: one of the endings.
     """
-    tails = [_units(ending)[-3:] for ending in _SECRET_KEY_ENDINGS]
-    places = "".join(_any_of({c for tail in tails for c in _chars(tail[i])}) for i in range(3))
-    loose = "(?:" + "|".join(f"(?<={places}{re.escape(gap)}{sep})" for gap in gaps) + ")"
-    return loose, _lookbehinds(_SECRET_KEY_ENDINGS, gaps, sep)
+    tails = [_units(ending)[-3:] for ending in endings]
+    places = [_any_of({c for tail in tails for c in _chars(tail[i])}) for i in range(3)]
+    loose = []
+    for gap in gaps:
+        last = _any_of(set(gap[-1])) if gap else places[-1]
+        loose.append(f"(?<={last}{sep})(?<={''.join(places)}{re.escape(gap)}{sep})")
+    return "(?:" + "|".join(loose) + ")", _lookbehinds(endings, gaps, sep)
 
 
-_FLAG_KEY_LOOSE, _FLAG_KEY = _secret_key_before(("",), "")
-_KV_KEY_LOOSE, _KV_KEY = _secret_key_before(("", '"', "'", " ", '" ', "' "), ".")
+_KV_GAPS = ("", '"', "'", " ", '" ', "' ")  # password=, "password":, password = ...
+_FLAG_KEY_LOOSE, _FLAG_KEY = _secret_key_before(_SECRET_KEY_ENDINGS, ("",), "")
+_KV_KEY_LOOSE, _KV_KEY = _secret_key_before(
+    tuple(ending for ending in _SECRET_KEY_ENDINGS if ending != "authorization"), _KV_GAPS, "."
+)
+_AUTHORIZATION_LOOSE, _AUTHORIZATION = _secret_key_before(("authorization",), _KV_GAPS, ".")
 
 
 # -- the kinds: anchor characters, pattern after the anchor, and what replaces a match ----
@@ -259,7 +273,7 @@ def _left(pattern: str) -> re.Pattern[str]:
     return re.compile(rf"(?:{pattern})\Z")
 
 
-_EMAIL_LOCAL_LEFT = _left(rf"(?<!{_EMAIL_LOCAL}){_EMAIL_LOCAL}{{1,64}}")
+_EMAIL_LOCAL_LEFT = _left(rf"(?<!{_EMAIL_LOCAL}){_EMAIL_LOCAL}{{0,64}}")
 _WORD_CHARS_LEFT = _left(r"(?<![A-Za-z0-9])[A-Za-z0-9]+")  # "ghp" of ghp_..., "ya29" of ...
 
 _KINDS = (
@@ -287,16 +301,18 @@ _KINDS = (
         r"//[^\s\x00/@:?#]+(?::[^\s\x00/@?#]*)?@",
         _userinfo,
     ),
-    # key=value, key: value, "key": "value", where the key names a secret (see above).
+    # Authorization: <scheme> <credentials>, the scheme kept, or credentials alone.
     _Kind(
-        "kv",
+        "authorization",
         ("=", ":"),
-        _KV_KEY_LOOSE,
-        _KV_KEY
+        _AUTHORIZATION_LOOSE,
+        _AUTHORIZATION
         # "Authorization: Bearer <token>" is scrubbed already: the scheme is no value.
         + rf"\s*(?:{_AUTH_SCHEME}\s+|(?!{_AUTH_SCHEME}\s)){_VALUE}",
         _kv,
     ),
+    # key=value, key: value, "key": "value", where the key names a secret (see above).
+    _Kind("kv", ("=", ":"), _KV_KEY_LOOSE, rf"{_KV_KEY}\s*{_VALUE}", _kv),
     # MAC addresses (device identifiers), anchored at the first separator.
     _Kind(
         "mac",
@@ -335,7 +351,7 @@ _KINDS = (
     _Kind(
         "email",
         ("@",),
-        rf"(?<={_EMAIL_LOCAL}@)",
+        rf"(?<={_EMAIL_LOCAL_RFC}@)",
         _DOMAIN,
         _constant("<email>"),
         before=_EMAIL_LOCAL_LEFT,
@@ -344,7 +360,7 @@ _KINDS = (
     _Kind(
         "email_encoded",
         ("%",),
-        rf"(?<={_EMAIL_LOCAL}%)(?=40)",
+        rf"(?<={_EMAIL_LOCAL_RFC}%)(?=40)",
         rf"40{_DOMAIN}",
         _constant("<email>"),
         before=_EMAIL_LOCAL_LEFT,
@@ -425,16 +441,17 @@ _KINDS = (
         before=_WORD_CHARS_LEFT,
         before_window=5,  # "ya29"
     ),
-    # JSON Web Tokens, anchored at the dot after the header: header and payload are base64url
-    # JSON objects, so both start with "eyJ".
+    # JSON Web Tokens, anchored at the dot after the header. Header and payload are base64url
+    # JSON objects: "{" encodes to "e" and the next character to one of w-z 0-9 - _ ("eyJ"
+    # for '{"', "e30" for "{}"); a header is at least '{"alg":"none"}'.
     _Kind(
         "jwt",
         (r"\.",),
-        r"(?=eyJ)(?<=[A-Za-z0-9_-]\.)",
-        r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*(?![A-Za-z0-9_-])",
+        r"(?=e[w-z0-9_-])(?<=[A-Za-z0-9_-]{20}\.)",
+        r"e[w-z0-9_-][A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?![A-Za-z0-9_-])",
         _constant("<token>"),
-        before=_left(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}"),
-        before_window=2048,
+        before=_left(r"(?<![A-Za-z0-9_-])e[w-z0-9_-][A-Za-z0-9_-]{18,}"),
+        before_window=4096,
     ),
     # Azure AD client secrets: three characters, a digit, "Q~", then 31 to 34 more.
     _Kind(
@@ -617,6 +634,10 @@ def scrub_pii(texts: Any) -> Any:
     ``ERR_CONNECTION_RESET``), versions (``1.2.3``, ``10.0.19045``), hex addresses, UUIDs,
     library and file names, timestamps (ISO 8601 and epoch numbers), ports, durations.
     Scrubbing is idempotent: placeholders are never scrubbed again.
+
+    A secret value ends at whitespace, a quote, a bracket, ``&``, ``;``, ``,``, ``<`` or
+    ``>`` (the separators of query strings, cookies and connection strings); a password
+    that contains one of them is replaced only up to it, unless it is quoted.
 
     Known limits. Towards scrubbing: a four-part version whose parts are all at most 255
     (``2.0.0.1``, without a ``v``) reads as an IPv4 address, and ``Add::beef`` as IPv6.
