@@ -114,7 +114,7 @@ def _factorize_floats(array: npt.NDArray[np.floating[Any]], param: str) -> Facto
     if bad.any():
         position = int(np.flatnonzero(~missing)[np.argmax(bad)])
         raise SchemaError(
-            f"{param} must be integral when given as floats; {param}[{position}] is not "
+            f"{param}[{position}] is a float: floats must be integral "
             "(the value is not shown: it is an identifier)"
         )
     uniques, inverse = np.unique(present, return_inverse=True)
