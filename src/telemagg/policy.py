@@ -450,8 +450,8 @@ def quantiles(
     finely but add the noise of more bins to each quantile; the default 32 log bins over
     (1, 10_000) are 33% wide. With ``n`` bounded events in a partition and ``stddev`` the
     reported noise per bin, the released quantile ``x`` of level ``q`` has, with high
-    probability, a true rank ``F(x)`` within ``q ± 8 * stddev * sqrt(bins) / n`` plus the
-    share of events in ``x``'s bin (:func:`telemagg._plan.quantile_rank_error`).
+    probability, a true rank ``F(x)`` within the share of events in ``x``'s bin plus about
+    ``24 * stddev * sqrt(bins) / n`` of ``q`` (:func:`telemagg._plan.quantile_rank_error`).
 
     >>> q = quantiles("latency_ms", [0.5, 0.9, 0.99, 0.999], bounds=(1, 10_000), scale="log")
     >>> q.output_names
