@@ -12,16 +12,16 @@ from hypothesis import strategies as st
 
 from telemagg.errors import ConfigError, SchemaError
 from telemagg.hygiene import bucket_time, truncate_ip
-from telemagg.hygiene._generalize import parse_duration
+from telemagg.policy import parse_duration
 
 # ------------------------------------------------------------------ bucket_time
 
-widths = st.sampled_from(["1s", "30s", "15m", "1h", "6h", "1d", "7d"])
+widths = st.sampled_from(["1s", "30s", "15m", "1h", "6h", "1d", "7d", "2w"])
 
 
 @given(st.lists(st.integers(-(10**11), 10**11), max_size=30), widths)
 def test_epoch_seconds_fall_in_their_bucket(seconds: list[int], every: str) -> None:
-    width = parse_duration(every, param="every")
+    width = parse_duration(every, "every")
     start = bucket_time(np.array(seconds, dtype=np.int64), every=every)
     assert start.dtype == np.int64
     assert np.all(start % width == 0)
@@ -33,7 +33,7 @@ def test_datetimes_fall_in_their_bucket_and_keep_their_unit(ticks: list[int], ev
     stamps = np.array(ticks, dtype="datetime64[us]")
     start = bucket_time(stamps, every=every)
     assert start.dtype == stamps.dtype
-    width = np.timedelta64(parse_duration(every, param="every"), "s")
+    width = np.timedelta64(parse_duration(every, "every"), "s")
     assert np.all((start <= stamps) & (stamps < start + width))
     assert np.all((start - np.datetime64(0, "s")) % width == np.timedelta64(0, "s"))
 

@@ -9,7 +9,6 @@ drops what identifies (the second, the host).
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -18,31 +17,15 @@ import numpy.typing as npt
 
 from telemagg.errors import ConfigError, SchemaError
 from telemagg.hygiene._identifiers import as_1d_array, factorize_ids
+from telemagg.policy import parse_duration
 
-__all__ = ["bucket_time", "parse_duration", "truncate_ip"]
-
-_DURATION = re.compile(r"([1-9][0-9]*)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(spec: str, *, param: str) -> int:
-    """Seconds in a duration such as ``"30s"``, ``"15m"``, ``"1h"`` or ``"7d"``.
-
-    >>> parse_duration("15m", param="every")
-    900
-    >>> parse_duration("3 weeks", param="every")
-    Traceback (most recent call last):
-    ...
-    telemagg.errors.ConfigError: every must look like '30s', '15m', '1h' or '7d'; got '3 weeks'
-    """
-    match = _DURATION.fullmatch(spec) if isinstance(spec, str) else None
-    if match is None:
-        raise ConfigError(f"{param} must look like '30s', '15m', '1h' or '7d'; got {spec!r}")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+__all__ = ["bucket_time", "truncate_ip"]
 
 
 def bucket_time(timestamps: Iterable[Any] | npt.ArrayLike, every: str = "1h") -> npt.NDArray[Any]:
     """The start of the ``every``-long bucket that holds each timestamp.
+
+    ``every`` is a duration such as ``"30s"``, ``"15m"``, ``"1h"``, ``"1d"`` or ``"1w"``.
 
     Buckets are aligned to the Unix epoch in UTC, so ``"1d"`` buckets start at UTC midnight
     and ``"1h"`` buckets on the hour. Two kinds of input, and the output is the same kind:
@@ -57,7 +40,7 @@ def bucket_time(timestamps: Iterable[Any] | npt.ArrayLike, every: str = "1h") ->
     >>> bucket_time([1714571232, 1714571999], every="1h")
     array([1714568400, 1714568400])
     """
-    width = parse_duration(every, param="every")
+    width = parse_duration(every, "every")
     array = _as_time_array(timestamps)
     if array.dtype.kind == "M":
         ticks = _ticks(width, array.dtype, every)
