@@ -1,0 +1,285 @@
+"""Accuracy of telemetry metrics: telemagg vs PipelineDP at the same privacy and bounds.
+
+Workload (issue 5): a day of synthetic telemetry (``telemagg.datasets.telemetry_events``):
+Zipf-skewed users (one per ~20 events), Zipf-popular event types, and ``latency_ms`` with a
+lognormal body (median 80 ms) and a Pareto tail (alpha 1.5 from 400 ms on 3% of events).
+Per ``event_name``: the event count, the mean latency and its p50/p90/p99, with
+value bounds [1, 10000] ms, each user bounded to 4 partitions and 2 events per partition,
+private partition selection, epsilon 1 and delta 1e-6, Laplace noise, in both engines:
+
+* telemagg: ``tm.count()``, ``tm.mean(...)``, ``tm.quantiles(..., scale="log")`` (one
+  noisy 32-bin log-spaced histogram for all levels);
+* PipelineDP (``_anchors/pipelinedp_accuracy.py``, in the anchors' venv that
+  bench_throughput.py creates): COUNT, MEAN and PERCENTILE(50, 90, 99) (its quantile tree).
+
+Both split epsilon in four equal shares (selection, count, the mean's sum, the quantiles).
+Errors are against the raw data, before contribution bounding: relative for the count,
+as a fraction of the value range (9999 ms) for the mean and quantiles of the values clamped
+to the bounds. Per repetition, the median error over the partitions both engines released;
+then the mean over repetitions. "Large partitions released": the share of partitions with at
+least ``--large`` distinct users that each engine released.
+
+Run from the repository root with the project's venv active::
+
+    python benchmarks/bench_accuracy.py --events 1000000 --repetitions 5
+
+Targets (issue 5): every error at most PipelineDP's, p90 and p99 errors at most half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from bench_throughput import ANCHORS, DATA, _table, anchors_python, machine
+
+import telemagg as tm
+from telemagg.datasets import telemetry_events
+from telemagg.policy import quantiles
+
+USER_BANDS = (250, 500, 1000, 2000)  # "large": 1000+ distinct users
+TELEMAGG = "telemagg"
+PIPELINEDP = "PipelineDP"
+COUNT, MEAN = "count", "mean"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What both engines compute, and on what."""
+
+    by: tuple[str, ...]
+    bounds: tuple[float, float]
+    levels: tuple[float, ...]
+    max_partitions: int
+    max_contributions: int
+    epsilon: float
+    delta: float
+
+    @property
+    def metrics(self) -> list[str]:
+        return [COUNT, MEAN, *(f"p{round(q * 100):g}" for q in self.levels)]
+
+    @property
+    def span(self) -> float:
+        return self.bounds[1] - self.bounds[0]
+
+    def anchor_config(self, repetitions: int) -> dict[str, Any]:
+        return {
+            "by": list(self.by),
+            "column": "latency_ms",
+            "bounds": list(self.bounds),
+            "levels": list(self.levels),
+            "max_partitions": self.max_partitions,
+            "max_contributions": self.max_contributions,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "repetitions": repetitions,
+        }
+
+
+Table = pd.DataFrame  # index: partition key tuples; columns: Workload.metrics
+
+
+def truth(events: pd.DataFrame, work: Workload) -> tuple[Table, pd.Series]:
+    """Exact metrics per partition (values clamped to the bounds), and distinct users."""
+    clamped = events.assign(latency_ms=events["latency_ms"].clip(*work.bounds))
+    grouped = clamped.groupby(list(work.by))
+    table = pd.DataFrame({COUNT: grouped.size(), MEAN: grouped["latency_ms"].mean()})
+    levels = grouped["latency_ms"].quantile(np.asarray(work.levels)).unstack()
+    for name, level in zip(work.metrics[2:], work.levels, strict=True):
+        table[name] = levels[level]
+    table.index = _tuples(table.index)
+    users = grouped["user_id"].nunique()
+    users.index = _tuples(users.index)
+    return table, users
+
+
+def _tuples(index: pd.Index) -> pd.Index:
+    return pd.Index([k if isinstance(k, tuple) else (k,) for k in index], tupleize_cols=False)
+
+
+def telemagg_release(events: dict[str, np.ndarray], work: Workload) -> Table:
+    release = tm.aggregate(
+        events,
+        by=list(work.by),
+        metrics=[
+            tm.count(),
+            tm.mean("latency_ms", bounds=work.bounds),
+            quantiles("latency_ms", work.levels, bounds=work.bounds, scale="log"),
+        ],
+        policy=tm.Policy(
+            privacy_unit="user_id",
+            max_partitions=work.max_partitions,
+            max_contributions=work.max_contributions,
+        ),
+        epsilon=work.epsilon,
+        delta=work.delta,
+    )
+    frame: pd.DataFrame = release.to_pandas()
+    keys = list(zip(*(frame[c] for c in work.by), strict=True))
+    out = frame.drop(columns=list(work.by))
+    out.columns = work.metrics
+    out.index = pd.Index(keys, tupleize_cols=False)
+    return out
+
+
+def pipelinedp_releases(
+    python: Path, events: dict[str, np.ndarray], work: Workload, repetitions: int, seed: int
+) -> tuple[list[Table], str]:
+    """PipelineDP's releases, one per repetition, run in the anchors' venv."""
+    columns = ["user_id", *work.by, "latency_ms"]
+    DATA.mkdir(exist_ok=True)
+    path = DATA / f"accuracy-{len(events['user_id'])}-seed{seed}.parquet"
+    pq.write_table(pa.table({c: events[c] for c in columns}), path)
+    config = json.dumps(work.anchor_config(repetitions))
+    command = [str(python), str(ANCHORS / "pipelinedp_accuracy.py"), "--data", str(path)]
+    done = subprocess.run(
+        [*command, "--config", config], check=True, capture_output=True, text=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    n_keys = len(work.by)
+    tables = []
+    for run in result["runs"]:
+        keys = [tuple(row[:n_keys]) for row in run]
+        values = [row[n_keys:] for row in run]
+        tables.append(
+            pd.DataFrame(values, columns=work.metrics, index=pd.Index(keys, tupleize_cols=False))
+        )
+    return tables, str(result["version"])
+
+
+def errors(released: Table, exact: Table, work: Workload) -> Table:
+    """Per partition: relative count error; mean and quantile errors as a fraction of range."""
+    true = exact.loc[released.index]
+    out = (released - true).abs() / work.span
+    out[COUNT] = (released[COUNT] - true[COUNT]).abs() / true[COUNT]
+    return out
+
+
+Summary = dict[str, dict[str, tuple[float, float]]]  # engine -> metric -> (mean, std. error)
+
+
+def bands(users: pd.Series) -> dict[str, set[tuple[Any, ...]]]:
+    """Partitions by distinct users (before bounding): the release shares' denominators."""
+    edges = [*USER_BANDS, math.inf]
+    return {
+        f"released, {lo:,}{f'-{hi:,}' if hi < math.inf else '+'} users": set(
+            users.index[(users >= lo) & (users < hi)]
+        )
+        for lo, hi in itertools.pairwise(edges)
+    }
+
+
+def compare(
+    runs: dict[str, list[Table]], exact: Table, users: pd.Series, work: Workload
+) -> Summary:
+    """Mean over repetitions (and its standard error) of the median error over the
+    partitions both engines released, and of the share of each band each released."""
+    groups = bands(users)
+    summary: dict[str, dict[str, list[float]]] = {e: {} for e in runs}
+    for reps in zip(*runs.values(), strict=True):
+        common = set.intersection(*(set(t.index) for t in reps))
+        for engine, table in zip(runs, reps, strict=True):
+            median = errors(table.loc[sorted(common)], exact, work).median()
+            for metric in work.metrics:
+                summary[engine].setdefault(metric, []).append(float(median[metric]))
+            for band, keys in groups.items():
+                if keys:
+                    share = len(keys & set(table.index)) / len(keys)
+                    summary[engine].setdefault(band, []).append(share)
+    return {e: {m: _mean_and_error(v) for m, v in s.items()} for e, s in summary.items()}
+
+
+def _mean_and_error(values: list[float]) -> tuple[float, float]:
+    spread = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread
+
+
+def report(result: Summary, work: Workload) -> str:
+    """Markdown: both engines' errors (± standard error), their ratio and the target."""
+    rows = []
+    for metric in result[TELEMAGG]:
+        (mine, mine_se), (theirs, theirs_se) = result[TELEMAGG][metric], result[PIPELINEDP][metric]
+        if metric not in work.metrics:  # a release share
+            rows.append([metric, f"{mine:.1%}", f"{theirs:.1%}", "", "", ""])
+            continue
+        ratio = mine / theirs if theirs > 0 else float("inf")
+        target = 0.5 if metric in ("p90", "p99") else 1.0
+        kind = "relative" if metric == COUNT else "of range"
+        rows.append(
+            [
+                f"{metric} ({kind})",
+                f"{mine:.4f} ± {mine_se:.4f}",
+                f"{theirs:.4f} ± {theirs_se:.4f}",
+                f"{ratio:.3f}",
+                f"<= {target:g}",
+                "✓" if ratio <= target else "✗",
+            ]
+        )
+    header = ["metric: median error", TELEMAGG, PIPELINEDP, "ratio", "target", ""]
+    return "\n".join(_table(header, rows))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--event-types", type=int, default=1000)
+    parser.add_argument(
+        "--by",
+        action="append",
+        help="comma-separated partition columns; repeat for several workloads"
+        " (default: event_name, then event_name,os)",
+    )
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--json", type=Path, default=DATA / "accuracy.json")
+    args = parser.parse_args(argv)
+
+    generated = telemetry_events(args.events, n_event_types=args.event_types, seed=args.seed)
+    python = anchors_python()
+    results: dict[str, Summary] = {}
+    tables = []
+    for by in args.by or ["event_name", "event_name,os"]:
+        work = Workload(
+            by=tuple(by.split(",")),
+            bounds=(1.0, 10_000.0),
+            levels=(0.5, 0.9, 0.99),
+            max_partitions=4,
+            max_contributions=2,
+            epsilon=1.0,
+            delta=1e-6,
+        )
+        events = {c: generated[c] for c in ["user_id", *work.by, "latency_ms"]}
+        exact, users = truth(pd.DataFrame(events), work)
+        print(f"by {by}: {len(exact)} partitions", flush=True)
+        theirs, version = pipelinedp_releases(python, events, work, args.repetitions, args.seed)
+        mine = [telemagg_release(events, work) for _ in range(args.repetitions)]
+        results[by] = compare({TELEMAGG: mine, PIPELINEDP: theirs}, exact, users, work)
+        tables.append(f"by {by} ({len(exact)} partitions):\n\n{report(results[by], work)}")
+
+    args.json.parent.mkdir(exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    print()
+    print(machine())
+    print(f"versions: telemagg {tm.__version__}; PipelineDP {version}")
+    print(f"{args.events:,} events, {args.event_types} event types, seed {args.seed}")
+    print(f"{args.repetitions} repetitions; ± is the standard error over them")
+    for table in tables:
+        print()
+        print(table)
+
+
+if __name__ == "__main__":
+    main()
