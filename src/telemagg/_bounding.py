@@ -24,7 +24,9 @@ I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
 
 _TOP40 = np.uint64(0xFFFFFFFFFF000000)
-_SHIFT = np.uint64(40)
+_SHIFT = np.uint64(40)  # priorities keep their top 24 bits in the coarse key
+_SHIFT_RUN = np.uint64(24)  # the coarse key's top 40 bits are the group's
+_LOW_LIMIT = np.uint64(1 << 24)  # groups differing only below bit 24 share their top 40
 
 
 def _groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, I64]:
@@ -40,26 +42,25 @@ def _groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, I64]:
     coarse = np.right_shift(priority, _SHIFT)
     np.bitwise_or(coarse, group & _TOP40, out=coarse)
     order = np.argsort(coarse)
-    del coarse
-    g = group[order]
+    coarse.sort()  # == coarse[order], but a value sort is far cheaper than a gather
+    run = coarse >> _SHIFT_RUN  # the top 40 bits of each row's group
     boundary = np.empty(n, dtype=bool)
     boundary[:1] = True
-    np.not_equal(g[1:], g[:-1], out=boundary[1:])
+    np.not_equal(run[1:], run[:-1], out=boundary[1:])
     starts = np.flatnonzero(boundary)
-    # (a) distinct groups sharing their top 40 bits may interleave.
-    s = starts[1:]
-    clash = (g[s] & _TOP40) == (g[s - 1] & _TOP40)
-    # (b) a tie of the coarse priority across the k-th place of a group.
     sizes = np.diff(np.append(starts, n))
+    # (a) distinct groups sharing their top 40 bits interleave in this order.
+    groups = np.sort(group)
+    distinct = groups[1:] != groups[:-1]
+    clash_runs = groups[1:][distinct & ((groups[1:] ^ groups[:-1]) < _LOW_LIMIT)] >> _SHIFT_RUN
+    # (b) a tie of the coarse key across the k-th place of a group.
     cut = starts[sizes > k] + k
-    top = priority[order[cut]] >> _SHIFT
-    tie = top == (priority[order[cut - 1]] >> _SHIFT)
-    if clash.any() or tie.any():
-        runs = (g & _TOP40).astype(np.uint64)
-        bad_runs = np.union1d(runs[s[clash]], runs[cut[tie]])
-        rows = np.flatnonzero(np.isin(runs, bad_runs))
+    tie_runs = run[cut][coarse[cut] == coarse[cut - 1]]
+    if clash_runs.size or tie_runs.size:
+        bad = np.isin(run, np.union1d(clash_runs, tie_runs))
+        rows = np.flatnonzero(bad)
         sub = order[rows]
-        order[rows] = sub[np.lexsort((priority[sub], group[sub], runs[rows]))]
+        order[rows] = sub[np.lexsort((priority[sub], group[sub], run[rows]))]
         g = group[order]
         np.not_equal(g[1:], g[:-1], out=boundary[1:])
         starts = np.flatnonzero(boundary)
