@@ -73,7 +73,9 @@ def main() -> None:
     from importlib.metadata import version
 
     engine_version = f"{version('pipeline-dp')} (python-dp {version('python-dp')})"
-    print(json.dumps({"engine": "PipelineDP LocalBackend", "version": engine_version, "runs": runs}))
+    print(
+        json.dumps({"engine": "PipelineDP LocalBackend", "version": engine_version, "runs": runs})
+    )
 
 
 if __name__ == "__main__":
