@@ -328,7 +328,11 @@ class Histogram(Metric):
     Bucket ``i`` holds values in ``(bins[i], bins[i + 1]]`` (upper-inclusive, as
     OpenTelemetry's), the first also ``bins[0]`` itself; values outside the edges are
     clamped into the first or last bucket. The release has one column, ``histogram_<col>``,
-    holding per partition a list of ``len(bins) - 1`` noisy counts, non-negative.
+    holding per partition a list of ``len(bins) - 1`` noisy counts, clipped at zero. One
+    list-valued column, not a column per bucket: float edges make poor column names,
+    exponential histograms have a hundred buckets or more, and pandas (lists in an object
+    column), pyarrow (``list<double>``) and polars (``List(Float64)``) all carry lists; the
+    edges travel in the release metadata (``query.metrics``).
     """
 
     kind: ClassVar[str] = "histogram"
