@@ -15,6 +15,10 @@ API_MD = {
     "ConfigError",
     "SchemaError",
     "BudgetExceededError",
+    "quantiles",
+    "histogram",
+    "top_k",
+    "Ledger",
 }
 
 
