@@ -2,7 +2,9 @@
 
 An anchor script runs inside benchmarks/.anchors-venv (never the project's venv) as
 ``python <anchor>.py --data events.parquet --repeats 3`` and prints one JSON object on its
-last stdout line: ``{"engine", "version", "n_events", "seconds": [...], "output_rows"}``.
+last stdout line: ``{"engine", "version", "n_events", "seconds": [...], "cpu_seconds": [...],
+"output_rows"}`` (``cpu_seconds``: CPU time of the process, all threads: on a shared machine
+it is what the engine itself spent, while wall time also counts waiting for the CPU).
 Converting the parquet file into the engine's favourite input form is not timed; the DP
 aggregation from that in-memory input to the released table is. bench_throughput.py times
 telemagg and ``np.unique`` with the same :func:`time_runs`.
@@ -23,16 +25,20 @@ Aggregate = Callable[[Any, int], int]  # (input, n_events) -> rows of output
 
 def time_runs(
     aggregate: Aggregate, data: Any, warmup: Any, n_events: int, repeats: int
-) -> tuple[list[float], int]:
-    """Run once on ``warmup`` (imports, caches), then time ``repeats`` runs on ``data``."""
+) -> dict[str, Any]:
+    """Run once on ``warmup`` (imports, caches), then time ``repeats`` runs on ``data``.
+
+    Returns ``seconds`` (wall) and ``cpu_seconds`` per run, and ``output_rows`` of the last.
+    """
     aggregate(warmup, min(n_events, WARMUP_ROWS))
-    seconds = []
+    seconds, cpu_seconds = [], []
     output_rows = 0
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         output_rows = aggregate(data, n_events)
         seconds.append(time.perf_counter() - started)
-    return seconds, output_rows
+        cpu_seconds.append(time.process_time() - cpu_started)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "output_rows": output_rows}
 
 
 def run(engine: str, version: str, prepare: Callable[[Any], Any], aggregate: Aggregate) -> None:
@@ -49,12 +55,5 @@ def run(engine: str, version: str, prepare: Callable[[Any], Any], aggregate: Agg
     warmup = prepare(table.slice(0, WARMUP_ROWS))
     data = prepare(table)
     del table
-    seconds, output_rows = time_runs(aggregate, data, warmup, n_events, args.repeats)
-    result = {
-        "engine": engine,
-        "version": version,
-        "n_events": n_events,
-        "seconds": seconds,
-        "output_rows": output_rows,
-    }
-    print(json.dumps(result))
+    timings = time_runs(aggregate, data, warmup, n_events, args.repeats)
+    print(json.dumps({"engine": engine, "version": version, "n_events": n_events, **timings}))
