@@ -22,6 +22,9 @@ Everything above the connection is the same for both backends:
 * :meth:`Store.ensure_schema` creates a component's tables once (idempotent, safe to race)
   and refuses tables of the same name that telemagg did not create.
 * Column types are portable names: ``"int"``, ``"float"``, ``"text"``.
+* :meth:`Store.text_rows` passes many strings as ONE parameter that SQL reads as a table
+  (SQLite ``json_each``, PostgreSQL ``unnest`` of an array), so a query about 100,000 keys
+  is still one query.
 * ``store.url`` is the URL with its password replaced by ``***``; the password never reaches
   a repr or an error message. Errors are :class:`~telemagg.errors.LedgerError` (the store is
   unusable: not a database, foreign schema, unreachable) or
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -50,7 +54,8 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from telemagg.errors import ConfigError, LedgerError, require
@@ -58,6 +63,7 @@ from telemagg.errors import ConfigError, LedgerError, require
 __all__ = [
     "Column",
     "Store",
+    "StoreOwner",
     "Table",
     "Transaction",
     "open_store",
@@ -220,6 +226,14 @@ class Store(ABC):
     def _sql_type(self, column: Column) -> str:
         """The backend's SQL type for a portable column type."""
 
+    @abstractmethod
+    def text_rows(self, values: Sequence[str]) -> tuple[str, Any]:
+        """``values`` as a one-column table (column ``value``) carried by one parameter.
+
+        Returns the SQL to use as a table in a FROM or JOIN clause (give it an alias) and the
+        parameter to bind at its one ``?``.
+        """
+
     # -- the protocol
 
     def error(self, exc: BaseException, doing: str) -> LedgerError:
@@ -325,6 +339,33 @@ class Store(ABC):
         for cols in table.indexes:
             name = f"{table.name}_{'_'.join(cols)}_idx"
             tx.execute(f"CREATE INDEX {name} ON {table.name} ({', '.join(cols)})")
+
+
+class StoreOwner:
+    """What every object that owns one store shares: its redacted URL, ``close()`` and use
+    in a ``with`` statement (which closes it)."""
+
+    _store: Store
+
+    @property
+    def url(self) -> str:
+        """The store's URL with any password replaced by ``***``."""
+        return self._store.url
+
+    def close(self) -> None:
+        """Close the connection to the store."""
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def open_store(url: str, *, create: bool = True) -> Store:
@@ -465,6 +506,9 @@ class SQLiteStore(Store):
     def _sql_type(self, column: Column) -> str:
         return {"int": "INTEGER", "float": "REAL", "text": "TEXT"}[column.type]
 
+    def text_rows(self, values: Sequence[str]) -> tuple[str, Any]:
+        return "(SELECT value FROM json_each(?))", json.dumps(list(values), ensure_ascii=False)
+
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -559,3 +603,6 @@ class PostgresStore(Store):
 
     def _sql_type(self, column: Column) -> str:
         return {"int": "BIGINT", "float": "DOUBLE PRECISION", "text": "TEXT"}[column.type]
+
+    def text_rows(self, values: Sequence[str]) -> tuple[str, Any]:
+        return "(SELECT unnest(?::text[]) AS value)", list(values)
