@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,3 +235,29 @@ def test_an_unreachable_store_is_a_ledger_error_without_the_password() -> None:
         ConsentRegistry("postgresql://app:s3cr3t@127.0.0.1:1/consent")
     assert "s3cr3t" not in str(caught.value)
     assert "app:***@" in str(caught.value)
+
+
+def test_is_opt_in_says_how_a_purpose_was_declared(store_url: str) -> None:
+    with ConsentRegistry(store_url) as first, ConsentRegistry(store_url) as second:
+        assert not second.is_opt_in("content_training")  # undeclared: opt-out
+        first.declare("content_training", default="opt_in")
+        first.declare("usage", default="opt_out")
+        assert second.is_opt_in("content_training")
+        assert not second.is_opt_in("usage")
+
+
+def test_a_pickled_registry_opens_the_same_store(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///relative.db" if store_url.startswith("sqlite") else store_url
+    with ConsentRegistry(url) as registry:
+        registry.opt_out("u1", purpose="model_training")
+        payload = pickle.dumps(registry)
+    monkeypatch.chdir(tmp_path.parent)  # a worker elsewhere: the relative path must not move
+    with pickle.loads(payload) as copy:
+        assert copy.allowed(["u1", "u2"], "model_training").tolist() == [False, True]
+        if url.startswith("sqlite"):
+            assert copy.url == f"sqlite:///{tmp_path / 'relative.db'}"
+        else:
+            assert copy.url == registry.url

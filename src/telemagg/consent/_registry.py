@@ -24,6 +24,7 @@ holds for every process that opens the same URL.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,6 +137,18 @@ class ConsentRegistry(StoreOwner):
         except BaseException:
             self._store.close()
             raise
+        # What a copy in another process opens (see __reduce__): a SQLite path made absolute,
+        # so that a worker with another working directory opens the same file.
+        path = getattr(self._store, "path", None)
+        self._reopen_url = url if path is None else f"sqlite:///{os.path.abspath(path)}"
+
+    def __reduce__(self) -> tuple[type[ConsentRegistry], tuple[str]]:
+        """Pickle as the URL: the copy opens its own connection to the same store.
+
+        A pickle (a Dask task, say) therefore carries the URL, password included if the URL
+        has one; give passwords to PostgreSQL out of the URL (``PGPASSWORD``, ``.pgpass``).
+        """
+        return (type(self), (self._reopen_url,))
 
     def __repr__(self) -> str:
         return f"ConsentRegistry({self.url!r})"
@@ -167,6 +180,12 @@ class ConsentRegistry(StoreOwner):
                 )
         self._declared[purpose] = default
 
+    def is_opt_in(self, purpose: str) -> bool:
+        """Whether ``purpose`` was declared ``default="opt_in"`` (only opted-in units allowed)."""
+        purpose = _check_purpose(purpose)
+        with self._store.transaction() as tx:
+            return self._declared_default(tx, purpose) == "opt_in"
+
     def purposes(self) -> dict[str, Default]:
         """Every declared purpose and its default."""
         with self._store.transaction() as tx:
@@ -194,7 +213,7 @@ class ConsentRegistry(StoreOwner):
         purpose = _check_purpose(purpose)
         factorized = factorize_ids(units, param="units")
         with self._store.transaction() as tx:
-            default = self._declared.get(purpose) or self._default(tx, purpose) or "opt_out"
+            default = self._declared_default(tx, purpose) or "opt_out"
             # The choice that overrides a default is the one named like it: opting out of an
             # opt-out purpose, opting in to an opt-in one. Only those units are fetched.
             overriding = self._choosing(tx, purpose, factorized.distinct, default)
@@ -235,6 +254,15 @@ class ConsentRegistry(StoreOwner):
         ]
 
     # ----------------------------------------------------------------------- internals
+
+    def _declared_default(self, tx: Transaction, purpose: str) -> Default | None:
+        """The purpose's declared default, remembered once seen (it can never change)."""
+        if purpose not in self._declared:
+            default = self._default(tx, purpose)
+            if default is None:
+                return None  # undeclared now; another process may declare it later
+            self._declared[purpose] = default
+        return self._declared[purpose]
 
     def _default(self, tx: Transaction, purpose: str) -> Default | None:
         row = tx.fetchone(
