@@ -25,7 +25,7 @@ starting with a fixed ``.`` or ``000``; only those hits are matched against the 
 A batch of texts is scanned as one string joined by NUL characters, which no pattern can
 cross, so Python's per-call cost is paid once per batch. ``benchmarks/bench_scrub.py``
 measures all of this, and the design not taken: the same kinds in one combined pattern,
-numbers anchored at their digits, scan at half the speed.
+numbers anchored at their digits, scan at 40% of the speed.
 """
 
 from __future__ import annotations
