@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def python_blocks(page: Path) -> str:
@@ -19,5 +19,6 @@ def python_blocks(page: Path) -> str:
 def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # examples may create ledger files
     code = python_blocks(page)
-    assert code, f"{page.name} has no python examples"
+    if not code:
+        pytest.skip(f"{page.name} has no python examples")
     exec(compile(code, str(page), "exec"), {"__name__": "__docs__"})

@@ -19,6 +19,9 @@ API_MD = {
     "histogram",
     "top_k",
     "Ledger",
+    "ConsentRegistry",
+    "pseudonymize",
+    "scrub_pii",
 }
 
 

@@ -8,6 +8,7 @@
 
 from telemagg._aggregator import Aggregator, aggregate
 from telemagg._version import library_version
+from telemagg.consent import ConsentChange, ConsentRegistry
 from telemagg.errors import (
     BudgetExceededError,
     ConfigError,
@@ -17,6 +18,7 @@ from telemagg.errors import (
     SchemaError,
     TelemaggError,
 )
+from telemagg.hygiene import bucket_time, pseudonymize, scrub_pii, truncate_ip
 from telemagg.ledger import Charge, Ledger
 from telemagg.policy import (
     Count,
@@ -49,6 +51,8 @@ __all__ = [
     "BudgetExceededError",
     "Charge",
     "ConfigError",
+    "ConsentChange",
+    "ConsentRegistry",
     "Count",
     "Histogram",
     "Ledger",
@@ -68,13 +72,17 @@ __all__ = [
     "UnitCount",
     "Variance",
     "aggregate",
+    "bucket_time",
     "count",
     "exponential_buckets",
     "histogram",
     "mean",
+    "pseudonymize",
     "quantiles",
+    "scrub_pii",
     "sum",
     "top_k",
+    "truncate_ip",
     "unit_count",
     "variance",
 ]
