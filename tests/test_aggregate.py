@@ -485,3 +485,73 @@ def test_public_partitions_known_up_front_are_filtered_before_bounding() -> None
     assert release.metadata["events"]["dropped"]["not_public_partition"] == 150
     with pytest.raises(tm.ConfigError, match="among the Aggregator's partitions"):
         agg.release(1.0, partitions=["x"])
+
+
+# --------------------------------------------------------------------------- consent
+
+
+def test_opted_out_unit_has_no_influence_on_the_release(sqlite_url) -> None:
+    """Events of a unit without consent are dropped before bounding: the release is the
+    same as if the unit had never sent them (same seed, same output), and counted."""
+    registry = tm.ConsentRegistry(sqlite_url)
+    registry.opt_out(777_777, purpose="model_training")
+    base = events()
+    heavy = {
+        "user": np.full(4000, 777_777),
+        "event": np.asarray(["open", "save", "share"], dtype=object)[np.arange(4000) % 3],
+        "os": np.full(4000, "linux", dtype=object),
+        "value": np.full(4000, 99.0),
+    }
+    with_heavy = {k: np.concatenate([base[k], heavy[k]]) for k in base}
+    kwargs = {
+        "by": "event",
+        "metrics": METRICS,
+        "policy": POLICY,
+        "epsilon": 1.0,
+        "partitions": ["open", "save", "share"],
+    }
+    for seed in range(20):
+        without = tm.aggregate(base, randomness=seeded(seed), **kwargs)
+        released = tm.aggregate(
+            with_heavy,
+            consent=registry,
+            purpose="model_training",
+            randomness=seeded(seed),
+            **kwargs,
+        )
+        pd.testing.assert_frame_equal(released.to_pandas(), without.to_pandas())
+    assert released.metadata["events"]["dropped"]["consent"] == 4000
+    registry.opt_in(777_777, purpose="model_training")  # opting back in restores the unit
+    restored = tm.aggregate(
+        with_heavy, consent=registry, purpose="model_training", randomness=seeded(0), **kwargs
+    )
+    assert restored.metadata["events"]["dropped"]["consent"] == 0
+
+
+def test_content_columns_need_an_opt_in_purpose(sqlite_url) -> None:
+    registry = tm.ConsentRegistry(sqlite_url)
+    registry.declare("content_training", default="opt_in")
+    policy = tm.Policy(privacy_unit="user", content_columns=("event",))
+    with pytest.raises(tm.ConfigError, match=r"customer content .* opt-out"):
+        tm.Aggregator(
+            policy=policy,
+            by="event",
+            metrics=[tm.count()],
+            consent=registry,
+            purpose="model_training",
+        )
+    with pytest.raises(tm.ConfigError, match="needs consent="):
+        tm.Aggregator(policy=policy, by="event", metrics=[tm.count()])
+    registry.opt_in([1, 2], purpose="content_training")
+    release = tm.aggregate(
+        events(n_users=5),
+        by="event",
+        metrics=[tm.count()],
+        policy=policy,
+        consent=registry,
+        purpose="content_training",
+        epsilon=1.0,
+        partitions=["open"],
+        randomness=seeded(1),
+    )
+    assert release.metadata["events"]["dropped"]["consent"] == 15  # users 0, 3, 4
