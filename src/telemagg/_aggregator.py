@@ -422,11 +422,7 @@ class Aggregator:
                 f"this Aggregator has window={self.window!r}: release its windows with"
                 " release_closed(...)"
             )
-        public = self._release_partitions(partitions)
-        params = ReleaseParams(
-            epsilon=epsilon, delta=delta, noise=noise, private_partitions=public is None
-        )
-        plan = make_plan(self.metrics, self.policy, params)
+        public, params, plan = self._plan(epsilon, delta, partitions, noise)
         return self._release(self._state, plan, params, public, ledger, label, None)
 
     def release_closed(
@@ -451,11 +447,7 @@ class Aggregator:
             raise ConfigError(
                 "release_closed needs an Aggregator made with window=...; use release"
             )
-        public = self._release_partitions(partitions)
-        params = ReleaseParams(
-            epsilon=epsilon, delta=delta, noise=noise, private_partitions=public is None
-        )
-        plan = make_plan(self.metrics, self.policy, params)
+        public, params, plan = self._plan(epsilon, delta, partitions, noise)
         closed = sorted(w for w in self._windows if flush or self._closed(w, self._watermark_ms))
         released: list[Release] = []
         for w in closed:
@@ -482,6 +474,16 @@ class Aggregator:
             out["noise"] = params.noise
             out["partitions"] = "private" if params.private_partitions else "public"
         return out
+
+    def _plan(
+        self, epsilon: float, delta: float, partitions: Any, noise: str
+    ) -> tuple[list[tuple[Any, ...]] | None, ReleaseParams, Plan]:
+        """Validate a release's parameters and plan its measurements (before any charge)."""
+        public = self._release_partitions(partitions)
+        params = ReleaseParams(
+            epsilon=epsilon, delta=delta, noise=noise, private_partitions=public is None
+        )
+        return public, params, make_plan(self.metrics, self.policy, params)
 
     def _release_partitions(self, partitions: Any) -> list[tuple[Any, ...]] | None:
         """The public partitions of a release: given now, or to the constructor."""

@@ -177,16 +177,9 @@ class State:
         evicted = int(keep.size - np.count_nonzero(keep))
         if evicted:
             dropped[CONTRIBUTION_BOUNDS] += evicted
-        return State(
-            unit_id=merged.unit_id[keep],
-            partition=merged.partition[keep],
-            pair_key=merged.pair_key[keep],
-            event_priority=merged.event_priority[keep],
-            numeric={c: v[keep] for c, v in merged.numeric.items()},
-            categorical={c: v[keep] for c, v in merged.categorical.items()},
-            received=self.received + rows.received,
-            dropped=dropped,
-        )
+        kept = merged.select(keep)
+        kept.received, kept.dropped = self.received + rows.received, dropped
+        return kept
 
     def select(self, rows: npt.NDArray[np.bool_]) -> State:
         """The rows in ``rows`` (no accounting change)."""

@@ -39,11 +39,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any, Self
 
 from telemagg._mechanisms import PrivacyLoss
-from telemagg._storage import Column, Store, Table, Transaction, open_store
+from telemagg._storage import Column, Store, StoreOwner, Table, Transaction, open_store
 from telemagg._version import library_version
 from telemagg.errors import BudgetExceededError, ConfigError, LedgerError, LedgerIntegrityError
 from telemagg.ledger._accounting import Sums, check_loss, within
@@ -231,7 +230,7 @@ class _Budget:
         )
 
 
-class Ledger:
+class Ledger(StoreOwner):
     """A persistent privacy budget, shared by every process that opens the same URL.
 
     ``url`` is ``sqlite:///path.db`` (relative) / ``sqlite:////abs/path.db`` or
@@ -292,11 +291,6 @@ class Ledger:
         return ledger
 
     # ----------------------------------------------------------------------- description
-
-    @property
-    def url(self) -> str:
-        """The ledger's URL with any password replaced by ``***``."""
-        return self._store.url
 
     @property
     def total(self) -> tuple[float, float]:
@@ -446,23 +440,6 @@ class Ledger:
         with self._store.transaction() as tx:
             budget = self._read_budget(tx)
         return budget.head_hash if budget else ""
-
-    # ----------------------------------------------------------------------- lifetime
-
-    def close(self) -> None:
-        """Close the connection to the store."""
-        self._store.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ----------------------------------------------------------------------- internals
 
