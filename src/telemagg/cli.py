@@ -74,14 +74,16 @@ def demo(n_events: int, epsilon: float, ledger_url: str | None) -> int:
         url = ledger_url or f"sqlite:///{Path(tmp) / 'privacy.db'}"
         ledger = Ledger(url, epsilon=10.0, delta=1e-5)
         policy = tm.Policy(privacy_unit="user_id", max_partitions=4, max_contributions=2)
+        metrics = [
+            tm.unit_count(name="users"),
+            tm.count(name="events"),
+            tm.mean("duration_ms", bounds=(0, 10_000)),
+            tm.quantiles("latency_ms", [0.5, 0.9], bounds=(1, 10_000), scale="log"),
+        ]
         release = tm.aggregate(
             events,
             by=["event_name"],
-            metrics=[
-                tm.unit_count(name="users"),
-                tm.count(name="events"),
-                tm.mean("duration_ms", bounds=(0, 60_000)),
-            ],
+            metrics=metrics,
             policy=policy,
             epsilon=epsilon,
             delta=1e-6,
@@ -94,9 +96,10 @@ def demo(n_events: int, epsilon: float, ledger_url: str | None) -> int:
         print(format_table({k: v[order] for k, v in table.items()}, limit=15))
         print()
         print(f"Privacy loss: epsilon={release.epsilon:.3f}, delta={release.delta:.2g}")
-        for name, report in release.metrics.items():
+        for metric in metrics:
+            report = release.metrics[metric.output_names[0]]
             print(
-                f"  {name:<18} {report.mechanism:<18} epsilon={report.epsilon:.3f}"
+                f"  {metric.name:<18} {report.mechanism:<18} epsilon={report.epsilon:.3f}"
                 f"  noise stddev {report.stddev:,.1f} on {report.measurement}"
             )
         spent, remaining = ledger.spent, ledger.remaining
