@@ -160,6 +160,26 @@ def test_real_randomness_charges_the_ledger_once_on_the_client(
     ledger.close()
 
 
+def test_consent_is_checked_on_the_workers(client: Any, sqlite_url: str) -> None:
+    """The registry travels to the workers (it pickles as its URL) and drops the events of
+    opted-out units there, exactly as the local engine does."""
+    registry = tm.ConsentRegistry(sqlite_url)
+    registry.opt_out(list(range(100)), purpose="model_training")
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(
+        {
+            "user": np.repeat(np.arange(600), 4),
+            "event": np.asarray(BUSY, dtype=object)[rng.integers(0, 3, 2400)],
+            "value": rng.uniform(0, 100, 2400),
+        }
+    )
+    query = {**QUERY, "consent": registry, "purpose": "model_training", "randomness": seeded(3)}
+    on_dask = tm_dask.aggregate(dd.from_pandas(frame, npartitions=4), **query)
+    assert on_dask.metadata["events"]["dropped"]["consent"] == 400
+    assert on_dask.metadata["events"] == tm.aggregate(frame, **query).metadata["events"]
+    registry.close()
+
+
 # --------------------------------------------------------------------------- bounding
 
 
