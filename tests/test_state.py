@@ -55,8 +55,9 @@ def test_counts_do_not_depend_on_order_batching_or_sharding(
     for i, part in enumerate(split(shuffled, [c % (data["user"].size + 1) for c in cuts])):
         target = streamed if i % 3 == 0 else shards[i % 2]
         target.add(part)
-    for shard in shards:
-        streamed.merge(shard)
+    collector = streamed.spawn()  # empty: takes one bounded state as it is
+    collector.merge(shards[0])
+    streamed.merge(collector, shards[1])  # several states in one bounding pass
 
     assert exact(streamed) == exact(whole)
     assert streamed._state.received == whole._state.received == data["user"].size

@@ -214,11 +214,12 @@ class Aggregator:
             assert batch.time_ms is not None
             self._add_to_windows(rows, batch.time_ms)
 
-    def _absorb(self, state: State, rows: State) -> State:
+    def _absorb(self, state: State, rows: State, *, rows_bounded: bool = False) -> State:
         return state.absorb(
             rows,
             max_partitions=self.policy.max_partitions,
             max_contributions=self.policy.max_contributions,
+            rows_bounded=rows_bounded,
         )
 
     # ------------------------------------------------------------------ windows
@@ -333,14 +334,33 @@ class Aggregator:
         other._reset()
         return other
 
-    def merge(self, other: Aggregator) -> None:
-        """Absorb another Aggregator's state (another shard, process or worker).
+    def merge(self, *others: Aggregator) -> None:
+        """Absorb other Aggregators' states (other shards, processes or workers).
 
         Bounding stays global: a unit split over shards is bounded as if all of its events
-        had arrived here. Aggregators with different sampling keys (not made by
+        had arrived here. Several states merge in one bounding pass; a single state merged
+        into an empty Aggregator with the same sampling key is taken as it is (it is
+        bounded already). Aggregators with different sampling keys (not made by
         :meth:`spawn`) still merge within the bounds; only which pairs are kept may then
         deviate from a single aggregator's uniform choice.
         """
+        for other in others:
+            self._check_mergeable(other)
+        if not others:
+            return
+        if self.window is None:
+            adopted = [self._adopt(other, other._state) for other in others]
+            same_key = all(
+                o._randomness.sampling_key == self._randomness.sampling_key for o in others
+            )
+            self._state = self._absorb(
+                self._state, State.concat(adopted), rows_bounded=same_key and len(others) == 1
+            )
+            return
+        for other in others:
+            self._merge_windows(other)
+
+    def _check_mergeable(self, other: Aggregator) -> None:
         if not isinstance(other, Aggregator):
             raise ConfigError(f"merge needs a tm.Aggregator; got {type(other).__name__}")
         config = (
@@ -359,9 +379,8 @@ class Aggregator:
                     f"cannot merge aggregators with different {name}:"
                     f" {getattr(self, name)!r} != {getattr(other, name)!r}"
                 )
-        if self.window is None:
-            self._state = self._absorb(self._state, self._adopt(other, other._state))
-            return
+
+    def _merge_windows(self, other: Aggregator) -> None:
         self._received_total += other._received_total
         self._released_events += other._released_events
         self._outside_windows.update(other._outside_windows)

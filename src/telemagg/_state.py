@@ -151,21 +151,45 @@ class State:
     def aggregated(self) -> int:
         return len(self)
 
-    def absorb(self, rows: State, *, max_partitions: int, max_contributions: int) -> State:
-        """This state plus ``rows``, bounded again; evicted rows counted as dropped."""
-        if len(self) == 0:
-            merged = rows
-        else:
-            merged = State(
-                unit_id=np.concatenate([self.unit_id, rows.unit_id]),
-                partition=np.concatenate([self.partition, rows.partition]),
-                pair_key=np.concatenate([self.pair_key, rows.pair_key]),
-                event_priority=np.concatenate([self.event_priority, rows.event_priority]),
-                numeric={c: np.concatenate([v, rows.numeric[c]]) for c, v in self.numeric.items()},
-                categorical={
-                    c: np.concatenate([v, rows.categorical[c]]) for c, v in self.categorical.items()
-                },
-            )
+    @classmethod
+    def concat(cls, states: Sequence[State]) -> State:
+        """All rows of ``states`` (not bounded again), with their accounting summed."""
+        first = states[0]
+        dropped: Counter[str] = Counter()
+        for state in states:
+            dropped.update(state.dropped)
+        if len(states) == 1:
+            return cls(**{**vars(first), "dropped": dropped})
+        return cls(
+            unit_id=np.concatenate([s.unit_id for s in states]),
+            partition=np.concatenate([s.partition for s in states]),
+            pair_key=np.concatenate([s.pair_key for s in states]),
+            event_priority=np.concatenate([s.event_priority for s in states]),
+            numeric={c: np.concatenate([s.numeric[c] for s in states]) for c in first.numeric},
+            categorical={
+                c: np.concatenate([s.categorical[c] for s in states]) for c in first.categorical
+            },
+            received=sum(s.received for s in states),
+            dropped=dropped,
+        )
+
+    def absorb(
+        self,
+        rows: State,
+        *,
+        max_partitions: int,
+        max_contributions: int,
+        rows_bounded: bool = False,
+    ) -> State:
+        """This state plus ``rows``, bounded again; evicted rows counted as dropped.
+
+        ``rows_bounded``: ``rows`` is one bounded state under the same sampling key, so
+        absorbing it into an empty state keeps every row and needs no sort.
+        """
+        fresh = len(self) == 0 and self.received == 0 and not self.dropped
+        merged = rows if fresh else State.concat([self, rows])
+        if rows_bounded and len(self) == 0:
+            return merged
         keep = bound_contributions(
             merged.unit_id,
             merged.pair_key,
@@ -173,12 +197,10 @@ class State:
             max_partitions=max_partitions,
             max_contributions=max_contributions,
         )
-        dropped = self.dropped + rows.dropped
+        kept = merged.select(keep)
         evicted = int(keep.size - np.count_nonzero(keep))
         if evicted:
-            dropped[CONTRIBUTION_BOUNDS] += evicted
-        kept = merged.select(keep)
-        kept.received, kept.dropped = self.received + rows.received, dropped
+            kept.dropped[CONTRIBUTION_BOUNDS] += evicted
         return kept
 
     def select(self, rows: npt.NDArray[np.bool_]) -> State:
