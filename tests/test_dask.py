@@ -139,7 +139,7 @@ def test_public_partitions_with_empty_dask_partitions(client: Any) -> None:
     frame["value"] = 50.0
     query = {**QUERY, "partitions": ["save", "open", "absent"], "randomness": seeded(2)}
     # 3 units over 4 partitions: after the shuffle some partitions are empty
-    release = tm_dask.aggregate(dd.from_pandas(frame, npartitions=4), **query)
+    release = tm_dask.aggregate(dd.from_pandas(frame, npartitions=4), shuffle_by_unit=True, **query)
     assert release.to_pandas()["event"].tolist() == ["save", "open", "absent"]
     events = release.metadata["events"]
     assert events["received"] == events["aggregated"] == 4
@@ -212,15 +212,16 @@ def test_a_heavy_unit_spread_over_many_partitions_is_bounded_globally(client: An
     assert state.dropped["contribution_bounds"] >= len(heavy) - 6
 
 
-def test_partial_aggregators_are_merged_in_a_binary_tree() -> None:
+def test_partial_aggregators_are_merged_in_a_tree() -> None:
+    """20 partials, fan-in 8: 3 merges of <= 8 at the first level, 1 at the root."""
     frame = workload(n_users=50)
-    ddf = dd.from_pandas(frame, npartitions=9)
+    ddf = dd.from_pandas(frame, npartitions=20)
     root = tm_dask._merge_tree(ddf, template(1))
     graph = dict(root.__dask_graph__())
     merges = [key for key in graph if "-merge-" in str(key)]
-    assert len(merges) == ddf.npartitions - 1
-    for key in merges:
-        assert len(dask.core.get_dependencies(graph, key)) == 2
+    fan_in = sorted(len(dask.core.get_dependencies(graph, key)) for key in merges)
+    assert fan_in == [3, 4, 8, 8]
+    assert max(fan_in) <= tm_dask.SPLIT_EVERY
 
 
 # --------------------------------------------------------------------------- errors

@@ -3,9 +3,9 @@
 Data flow of :func:`aggregate`::
 
     client    validate every parameter; build one template Aggregator (query + sampling key)
-    workers   shuffle the events by privacy unit
+    workers   (optionally) shuffle the events by privacy unit
     workers   per Dask partition: template.spawn() + add(pandas partition)   (numpy kernels)
-    workers   binary tree of Aggregator.merge over the partial aggregators
+    workers   tree of Aggregator.merge over the partial aggregators (fan-in SPLIT_EVERY)
     client    merge the root into the template; release() once: noise, ledger charge
 
 Workers hold and exchange bounded states: hashed unit identities, partition keys and the
@@ -31,10 +31,9 @@ from telemagg.release import Release
 __all__ = ["aggregate"]
 
 EXTRA = "dask"
-# Fan-in of the merge tree. Each merge re-bounds the rows of its inputs, so a node merging k
-# partials one by one costs ~k^2/2 partial sizes; with k = 2 every level of the tree costs
-# one pass over the state and the levels run in parallel.
-SPLIT_EVERY = 2
+# Fan-in of the merge tree. A node merges its k partials in one bounding pass (one sort of
+# their rows), so a wider, shallower tree sorts each row fewer times.
+SPLIT_EVERY = 8
 
 
 def aggregate(
@@ -52,16 +51,18 @@ def aggregate(
     purpose: str | None = None,
     label: str | None = None,
     randomness: Randomness | None = None,
+    shuffle_by_unit: bool = False,
 ) -> Release:
     """:func:`telemagg.aggregate` on a Dask DataFrame: same parameters, same release.
 
     Runs on the current Dask scheduler (the ``distributed.Client`` you created, e.g.
     ``Client("tcp://scheduler:8786")``). Every parameter is checked on the client before
-    anything is computed. The events are shuffled by ``policy.privacy_unit`` so that each
-    unit's events meet in one partition; that only keeps partial states small, it is not
-    needed for correctness: contribution bounding is exact under merge (bottom-k sampling
-    with one sampling key, see ``telemagg._bounding``), so a unit spread over many
-    partitions or workers is bounded exactly as if all its events had arrived together.
+    anything is computed. Events are bounded where they are: contribution bounding is exact
+    under merge (bottom-k sampling with one sampling key, see ``telemagg._bounding``), so a
+    unit spread over many partitions or workers is bounded exactly as if all its events had
+    arrived together. ``shuffle_by_unit=True`` first moves each unit's events into one
+    partition; that makes partial states smaller but moves every raw event across the
+    network, and was slower in every configuration measured (benchmarks/README.md).
     Partial aggregators are merged in a tree on the workers; noise is drawn and the
     ``ledger`` charged only on the client, once.
 
@@ -95,8 +96,10 @@ def aggregate(
         randomness=randomness,
     )
     make_plan(template.metrics, template.policy, params)
-    by_unit = _shuffled_by_unit(_projected(ddf, template), template.policy.privacy_unit)
-    template.merge(_merge_tree(by_unit, template).compute())
+    events = _projected(ddf, template)
+    if shuffle_by_unit and events.npartitions > 1:
+        events = events.shuffle(on=template.policy.privacy_unit)
+    template.merge(_merge_tree(events, template).compute())
     return template.release(epsilon, delta, ledger=ledger, noise=noise, label=label)
 
 
@@ -120,17 +123,12 @@ def _projected(ddf: Any, template: Aggregator) -> Any:
     return ddf[names]
 
 
-def _shuffled_by_unit(ddf: Any, unit: str) -> Any:
-    """The events repartitioned so that all events of a unit share a partition."""
-    return ddf if ddf.npartitions == 1 else ddf.shuffle(on=unit)
-
-
 def _merge_tree(ddf: Any, template: Aggregator) -> Any:
     """A Dask ``Delayed`` of one Aggregator holding every partition's bounded events.
 
     Each partition is absorbed by its own ``template.spawn()`` (spawned here, on the client,
-    so seeded test randomness stays reproducible), then partials are merged pairwise, level
-    by level: a tree of ``npartitions - 1`` merges, never one gather of every state.
+    so seeded test randomness stays reproducible), then partials are merged in groups of
+    ``SPLIT_EVERY``, level by level: a tree, never one gather of every state.
     """
     dask: Any = require("dask", EXTRA)
     name = f"telemagg-{uuid.uuid4().hex}"
@@ -158,6 +156,5 @@ def _absorb(shard: Aggregator, events: Any) -> Aggregator:
 
 def _merge(first: Aggregator, *others: Aggregator) -> Aggregator:
     # Merging into ``first`` in place is safe: every partial has exactly one consumer.
-    for other in others:
-        first.merge(other)
+    first.merge(*others)
     return first
