@@ -10,8 +10,8 @@ from those files:
 * local: ``pd.read_parquet`` + ``tm.aggregate`` in this process (both timed, and shown apart);
 * Dask: ``dd.read_parquet`` + ``telemagg.dask.aggregate`` on a ``distributed.LocalCluster``
   of 1 and 2 single-threaded worker processes (the client and scheduler share the machine);
-* Dask without the shuffle by unit (internal ``_merge_tree`` + release): what the shuffle
-  costs, given that it is an optimisation and not needed for correctness.
+* Dask with ``shuffle_by_unit=True``: what the optional shuffle by unit costs, given that it
+  is an optimisation and not needed for correctness.
 
 Each Dask run is made twice: with the workers' default environment, where dask.distributed
 sets ``MALLOC_TRIM_THRESHOLD_=65536`` (glibc then returns freed memory to the OS at once and
@@ -102,10 +102,8 @@ def dask_run(folder: Path) -> dict[str, float]:
     return {}
 
 
-def dask_run_unshuffled(folder: Path) -> dict[str, float]:
-    template = tm.Aggregator(policy=POLICY, by="event_name", metrics=METRICS)
-    template.merge(tm_dask._merge_tree(dd.read_parquet(folder), template).compute())
-    template.release(epsilon=1.0, delta=1e-6)
+def dask_run_shuffled(folder: Path) -> dict[str, float]:
+    tm_dask.aggregate(dd.read_parquet(folder), shuffle_by_unit=True, **QUERY)
     return {}
 
 
@@ -172,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ):
                 for label, run in (
                     ("telemagg.dask", dask_run),
-                    ("telemagg.dask without the shuffle (internal)", dask_run_unshuffled),
+                    ("telemagg.dask, shuffle_by_unit=True", dask_run_shuffled),
                 ):
                     times = median_times(run, folder, warmup, args.repeats)
                     rows.append((f"{label}, {n_workers} worker(s), {environment}", times))
