@@ -12,6 +12,7 @@ from scipy import stats
 from tests.strategies import event_rows, policies
 
 import telemagg as tm
+from telemagg._plan import UNIT_COUNT
 from telemagg.testing import seeded
 
 
@@ -61,6 +62,10 @@ def test_counts_do_not_depend_on_order_batching_or_sharding(
 
     assert exact(streamed) == exact(whole)
     assert streamed._state.received == whole._state.received == data["user"].size
+    # the release's unit counts are these distinct-unit counts
+    units = UNIT_COUNT.compute(whole._state, len(whole._partitions))[:, 0]
+    for key, (_, distinct) in exact(whole).items():
+        assert units[whole._partitions.find(key)] == distinct
 
 
 def kept_value_histogram(n_batches: int, trials: int, seed0: int) -> np.ndarray:

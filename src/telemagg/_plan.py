@@ -23,9 +23,9 @@ contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` ev
 see :func:`value_threshold`.
 
 Budget split: epsilon is divided equally over the measurements, plus one share for private
-partition selection and one per ``top_k`` column. The thresholds (selection, ``top_k``)
-share delta equally: all of it under Laplace noise; under Gaussian noise the thresholds
-and the Gaussian measurements take half of delta each. Every scale, threshold and
+partition selection and one per ``top_k`` column. The private selections (of partitions, see
+:func:`calibrate_selection`, and of ``top_k`` values) share delta equally: all of it under
+Laplace noise; under Gaussian noise they and the Gaussian measurements take half each. Every scale, threshold and
 the loss actually spent come from OpenDP maps (``_mechanisms``), so the totals never exceed
 what the caller passed.
 """
@@ -126,10 +126,22 @@ def count_spec(policy: Policy) -> MeasurementSpec:
 
 
 def _unit_count(state: State, n: int) -> F64:
-    # pair keys identify (unit, partition) pairs: distinct pairs per partition = units
-    _, first = np.unique(state.pair_key, return_index=True)
-    out = np.bincount(state.partition[first], minlength=n).astype(np.float64)
-    return out[:, None]
+    """Distinct units per partition = distinct pair keys per partition.
+
+    One value sort (no argsort) of (partition, top bits of the pair key): two of a
+    partition's pairs would merge only if their keys agreed in those 64 - log2(n) bits
+    (probability ~ pairs^2 / 2^(65 - log2 n)), and a merge could only lower a count.
+    """
+    if len(state) == 0:
+        return np.zeros((n, 1))
+    shift = np.uint64(max(n - 1, 1).bit_length())
+    keys = np.sort(
+        (state.partition.astype(np.uint64) << (np.uint64(64) - shift)) | (state.pair_key >> shift)
+    )
+    first = np.ones(keys.size, dtype=bool)
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    partitions = (keys[first] >> (np.uint64(64) - shift)).astype(np.int64)
+    return np.bincount(partitions, minlength=n).astype(np.float64)[:, None]
 
 
 UNIT_COUNT = MeasurementSpec("unit_count", 1.0, 1.0, _unit_count)
@@ -495,7 +507,7 @@ class Plan:
     """Calibrated measurements, partition selection and the loss of one release."""
 
     measurements: dict[str, Calibrated]
-    selection: mech.ThresholdPlan | None
+    selection: Selection | None
     loss: mech.PrivacyLoss
     metric_measurements: dict[str, tuple[str, ...]]
     value_thresholds: dict[str, ValueThreshold] = field(default_factory=dict)  # top_k
@@ -504,6 +516,16 @@ class Plan:
     def selection_report(self) -> dict[str, Any] | None:
         if self.selection is None:
             return None
+        if isinstance(self.selection, mech.GeometricSelection):
+            return {
+                "mechanism": "truncated_geometric",
+                "epsilon": self.selection.epsilon,
+                "delta": self.selection.delta,
+                "partition_epsilon": self.selection.partition_epsilon,
+                "partition_delta": self.selection.partition_delta,
+                "units_for_half": self.selection.units_for_half,
+                "sensitivity": None,
+            }
         return {
             "mechanism": "laplace_threshold",
             "epsilon": self.selection.epsilon,
@@ -515,6 +537,41 @@ class Plan:
         }
 
 
+Selection = mech.ThresholdPlan | mech.GeometricSelection
+
+
+def calibrate_selection(
+    max_partitions: int, epsilon: float, delta: float, unit_count: bool
+) -> Selection:
+    """Private partition selection over distinct-unit counts (one unit adds 1 to at most
+    ``max_partitions`` of them).
+
+    With ``unit_count`` requested: the Laplace threshold, whose noisy counts are the
+    released unit counts at no extra cost. Otherwise: truncated-geometric selection, which
+    keeps mid-sized partitions far more often at the same budget (Desfontaines et al.,
+    PoPETs 2022). The choice depends only on the query and its parameters, never on the
+    data, so it reveals nothing.
+
+    >>> type(calibrate_selection(4, 0.25, 1e-6, unit_count=False)).__name__
+    'GeometricSelection'
+    """
+    if unit_count:
+        return mech.laplace_threshold(max_partitions, 1.0, epsilon, delta)
+    return mech.truncated_geometric(max_partitions, epsilon, delta)
+
+
+def select_partitions(
+    selection: Selection, units: F64, noise: mech.Noise
+) -> tuple[I64, F64 | None]:
+    """Ids of the partitions kept, ascending, from their distinct-unit counts ``units``
+    (one per partition id), and their noisy unit counts (threshold selection only)."""
+    present = np.flatnonzero(units > 0)
+    if isinstance(selection, mech.ThresholdPlan):
+        return noise.threshold(present, units[present], selection)
+    counts = units[present].astype(np.int64)
+    return present[noise.bernoulli(selection.keep_probability(counts))], None
+
+
 def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) -> Plan:
     """Split the budget over the measurements the metrics need and calibrate each."""
     l0 = policy.max_partitions
@@ -522,6 +579,7 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     specs: dict[str, MeasurementSpec] = {}
     metric_measurements: dict[str, tuple[str, ...]] = {}
     value_columns: dict[str, None] = {}
+    unit_count = False  # a released unit_count column picks the threshold selection
     for metric in metrics:
         if isinstance(metric, TopK):
             value_columns[metric.column] = None
@@ -530,6 +588,7 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
         needed = measurement_specs(metric, policy)
         for spec in needed:
             if private and spec.key == "unit_count":
+                unit_count = True
                 continue  # released by the selection's threshold mechanism itself
             specs.setdefault(spec.key, spec)
         metric_measurements[metric.name] = tuple(s.key for s in needed)
@@ -547,7 +606,7 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     delta_gaussian = params.delta - delta_thresholds if gaussian else 0.0
     delta_each = delta_thresholds / thresholds if thresholds else 0.0
 
-    selection = mech.laplace_threshold(l0, 1.0, eps_share, delta_each) if private else None
+    selection = calibrate_selection(l0, eps_share, delta_each, unit_count) if private else None
     value_thresholds = {
         value_counts_key(c): value_threshold(policy, c, eps_share, delta_each)
         for c in value_columns
