@@ -61,6 +61,9 @@ class RecordingNoise:
     def threshold(self, keys: Any, counts: Any, plan: mech.ThresholdPlan) -> Any:
         return self._inner.threshold(keys, counts, plan)
 
+    def bernoulli(self, probabilities: np.ndarray) -> np.ndarray:
+        return self._inner.bernoulli(probabilities)
+
 
 def recording(seed: int) -> tuple[Randomness, RecordingNoise]:
     base = seeded(seed)

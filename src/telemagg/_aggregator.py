@@ -27,7 +27,15 @@ from telemagg._ingest import (
     Batch,
     ingest,
 )
-from telemagg._plan import UNIT_COUNT, Column, Plan, finalize, make_plan, noisy_value_counts
+from telemagg._plan import (
+    UNIT_COUNT,
+    Column,
+    Plan,
+    finalize,
+    make_plan,
+    noisy_value_counts,
+    select_partitions,
+)
 from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
 from telemagg._version import library_version
 from telemagg.errors import BudgetExceededError, ConfigError, TelemaggError
@@ -555,12 +563,12 @@ class Aggregator:
         if public is None:
             assert plan.selection is not None
             n = len(index)
-            counts = UNIT_COUNT.compute(state, n)[:, 0]
-            present = np.flatnonzero(counts > 0)
-            kept, noisy_units = noise.threshold(present, counts[present], plan.selection)
+            units = UNIT_COUNT.compute(state, n)[:, 0]
+            kept, noisy_units = select_partitions(plan.selection, units, noise)
             order = _key_order(kept, index.keys)
             released = kept[order]
-            noisy["unit_count"] = noisy_units[order][:, None]
+            if noisy_units is not None:  # threshold selection: its noisy counts are released
+                noisy["unit_count"] = noisy_units[order][:, None]
             reason = PARTITION_SELECTION
         else:
             released = np.array([_public_id(index, key) for key in public], dtype=np.int64)

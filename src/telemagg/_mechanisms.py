@@ -8,6 +8,10 @@ Every number that a privacy claim rests on comes from an OpenDP privacy map:
 * Partition selection: ``make_laplace_threshold`` (Rogers et al. 2023, "A unifying privacy
   analysis framework for unknown domain algorithms", arXiv:2309.09170), its threshold the
   smallest whose delta is within the delta share.
+* Truncated-geometric partition selection (Desfontaines, Voss, Gipson & Mandayam,
+  "Differentially private partition selection", PoPETs 2022): keep probabilities from the
+  paper's recursion (argument beside :func:`truncated_geometric`), the coins drawn by
+  OpenDP's randomized response.
 * zCDP -> (epsilon, delta): ``make_zCDP_to_approxDP`` (Bun & Steinke 2016; Canonne, Kamath
   & Steinke 2020).
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -36,6 +40,7 @@ dp.enable_features("contrib")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 _VECTOR = dp.vector_domain(dp.atom_domain(T=float, nan=False))
 _COUNTS_BY_KEY = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=float, nan=False))
@@ -211,6 +216,94 @@ def laplace_threshold(
     )
 
 
+@dataclass(frozen=True)
+class GeometricSelection:
+    """Truncated-geometric partition selection, calibrated (see :func:`truncated_geometric`).
+
+    ``probabilities[n]`` is the probability of keeping a partition held by ``n`` distinct
+    units; the table ends at the first ``n`` where it reaches 1 (larger counts are clipped
+    to that end). ``epsilon``/``delta`` are the whole selection's loss,
+    ``partition_epsilon``/``partition_delta`` each partition's.
+    """
+
+    epsilon: float
+    delta: float
+    partition_epsilon: float
+    partition_delta: float
+    max_partitions: int
+    probabilities: FloatArray = field(compare=False, repr=False)
+
+    def keep_probability(self, units: IntArray) -> FloatArray:
+        """Probability of keeping partitions holding ``units`` distinct units each.
+
+        >>> sel = truncated_geometric(1, 1.0, 1e-6)
+        >>> sel.keep_probability(np.array([0, 1, 10_000])).tolist()
+        [0.0, 1e-06, 1.0]
+        """
+        last = self.probabilities.size - 1
+        return self.probabilities[np.clip(units, 0, last)]
+
+    @property
+    def units_for_half(self) -> int:
+        """The fewest distinct units with which a partition is kept with probability >= 1/2."""
+        return int(np.argmax(self.probabilities >= 0.5))
+
+
+def keep_probabilities(epsilon: float, delta: float) -> FloatArray:
+    """The optimal (epsilon, delta)-DP keep probabilities pi(0), pi(1), ... up to pi = 1.
+
+    pi(0) = 0 and pi(n) = min(e^eps pi(n-1) + delta, 1 - e^-eps (1 - pi(n-1) - delta), 1):
+    each step is the largest that keeps both privacy inequalities between n - 1 and n units
+    (Desfontaines et al., PoPETs 2022: no (epsilon, delta)-DP keep rule is larger).
+    It reaches 1 because each step adds at least delta.
+
+    >>> keep_probabilities(1.0, 0.1).round(4).tolist()
+    [0.0, 0.1, 0.3718, 0.8057, 0.9653, 1.0]
+    """
+    if not (epsilon > 0.0 and 0.0 < delta < 1.0):
+        raise ValueError(
+            f"keep_probabilities needs epsilon > 0 and 0 < delta < 1; got {epsilon}, {delta}"
+        )
+    grow, shrink = math.exp(epsilon), math.exp(-epsilon)
+    out = [0.0]
+    while out[-1] < 1.0:
+        p = out[-1]
+        out.append(min(grow * p + delta, 1.0 - shrink * (1.0 - p - delta), 1.0))
+    return np.asarray(out, dtype=np.float64)
+
+
+@lru_cache(maxsize=256)  # pure in its arguments; the table can take thousands of steps
+def truncated_geometric(max_partitions: int, epsilon: float, delta: float) -> GeometricSelection:
+    """Calibrate truncated-geometric selection over distinct-unit counts, where one unit
+    adds 1 to the count of at most ``max_partitions`` (L0) partitions.
+
+    Privacy: each partition gets (epsilon / L0, delta / L0); a partition holding n units is
+    kept with probability pi(n) of :func:`keep_probabilities` at that budget, independently
+    of every other partition. pi makes one partition's keep decision (epsilon / L0,
+    delta / L0)-DP when its count moves by 1, and pi(0) = 0 (a partition absent from the
+    data is never kept), so no domain of possible keys is needed (Desfontaines et al.,
+    PoPETs 2022). Adding or removing a unit moves at most L0 counts by 1 and leaves the other
+    partitions' decisions identically distributed; the released set is then the
+    composition of at most L0 independent such decisions, (epsilon, delta)-DP by basic
+    composition (Dwork & Roth 2014, Theorem 3.16).
+
+    >>> sel = truncated_geometric(4, 0.25, 1e-6)
+    >>> sel.epsilon <= 0.25 * (1 + 1e-12) and sel.delta <= 1e-6 * (1 + 1e-12)
+    True
+    >>> sel.units_for_half
+    189
+    """
+    eps1, delta1 = epsilon / max_partitions, delta / max_partitions
+    return GeometricSelection(
+        epsilon=max_partitions * eps1,
+        delta=max_partitions * delta1,
+        partition_epsilon=eps1,
+        partition_delta=delta1,
+        max_partitions=max_partitions,
+        probabilities=keep_probabilities(eps1, delta1),
+    )
+
+
 def laplace_epsilon(sensitivity_l1: float, scale: float) -> float:
     """Epsilon that OpenDP's Laplace map assigns to a calibrated scale (for reports)."""
     if sensitivity_l1 == 0.0:
@@ -245,6 +338,10 @@ class Noise(Protocol):
         """Keys whose noisy count reaches the threshold, and those noisy counts."""
         ...
 
+    def bernoulli(self, probabilities: FloatArray) -> BoolArray:
+        """Independent coins, ``True`` with the given probabilities."""
+        ...
+
 
 class OpenDPNoise:
     """OpenDP's samplers: exact, floating-point safe, unseedable. The only production source."""
@@ -275,6 +372,29 @@ class OpenDPNoise:
         order = np.argsort(kept)
         return kept[order], noisy[order]
 
+    def bernoulli(self, probabilities: FloatArray) -> BoolArray:
+        """Coins drawn by OpenDP's randomized response, one call per distinct probability.
+
+        ``make_randomized_response_bitvec`` with flip probability f replaces each bit by a
+        fair coin with probability f, i.e. flips it with probability f / 2 (RAPPOR's
+        permanent RR). Bits set to (p >= 1/2) with f = 2 min(p, 1 - p) come out True with
+        probability p exactly. Only its sampler is used: its privacy map (hence the
+        domain's ``max_weight``) plays no part in the accounting.
+        """
+        out = probabilities >= 1.0
+        uncertain = (probabilities > 0.0) & ~out
+        values, group = np.unique(probabilities[uncertain], return_inverse=True)
+        where = np.flatnonzero(uncertain)
+        for i, p in enumerate(values.tolist()):
+            members = where[group == i]
+            meas = dp.m.make_randomized_response_bitvec(
+                dp.bitvector_domain(max_weight=1), dp.discrete_distance(), f=2.0 * min(p, 1 - p)
+            )
+            bits = np.packbits(np.full(members.size, p >= 0.5)).tobytes()
+            drawn = np.unpackbits(np.frombuffer(meas(bits), dtype=np.uint8))[: members.size]
+            out[members] = drawn.astype(bool)
+        return out
+
 
 class SeededNoise:
     """Numpy noise from an explicit seed: the same distributions, reproducible. Tests only.
@@ -301,3 +421,6 @@ class SeededNoise:
         keep = noisy >= plan.threshold
         order = np.argsort(keys[keep])
         return keys[keep][order], noisy[keep][order]
+
+    def bernoulli(self, probabilities: FloatArray) -> BoolArray:
+        return self._rng.random(probabilities.shape) < probabilities

@@ -23,11 +23,12 @@ contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` ev
 see :func:`value_threshold`.
 
 Budget split: epsilon is divided equally over the measurements, plus one share for private
-partition selection and one per ``top_k`` column. The thresholds (selection, ``top_k``)
-share delta equally: all of it under Laplace noise; under Gaussian noise the thresholds
-and the Gaussian measurements take half of delta each. Every scale, threshold and
-the loss actually spent come from OpenDP maps (``_mechanisms``), so the totals never exceed
-what the caller passed.
+partition selection and one per ``top_k`` column. The private selections (of partitions, see
+:func:`calibrate_selection`, and of ``top_k`` values) share delta equally: all of it under
+Laplace noise; under Gaussian noise they and the Gaussian measurements take half each.
+Every scale, threshold and the loss actually spent come from OpenDP maps (``_mechanisms``),
+but for truncated-geometric selection, whose loss is argued in
+``_mechanisms.truncated_geometric``; the totals never exceed what the caller passed.
 """
 
 from __future__ import annotations
@@ -507,7 +508,7 @@ class Plan:
     """Calibrated measurements, partition selection and the loss of one release."""
 
     measurements: dict[str, Calibrated]
-    selection: mech.ThresholdPlan | None
+    selection: Selection | None
     loss: mech.PrivacyLoss
     metric_measurements: dict[str, tuple[str, ...]]
     value_thresholds: dict[str, ValueThreshold] = field(default_factory=dict)  # top_k
@@ -516,6 +517,16 @@ class Plan:
     def selection_report(self) -> dict[str, Any] | None:
         if self.selection is None:
             return None
+        if isinstance(self.selection, mech.GeometricSelection):
+            return {
+                "mechanism": "truncated_geometric",
+                "epsilon": self.selection.epsilon,
+                "delta": self.selection.delta,
+                "partition_epsilon": self.selection.partition_epsilon,
+                "partition_delta": self.selection.partition_delta,
+                "units_for_half": self.selection.units_for_half,
+                "sensitivity": None,
+            }
         return {
             "mechanism": "laplace_threshold",
             "epsilon": self.selection.epsilon,
@@ -527,6 +538,41 @@ class Plan:
         }
 
 
+Selection = mech.ThresholdPlan | mech.GeometricSelection
+
+
+def calibrate_selection(
+    max_partitions: int, epsilon: float, delta: float, unit_count: bool
+) -> Selection:
+    """Private partition selection over distinct-unit counts (one unit adds 1 to at most
+    ``max_partitions`` of them).
+
+    With ``unit_count`` requested: the Laplace threshold, whose noisy counts are the
+    released unit counts at no extra cost. Otherwise: truncated-geometric selection, which
+    keeps mid-sized partitions far more often at the same budget (Desfontaines et al.,
+    PoPETs 2022). The choice depends only on the query and its parameters, never on the
+    data, so it reveals nothing.
+
+    >>> type(calibrate_selection(4, 0.25, 1e-6, unit_count=False)).__name__
+    'GeometricSelection'
+    """
+    if unit_count:
+        return mech.laplace_threshold(max_partitions, 1.0, epsilon, delta)
+    return mech.truncated_geometric(max_partitions, epsilon, delta)
+
+
+def select_partitions(
+    selection: Selection, units: F64, noise: mech.Noise
+) -> tuple[I64, F64 | None]:
+    """Ids of the partitions kept, ascending, from their distinct-unit counts ``units``
+    (one per partition id), and their noisy unit counts (threshold selection only)."""
+    present = np.flatnonzero(units > 0)
+    if isinstance(selection, mech.ThresholdPlan):
+        return noise.threshold(present, units[present], selection)
+    counts = units[present].astype(np.int64)
+    return present[noise.bernoulli(selection.keep_probability(counts))], None
+
+
 def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) -> Plan:
     """Split the budget over the measurements the metrics need and calibrate each."""
     l0 = policy.max_partitions
@@ -534,6 +580,7 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     specs: dict[str, MeasurementSpec] = {}
     metric_measurements: dict[str, tuple[str, ...]] = {}
     value_columns: dict[str, None] = {}
+    unit_count = False  # a released unit_count column picks the threshold selection
     for metric in metrics:
         if isinstance(metric, TopK):
             value_columns[metric.column] = None
@@ -542,6 +589,7 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
         needed = measurement_specs(metric, policy)
         for spec in needed:
             if private and spec.key == "unit_count":
+                unit_count = True
                 continue  # released by the selection's threshold mechanism itself
             specs.setdefault(spec.key, spec)
         metric_measurements[metric.name] = tuple(s.key for s in needed)
@@ -559,7 +607,7 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     delta_gaussian = params.delta - delta_thresholds if gaussian else 0.0
     delta_each = delta_thresholds / thresholds if thresholds else 0.0
 
-    selection = mech.laplace_threshold(l0, 1.0, eps_share, delta_each) if private else None
+    selection = calibrate_selection(l0, eps_share, delta_each, unit_count) if private else None
     value_thresholds = {
         value_counts_key(c): value_threshold(policy, c, eps_share, delta_each)
         for c in value_columns
