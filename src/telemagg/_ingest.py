@@ -238,20 +238,21 @@ def _to_numpy(column: Any) -> np.ndarray[Any, Any] | Encoded:
     """Source column -> numpy array, or codes directly where the source is dictionary-encoded."""
     module = type(column).__module__.split(".")[0]
     if module == "pandas":
-        if str(column.dtype) == "category":
-            codes = column.cat.codes.to_numpy().astype(np.int64)
-            return Encoded(codes, np.asarray(column.cat.categories, dtype=object))
-        if column.dtype.kind in "iufb":
+        dtype = column.dtype
+        if dtype.kind in "iufb":
+            if column.hasnans:  # nullable extension dtypes (Int64, Float64, boolean) with NA
+                return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan))
             return np.asarray(column.to_numpy())
-        if column.hasnans and str(column.dtype) in {
-            "Int64",
-            "Int32",
-            "Float64",
-            "Float32",
-            "UInt64",
-        }:
-            return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan))
-        return np.asarray(column.to_numpy(dtype=object))
+        if dtype.kind == "M":
+            if getattr(dtype, "tz", None) is not None:
+                column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+            return np.asarray(column.to_numpy())
+        # strings (object, pandas' Arrow-backed str), categoricals: hash-factorized in place,
+        # without first copying every value into a Python object array
+        import pandas as pd
+
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+        return Encoded(np.asarray(codes, dtype=np.int64), np.asarray(uniques, dtype=object))
     if module == "polars":
         if str(column.dtype).startswith(("Categorical", "Enum")):
             codes = column.to_physical().fill_null(-1).to_numpy().astype(np.int64)
@@ -349,8 +350,14 @@ def _integral(values: F64) -> bool:
 
 def _numeric(column: Any, name: str) -> F64:
     data = _to_numpy(column)
-    if isinstance(data, Encoded):
-        raise SchemaError(f"column {name!r} must be numeric; got a categorical column")
+    if isinstance(data, Encoded):  # e.g. numbers in a pandas object column
+        uniques = data.uniques
+        if not all(isinstance(v, int | float | np.number) for v in uniques.tolist()):
+            raise SchemaError(
+                f"column {name!r} must be numeric; got values such as {_example(uniques)}"
+            )
+        values = np.append(uniques.astype(np.float64), np.nan)  # code -1 reads NaN
+        return values[data.codes]
     if data.dtype.kind in "iufb":
         return data.astype(np.float64, copy=False)
     if data.dtype.kind == "O":
@@ -359,6 +366,12 @@ def _numeric(column: Any, name: str) -> F64:
         except (TypeError, ValueError):
             pass
     raise SchemaError(f"column {name!r} must be numeric; got values of dtype {data.dtype}")
+
+
+def _example(uniques: np.ndarray[Any, Any]) -> str:
+    """One non-numeric value, shortened, to name in an error."""
+    bad = next(v for v in uniques.tolist() if not isinstance(v, int | float | np.number))
+    return repr(bad)[:40]
 
 
 def _times_ms(column: Any, name: str) -> tuple[I64, Bool]:
