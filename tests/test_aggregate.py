@@ -177,7 +177,14 @@ def test_metadata_is_json_and_describes_the_release() -> None:
     assert meta["telemagg_version"]
     assert meta["seeded"] is True
     assert set(meta["metrics"]) == {"count", "unit_count", "sum_value"}
-    assert meta["privacy"]["epsilon"] == release.epsilon <= 1.0
+    assert meta["privacy"]["epsilon"] == meta["epsilon"] == release.epsilon <= 1.0
+    assert meta["delta"] == release.delta
+    assert meta["policy"] == {
+        "privacy_unit": "user",
+        "max_partitions": 2,
+        "max_contributions": 3,
+        "content_columns": [],
+    }
     assert meta["privacy"]["delta"] == release.delta <= 1e-6
 
 

@@ -670,6 +670,9 @@ class Aggregator:
         out: dict[str, Any] = {
             "telemagg_version": library_version(),
             "created_at": dt.datetime.now(dt.UTC).isoformat(),
+            "epsilon": loss.epsilon,  # the release's total loss, as release.epsilon/.delta
+            "delta": loss.delta,
+            "policy": self.policy.model_dump(mode="json"),
             "query": query,
             "privacy": {
                 "epsilon": loss.epsilon,
