@@ -188,7 +188,7 @@ class Aggregator:
     def __repr__(self) -> str:
         return (
             f"Aggregator(by={list(self.by)}, metrics={[m.name for m in self.metrics]},"
-            f" units_policy={self.policy.privacy_unit!r}, events_received={self._state.received},"
+            f" privacy_unit={self.policy.privacy_unit!r}, events_received={self._state.received},"
             f" events_kept={len(self._state)})"
         )
 
