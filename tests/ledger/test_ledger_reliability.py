@@ -34,6 +34,7 @@ from telemagg.ledger import Ledger
 
 url, step, start = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 ledger = Ledger.open(url)
+open(f"{start}.ready.{os.getpid()}", "w").close()
 while not os.path.exists(start):
     time.sleep(0.001)
 seqs = []
@@ -43,7 +44,7 @@ while True:
     except BudgetExceededError:
         break
     seqs.append(charge.seq)
-    time.sleep(0.002)
+    time.sleep(0.005)
 print(json.dumps(seqs))
 """
 
@@ -79,7 +80,9 @@ def test_racing_processes_spend_exactly_the_budget(store_url: str, tmp_path: Pat
     Ledger(store_url, epsilon=total, delta=0.0).close()
     start = tmp_path / "start"
     racers = [_child(RACER, store_url, str(step), str(start)) for _ in range(6)]
-    time.sleep(1.0)  # let every racer import and open the ledger
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("start.ready.*"))) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)  # every racer has imported and opened the ledger: start together
     start.touch()
     results = [racer.communicate(timeout=120) for racer in racers]
     assert [racer.returncode for racer in racers] == [0] * 6, [err for _, err in results]
