@@ -562,3 +562,24 @@ def test_content_columns_need_an_opt_in_purpose(sqlite_url) -> None:
         randomness=seeded(1),
     )
     assert release.metadata["events"]["dropped"]["consent"] == 15  # users 0, 3, 4
+
+
+def test_metrics_with_nearby_bounds_never_share_a_measurement() -> None:
+    """Measurement keys spell bounds exactly: 1234567 and 1234568 (the same to 6 digits)
+    are two sums, each with its own clamping and sensitivity."""
+    release = tm.aggregate(
+        events(),
+        by="event",
+        metrics=[
+            tm.sum("value", bounds=(0, 1_234_567), name="a"),
+            tm.sum("value", bounds=(0, 1_234_568), name="b"),
+        ],
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["open"],
+        randomness=seeded(1),
+    )
+    a, b = release.metrics["a"], release.metrics["b"]
+    assert a.measurement != b.measurement
+    assert (a.sensitivity, b.sensitivity) == (2 * 3 * 1_234_567, 2 * 3 * 1_234_568)
+    assert math.isclose(a.epsilon, 0.5, rel_tol=1e-9)  # two measurements, not one

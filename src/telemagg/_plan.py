@@ -148,11 +148,22 @@ def _unit_count(state: State, n: int) -> F64:
 UNIT_COUNT = MeasurementSpec("unit_count", 1.0, 1.0, _unit_count)
 
 
+def sum_key(column: str, bounds: tuple[float, float]) -> str:
+    """Key of the clamped-sum measurement (exact bounds: different bounds never share it)."""
+    return f"sum({column},{_number(bounds[0])},{_number(bounds[1])})"
+
+
+def centred_key(column: str, bounds: tuple[float, float], power: int) -> str:
+    """Key of the centred sum (power 1) or centred sum of squares (power 2) measurement."""
+    kind = "centred_sum" if power == 1 else "centred_sum_of_squares"
+    return f"{kind}({column},{_number(bounds[0])},{_number(bounds[1])})"
+
+
 def sum_spec(policy: Policy, column: str, bounds: tuple[float, float]) -> MeasurementSpec:
     lo, hi = bounds
     bound = policy.max_contributions * max(abs(lo), abs(hi))
     return MeasurementSpec(
-        f"sum({column},{lo:g},{hi:g})",
+        sum_key(column, bounds),
         bound,
         bound,
         lambda s, n: _bincount(s, n, _clamped(s, column, bounds)),
@@ -166,7 +177,7 @@ def centred_spec(
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     bound = policy.max_contributions * half**power
     return MeasurementSpec(
-        f"centred_sum{'' if power == 1 else '_of_squares'}({column},{lo:g},{hi:g})",
+        centred_key(column, bounds, power),
         bound,
         bound,
         lambda s, n: _bincount(s, n, (_clamped(s, column, bounds) - mid) ** power),
@@ -293,18 +304,17 @@ def finalize(
         key = "count" if isinstance(metric, Count) else "unit_count"
         return {metric.name: np.maximum(noisy[key][:, 0], 0.0)}
     if isinstance(metric, Sum):
-        lo, hi = metric.bounds
-        return {metric.name: noisy[f"sum({metric.column},{lo:g},{hi:g})"][:, 0]}
+        return {metric.name: noisy[sum_key(metric.column, metric.bounds)][:, 0]}
     assert isinstance(metric, Mean | Variance)
     lo, hi = metric.bounds
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     n = np.maximum(noisy["count"][:, 0], 1.0)
     centred_mean = np.clip(
-        noisy[f"centred_sum({metric.column},{lo:g},{hi:g})"][:, 0] / n, -half, half
+        noisy[centred_key(metric.column, metric.bounds, 1)][:, 0] / n, -half, half
     )
     if isinstance(metric, Mean):  # clipped again: mid + x can round past a bound
         return {metric.name: np.clip(mid + centred_mean, lo, hi)}
-    squares = noisy[f"centred_sum_of_squares({metric.column},{lo:g},{hi:g})"][:, 0] / n
+    squares = noisy[centred_key(metric.column, metric.bounds, 2)][:, 0] / n
     return {metric.name: np.clip(squares - centred_mean**2, 0.0, half**2)}
 
 
