@@ -163,9 +163,10 @@ class Aggregator:
             policy, self.by, (*self._numeric, *self._categorical), consent, purpose
         )
         self.window, self.time = _check_window(window, time)
-        self.allowed_lateness = format_duration(
-            parse_duration(allowed_lateness, "allowed_lateness", allow_zero=True)
-        )
+        lateness_s = parse_duration(allowed_lateness, "allowed_lateness", allow_zero=True)
+        self.allowed_lateness = format_duration(lateness_s)
+        self._window_ms = parse_duration(window, "window") * 1000 if window else 0
+        self._lateness_ms = lateness_s * 1000
         # Public partitions known up front: other partitions' events are dropped before
         # bounding, so no unit spends its max_partitions on keys that will not be released.
         self.partitions = None if partitions is None else self._public_keys(partitions)
@@ -186,10 +187,13 @@ class Aggregator:
         self._outside_windows: Counter[str] = Counter()  # see accounting()
 
     def __repr__(self) -> str:
+        states = self._windows.values() if self.window else [self._state]
+        kept = sum(len(s) for s in states)
+        received = self._received_total if self.window else self._state.received
         return (
             f"Aggregator(by={list(self.by)}, metrics={[m.name for m in self.metrics]},"
-            f" privacy_unit={self.policy.privacy_unit!r}, events_received={self._state.received},"
-            f" events_kept={len(self._state)})"
+            f" privacy_unit={self.policy.privacy_unit!r}, events_received={received},"
+            f" events_kept={kept})"
         )
 
     # ------------------------------------------------------------------ add / merge
@@ -231,15 +235,6 @@ class Aggregator:
         )
 
     # ------------------------------------------------------------------ windows
-
-    @property
-    def _window_ms(self) -> int:
-        assert self.window is not None
-        return parse_duration(self.window, "window") * 1000
-
-    @property
-    def _lateness_ms(self) -> int:
-        return parse_duration(self.allowed_lateness, "allowed_lateness", allow_zero=True) * 1000
 
     def _closed(self, index: I64 | int, watermark: int | None) -> Any:
         """Whether window ``index`` has closed: the watermark (latest event time seen) has
@@ -556,8 +551,7 @@ class Aggregator:
                     " drop randomness= to release for real"
                 )
             charge = ledger.charge(plan.loss, query=query, label=label)
-        index = KeyIndex()
-        index.keys, index._ids = list(self._partitions.keys), dict(self._partitions._ids)
+        index = self._partitions.copy()  # public keys never seen are added to the copy only
         noise = self._randomness.noise
         noisy: dict[str, npt.NDArray[np.float64]] = {}
         if public is None:
@@ -571,7 +565,7 @@ class Aggregator:
                 noisy["unit_count"] = noisy_units[order][:, None]
             reason = PARTITION_SELECTION
         else:
-            released = np.array([_public_id(index, key) for key in public], dtype=np.int64)
+            released = index.ids(public)
             n = len(index)
             reason = NOT_PUBLIC_PARTITION
         for key, cal in plan.measurements.items():
@@ -763,10 +757,6 @@ def _partition_keys(partitions: Any, by: tuple[str, ...]) -> list[tuple[Any, ...
             )
         keys.append(key)
     return keys
-
-
-def _public_id(index: KeyIndex, key: tuple[Any, ...]) -> int:
-    return int(index.ids([key])[0])
 
 
 def _key_order(ids: I64, keys: list[Any]) -> I64:

@@ -249,10 +249,7 @@ def _to_numpy(column: Any) -> np.ndarray[Any, Any] | Encoded:
             return np.asarray(column.to_numpy())
         # strings (object, pandas' Arrow-backed str), categoricals: hash-factorized in place,
         # without first copying every value into a Python object array
-        import pandas as pd
-
-        codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        return Encoded(np.asarray(codes, dtype=np.int64), np.asarray(uniques, dtype=object))
+        return factorize(column)
     if module == "polars":
         if str(column.dtype).startswith(("Categorical", "Enum")):
             codes = column.to_physical().fill_null(-1).to_numpy().astype(np.int64)
@@ -269,8 +266,9 @@ def _to_numpy(column: Any) -> np.ndarray[Any, Any] | Encoded:
     return np.asarray(column)
 
 
-def factorize(values: np.ndarray[Any, Any]) -> Encoded:
-    """Codes and distinct values of a column; None/NaN get code -1.
+def factorize(values: Any) -> Encoded:
+    """Codes and distinct values of a column (a numpy array or a pandas Series); None/NaN
+    get code -1.
 
     Uses pandas' hash-based factorize when pandas is installed (much faster on strings),
     otherwise numpy's sort-based unique.

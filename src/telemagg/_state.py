@@ -59,6 +59,12 @@ class KeyIndex:
             out.append(found)
         return np.asarray(out, dtype=np.int64)
 
+    def copy(self) -> KeyIndex:
+        """An independent index with the same ids (new keys added to it stay there)."""
+        other = KeyIndex()
+        other.keys, other._ids, other._hashes = list(self.keys), dict(self._ids), list(self._hashes)
+        return other
+
     def find(self, key: Hashable) -> int | None:
         return self._ids.get(key)
 
