@@ -296,10 +296,7 @@ class Aggregator:
         }
 
     def _rows(self, batch: Batch) -> State:
-        partition_ids = self._partitions.ids(batch.partition_keys)
-        partition = (
-            partition_ids[batch.partition_codes] if len(batch) else np.zeros(0, dtype=np.int64)
-        )
+        partition = self._partitions.remap(batch.partition_codes, batch.partition_keys)
         pair_key = self._pair_keys(batch.unit_id, partition)
         priority = self._randomness.generator().integers(
             0, np.iinfo(np.uint64).max, size=len(batch), dtype=np.uint64, endpoint=True
@@ -398,11 +395,7 @@ class Aggregator:
 
     def _adopt(self, other: Aggregator, theirs: State) -> State:
         """Another aggregator's state in this one's partition ids and sampling key."""
-        partition = (
-            self._partitions.ids(other._partitions.keys)[theirs.partition]
-            if len(theirs)
-            else np.zeros(0, np.int64)
-        )
+        partition = self._partitions.remap(theirs.partition, other._partitions.keys)
         pair_key = theirs.pair_key
         if other._randomness.sampling_key != self._randomness.sampling_key:
             pair_key = self._pair_keys(theirs.unit_id, partition)

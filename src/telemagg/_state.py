@@ -80,10 +80,8 @@ class KeyIndex:
         >>> index.remap(np.array([1, -1, 0]), ["b", "a"]).tolist()  # a, missing, b
         [0, -1, 1]
         """
-        ids = self.ids(keys)
-        if not ids.size:
-            return np.full(codes.size, -1, dtype=np.int64)
-        return np.where(codes >= 0, ids[np.maximum(codes, 0)], -1).astype(np.int64)
+        # One gather: code -1 reads the appended -1 (this runs on every event of a batch).
+        return np.append(self.ids(keys), np.int64(-1))[codes]
 
     @property
     def hashes(self) -> U64:
