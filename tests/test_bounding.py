@@ -85,3 +85,15 @@ def test_empty_input_keeps_nothing() -> None:
     empty = np.zeros(0, dtype=np.uint64)
     kept = bound_contributions(empty, empty, empty, max_partitions=1, max_contributions=1)
     assert kept.size == 0
+
+
+def test_units_sharing_a_pair_key_are_bounded_apart_even_when_interleaved() -> None:
+    """Units 1 and 2 share pair key 50 (a 64-bit collision); by priority their rows
+    interleave 1, 2, 1, so the group starts and ends with unit 1. Unit 2 must still keep
+    only max_partitions = 1 pair, not ride along in unit 1's group."""
+    unit = np.array([1, 2, 1, 2], dtype=np.uint64)
+    pair = np.array([50, 50, 50, 60], dtype=np.uint64)
+    prio = np.array([1, 2, 3, 1], dtype=np.uint64)
+    keep = bound_contributions(unit, pair, prio, max_partitions=1, max_contributions=3)
+    assert set(np.flatnonzero(keep).tolist()) == reference_bound(unit, pair, prio, 1, 3)
+    assert keep.tolist() == [True, True, True, False]

@@ -116,13 +116,16 @@ def bound_contributions(
         return keep
     # Linf: bottom-k events per pair.
     order, starts, sizes = _groups(pair_key, event_priority, max_contributions)
-    first_rows = order[starts]
-    pair_units = unit_id[first_rows]
-    last_rows = order[starts + sizes - 1]
-    if np.any(unit_id[last_rows] != pair_units):
-        # Two units' pairs share a 64-bit key (astronomically rare): bound each unit's
-        # rows of that key on its own, so no unit can ever gain a slot from another.
+    units_sorted = unit_id[order]
+    group_start = np.zeros(order.size, dtype=bool)
+    group_start[starts] = True
+    if np.any((units_sorted[1:] != units_sorted[:-1]) & ~group_start[1:]):
+        # Two units' pairs share a 64-bit key (~pairs^2 / 2^65 per call): bound each unit's
+        # rows of that key on its own, so no unit can ever gain a slot from another. Every
+        # row is compared with its neighbour, as the units of such a group interleave.
         return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
+    first_rows = order[starts]
+    pair_units = units_sorted[starts]
     # L0: bottom-k pairs per unit, the pair key being the pair's priority.
     pair_kept = bottom_k(pair_units, pair_key[first_rows], max_partitions)
     keep[order[_first_k(starts, sizes, max_contributions, pair_kept)]] = True
