@@ -186,6 +186,14 @@ class Aggregator:
         self._released_events = 0
         self._outside_windows: Counter[str] = Counter()  # see accounting()
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every input column this query reads: the privacy unit, ``by``, metric columns and
+        the event time of a windowed aggregator."""
+        time = (self.time,) if self.time else ()
+        names = (self.policy.privacy_unit, *self.by, *self._numeric, *self._categorical, *time)
+        return tuple(dict.fromkeys(names))
+
     def __repr__(self) -> str:
         states = self._windows.values() if self.window else [self._state]
         kept = sum(len(s) for s in states)

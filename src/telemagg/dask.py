@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 from telemagg._aggregator import Aggregator, ConsentSource, LedgerLike, Randomness
 from telemagg._ingest import _missing_column
-from telemagg._plan import make_plan
 from telemagg.errors import SchemaError, require
 from telemagg.policy import Metric, Policy, ReleaseParams
 from telemagg.release import Release
@@ -83,9 +82,7 @@ def aggregate(
     """
     # The checks of tm.aggregate, in its order (so both engines fail alike), plus the plan's,
     # which release() would make only after the compute.
-    params = ReleaseParams(
-        epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None
-    )
+    ReleaseParams(epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None)
     template = Aggregator(
         policy=policy,
         by=by,
@@ -95,7 +92,7 @@ def aggregate(
         partitions=partitions,
         randomness=randomness,
     )
-    make_plan(template.metrics, template.policy, params)
+    template._plan(epsilon, delta, None, noise)  # the release's own checks, before compute
     events = _projected(ddf, template)
     if shuffle_by_unit and events.npartitions > 1:
         events = events.shuffle(on=template.policy.privacy_unit)
@@ -115,8 +112,7 @@ def _projected(ddf: Any, template: Aggregator) -> Any:
     dd = _dask_dataframe()
     if not isinstance(ddf, dd.DataFrame):
         raise SchemaError(f"ddf must be a dask DataFrame; got {type(ddf).__name__}")
-    read = (c for m in template.metrics for c in (*m.columns, *m.categorical_columns))
-    names = list(dict.fromkeys([template.policy.privacy_unit, *template.by, *read]))
+    names = list(template.columns)
     missing = [name for name in names if name not in ddf.columns]
     if missing:
         raise _missing_column(missing[0], ddf.columns)
