@@ -47,14 +47,14 @@ def test_closed_windows_are_released_one_by_one_and_open_ones_wait() -> None:
     ]
     for release in releases:
         # bounding is per window: 500 users x 2 events each
-        assert release.metadata["events"]["received"] == 1500
-        assert release.metadata["events"]["dropped"]["contribution_bounds"] == 500
-    assert agg.accounting()["pending"] == 1500
+        assert release.accounting.received == 1500
+        assert release.accounting.dropped["contribution_bounds"] == 500
+    assert agg.accounting().pending == 1000
     (last,) = agg.release_closed(1.0, 1e-6, flush=True)
     assert last.metadata["window"]["end"] == "1970-01-01T03:00:00+00:00"
     acc = agg.accounting()
-    assert acc["received"] == acc["pending"] + acc["released"] + sum(acc["dropped"].values())
-    assert acc["released"] == 4500
+    assert acc.received == acc.aggregated + acc.pending + sum(acc.dropped.values())
+    assert (acc.received, acc.aggregated, acc.pending) == (4500, 3000, 0)
 
 
 def test_late_events_are_dropped_and_counted() -> None:
@@ -65,11 +65,10 @@ def test_late_events_are_dropped_and_counted() -> None:
     agg.add(batch(1.5))  # watermark 01:31: hour 0 closed
     agg.add(batch(0, n_users=20, start_user=8000))  # too late
     (hour0,) = agg.release_closed(1.0, 1e-6)
-    events = hour0.metadata["events"]
-    assert events["dropped"]["late"] == 60
-    assert events["received"] == 1500 + 30 + 60
+    assert hour0.accounting.dropped["late"] == 60
+    assert hour0.accounting.received == 1500 + 30 + 60
     agg.add(batch(0, n_users=5, start_user=7000))  # after hour 0 was released
-    assert agg.accounting()["dropped"]["late"] == 15
+    assert agg.accounting().dropped["late"] == 60 + 15
 
 
 def test_each_window_is_charged_to_the_ledger(sqlite_url) -> None:
@@ -82,7 +81,7 @@ def test_each_window_is_charged_to_the_ledger(sqlite_url) -> None:
     assert len(info.value.released) == 2  # 2 x 1.0 fit in 2.5, the third does not
     assert len(ledger.charges()) == 2
     assert ledger.charges()[0].query["window"]["start"] == "1970-01-01T00:00:00+00:00"
-    assert agg.accounting()["pending"] == 3000  # hours 2 and 3 are still open
+    assert agg.accounting().pending == 2000  # hours 2 and 3 are still open
 
 
 def test_windowed_shards_merge_per_window() -> None:
@@ -93,7 +92,7 @@ def test_windowed_shards_merge_per_window() -> None:
     b.add(batch(2))
     a.merge(pickle.loads(pickle.dumps(b)))
     releases = a.release_closed(1.0, 1e-6)
-    assert [r.metadata["events"]["received"] for r in releases] == [1800]
+    assert [r.accounting.received for r in releases] == [1800]
 
 
 def test_datetime_time_columns_work() -> None:

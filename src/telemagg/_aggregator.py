@@ -10,7 +10,6 @@ packages a :class:`~telemagg.release.Release`.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,8 +36,7 @@ from telemagg._plan import (
     select_partitions,
 )
 from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
-from telemagg._version import library_version
-from telemagg.errors import BudgetExceededError, ConfigError, TelemaggError
+from telemagg.errors import BudgetExceededError, ConfigError
 from telemagg.ledger import Charge
 from telemagg.policy import (
     Metric,
@@ -49,7 +47,7 @@ from telemagg.policy import (
     format_duration,
     parse_duration,
 )
-from telemagg.release import MetricReport, Release
+from telemagg.release import Accounting, Release, metric_reports, release_metadata
 
 I64 = npt.NDArray[np.int64]
 
@@ -127,7 +125,7 @@ class Aggregator:
     >>> release = agg.release(epsilon=1.0, partitions=["open", "save", "quit"])
     >>> list(release.to_dict()["event"])
     ['open', 'save', 'quit']
-    >>> release.metadata["events"]["received"], release.metadata["events"]["aggregated"]
+    >>> release.accounting.received, release.accounting.aggregated  # operator side, exact
     (3, 2)
     """
 
@@ -183,8 +181,8 @@ class Aggregator:
         self._watermark_ms: int | None = None
         self._released_through: int | None = None  # highest window index released
         self._received_total = 0
-        self._released_events = 0
-        self._outside_windows: Counter[str] = Counter()  # see accounting()
+        self._aggregated = 0  # events in the tables of released windows
+        self._outside_windows: Counter[str] = Counter()  # dropped outside pending windows
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -195,13 +193,11 @@ class Aggregator:
         return tuple(dict.fromkeys(names))
 
     def __repr__(self) -> str:
-        states = self._windows.values() if self.window else [self._state]
-        kept = sum(len(s) for s in states)
-        received = self._received_total if self.window else self._state.received
+        accounting = self.accounting()  # an Aggregator stays with the operator
         return (
             f"Aggregator(by={list(self.by)}, metrics={[m.name for m in self.metrics]},"
-            f" privacy_unit={self.policy.privacy_unit!r}, events_received={received},"
-            f" events_kept={kept})"
+            f" privacy_unit={self.policy.privacy_unit!r}, events_received={accounting.received},"
+            f" events_pending={accounting.pending})"
         )
 
     # ------------------------------------------------------------------ add / merge
@@ -281,27 +277,38 @@ class Aggregator:
     def _empty_state(self) -> State:
         return State.empty(self._numeric, self._categorical)
 
-    def accounting(self) -> dict[str, Any]:
-        """Where every event received by a windowed aggregator is now.
+    def accounting(self) -> Accounting:
+        """Where every event this Aggregator received is now: operator side, exact, and NOT
+        differentially private (see :class:`~telemagg.release.Accounting`).
 
-        ``received == pending + released + sum(dropped.values())``: ``pending`` events sit
-        in open windows, ``released`` ones belonged to windows already released (whose
-        metadata details them), ``dropped`` ones never reached a window, by reason.
+        ``pending`` events are held for a coming release (all bounded events of an
+        Aggregator without windows: each ``release`` reads them all); ``aggregated`` ones
+        reached the table of a released window; ``dropped`` ones, by reason, never will.
 
         >>> import telemagg as tm
         >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="u"), by="e",
         ...     metrics=[tm.count()], window="1h", time="t")
         >>> agg.add({"u": [1, 2, None], "e": ["a", "a", "a"], "t": [0, 10, 20]})
-        >>> agg.accounting()
-        {'received': 3, 'pending': 2, 'released': 0, 'dropped': {'missing_privacy_unit': 1}}
+        >>> agg.accounting()  # doctest: +NORMALIZE_WHITESPACE
+        Accounting(received=3, aggregated=0, pending=2, dropped={'contribution_bounds': 0,
+                   'missing_privacy_unit': 1, 'non_finite_value': 0})
         """
-        pending = sum(s.received for s in self._windows.values())
-        return {
-            "received": self._received_total,
-            "pending": pending,
-            "released": self._released_events,
-            "dropped": dict(self._outside_windows),
-        }
+        dropped = self._reported_reasons()
+        if self.window is None:
+            dropped.update(self._state.dropped)
+            state = self._state
+            return Accounting(
+                received=state.received, aggregated=0, pending=len(state), dropped=dropped
+            )
+        dropped.update(self._outside_windows)
+        for state in self._windows.values():
+            dropped.update(state.dropped)
+        return Accounting(
+            received=self._received_total,
+            aggregated=self._aggregated,
+            pending=sum(len(s) for s in self._windows.values()),
+            dropped=dropped,
+        )
 
     def _rows(self, batch: Batch) -> State:
         partition = self._partitions.remap(batch.partition_codes, batch.partition_keys)
@@ -390,7 +397,7 @@ class Aggregator:
 
     def _merge_windows(self, other: Aggregator) -> None:
         self._received_total += other._received_total
-        self._released_events += other._released_events
+        self._aggregated += other._aggregated
         self._outside_windows.update(other._outside_windows)
         for w, theirs in other._windows.items():
             if self._released_through is not None and w <= self._released_through:
@@ -479,7 +486,9 @@ class Aggregator:
             except BudgetExceededError as exc:
                 exc.released = released  # type: ignore[attr-defined]
                 raise
-            self._released_events += self._windows.pop(w).received
+            del self._windows[w]
+            self._aggregated += release.accounting.aggregated
+            self._outside_windows.update(release.accounting.dropped)
             self._released_through = max(w, self._released_through or w)
             released.append(release)
         return released
@@ -585,27 +594,39 @@ class Aggregator:
 
         keys = [index.keys[i] for i in released]
         key_columns = {c: _column([k[j] for k in keys]) for j, c in enumerate(self.by)}
-        reports = self._reports(plan)
-        in_released = np.isin(state.partition, released)
-        aggregated = int(np.count_nonzero(in_released))
-        dropped = Counter(dict.fromkeys(ALWAYS_REPORTED, 0))
-        if self.consent is not None:
-            dropped[CONSENT] += 0
+        reports = metric_reports(self.metrics, plan, self.policy.max_partitions)
+        accounting = self._release_accounting(state, released, reason)
+        metadata = release_metadata(
+            plan=plan,
+            params=params,
+            query=query,
+            reports=reports,
+            n_released=len(keys),
+            charge=charge,
+            seeded=self._randomness.seeded,
+        )
+        return Release(
+            keys=key_columns,
+            columns=columns,
+            metrics=reports,
+            loss=plan.loss,
+            metadata=metadata,
+            accounting=accounting,
+        )
+
+    def _release_accounting(self, state: State, released: I64, reason: str) -> Accounting:
+        """Exact fate of the events of ``state`` in a release of partitions ``released``:
+        events of other partitions are dropped under ``reason`` (operator side only)."""
+        aggregated = int(np.count_nonzero(np.isin(state.partition, released)))
+        dropped = self._reported_reasons()
         dropped.update(state.dropped)
         dropped[reason] += len(state) - aggregated
-        metadata = self._metadata(plan, params, query, reports, len(keys), charge)
-        if window is not None:
-            metadata["window"] = query["window"]
-        metadata["events"] = {
-            "received": state.received,
-            "aggregated": aggregated,
-            "dropped": dict(sorted(dropped.items())),
-        }
-        if state.received != aggregated + sum(dropped.values()):
-            raise TelemaggError("internal: event accounting does not add up")
-        return Release(
-            keys=key_columns, columns=columns, metrics=reports, loss=plan.loss, metadata=metadata
-        )
+        return Accounting(received=state.received, aggregated=aggregated, dropped=dropped)
+
+    def _reported_reasons(self) -> Counter[str]:
+        """Drop reasons every accounting lists, at zero when nothing was dropped for them."""
+        reasons = (*ALWAYS_REPORTED, *((CONSENT,) if self.consent is not None else ()))
+        return Counter(dict.fromkeys(reasons, 0))
 
     def _window_bounds(self, window: int) -> dict[str, str]:
         start = dt.datetime.fromtimestamp(window * self._window_ms / 1000, dt.UTC)
@@ -616,80 +637,6 @@ class Aggregator:
             "size": str(self.window),
             "allowed_lateness": self.allowed_lateness,
         }
-
-    def _reports(self, plan: Plan) -> dict[str, MetricReport]:
-        reports = {}
-        for metric in self.metrics:
-            components = []
-            for key in plan.metric_measurements[metric.name]:
-                if key in plan.measurements:
-                    components.append(plan.measurements[key].report())
-                elif key in plan.value_thresholds:  # top_k
-                    components.append(plan.value_thresholds[key].report())
-                else:  # unit_count released by the partition selection itself
-                    selection = plan.selection_report
-                    assert selection is not None
-                    components.append(
-                        {
-                            **selection,
-                            "measurement": key,
-                            "rho": 0.0,
-                            "sensitivity": 1.0 * self.policy.max_partitions,
-                        }
-                    )
-            main = components[-1]
-            report = MetricReport(
-                mechanism=str(main["mechanism"]),
-                epsilon=math.fsum(float(c["epsilon"]) for c in components),
-                delta=math.fsum(float(c["delta"]) for c in components),
-                rho=math.fsum(float(c["rho"]) for c in components),
-                sensitivity=main["sensitivity"],
-                stddev=float(main["stddev"]),
-                measurement=str(main["measurement"]),
-                components=tuple(components),
-            )
-            for column in metric.output_names:  # release.metrics[column], as documented
-                reports[column] = report
-        return reports
-
-    def _metadata(
-        self,
-        plan: Plan,
-        params: ReleaseParams,
-        query: dict[str, Any],
-        reports: dict[str, MetricReport],
-        n_released: int,
-        charge: Charge | None,
-    ) -> dict[str, Any]:
-        loss = plan.loss
-        out: dict[str, Any] = {
-            "telemagg_version": library_version(),
-            "created_at": dt.datetime.now(dt.UTC).isoformat(),
-            "epsilon": loss.epsilon,  # the release's total loss, as release.epsilon/.delta
-            "delta": loss.delta,
-            "policy": self.policy.model_dump(mode="json"),
-            "query": query,
-            "privacy": {
-                "epsilon": loss.epsilon,
-                "delta": loss.delta,
-                "approx_epsilon": loss.approx_epsilon,
-                "approx_delta": loss.approx_delta,
-                "rho": loss.rho,
-                "requested_epsilon": params.epsilon,
-                "requested_delta": params.delta,
-                "neighbouring": "add or remove all events of one privacy unit",
-            },
-            "partitions": {
-                "selection": "private" if plan.selection is not None else "public",
-                "released": n_released,
-                **({"mechanism": plan.selection_report} if plan.selection is not None else {}),
-            },
-            "metrics": {name: r.to_dict() for name, r in reports.items()},
-            "seeded": self._randomness.seeded,
-        }
-        if charge is not None:
-            out["ledger"] = {"charge": charge.seq, "hash": charge.hash}
-        return out
 
 
 # --------------------------------------------------------------------------- helpers

@@ -107,10 +107,10 @@ def demo(n_events: int, epsilon: float, ledger_url: str | None) -> int:
             f"Ledger {ledger.url}: spent epsilon={spent[0]:.3f} of 10,"
             f" remaining epsilon={remaining[0]:.3f}"
         )
-        accounting = release.metadata["events"]
-        received, aggregated = accounting["received"], accounting["aggregated"]
-        print(f"\nEvents: {received:,} received, {aggregated:,} aggregated")
-        for reason, n in accounting["dropped"].items():
+        accounting = release.accounting  # exact, operator side: never published
+        received, aggregated = accounting.received, accounting.aggregated
+        print(f"\nEvents: {received:,} received, {aggregated:,} aggregated (exact: operator only)")
+        for reason, n in accounting.dropped.items():
             print(f"  dropped {n:>10,}  {reason}")
     return 0
 

@@ -77,7 +77,7 @@ def aggregate(
     ...     epsilon=1.0, partitions=["open", "save"], randomness=seeded(0))
     >>> release.to_pandas()["event_name"].tolist()
     ['open', 'save']
-    >>> release.metadata["events"]["received"]
+    >>> release.accounting.received  # operator side, exact; never in the metadata
     6
     """
     # The checks of tm.aggregate, in its order (so both engines fail alike), plus the plan's,
