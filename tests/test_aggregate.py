@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.releases import published
 from tests.strategies import event_rows
 
 import telemagg as tm
@@ -588,31 +588,6 @@ def test_metrics_with_nearby_bounds_never_share_a_measurement() -> None:
 
 
 # --------------------------------------------------------------------------- publishable
-
-
-def published(release: tm.Release, tmp_path) -> dict[str, object]:
-    """Everything a release hands on besides its values, with the release time removed."""
-
-    def untimed(meta: dict) -> dict:
-        return {k: v for k, v in meta.items() if k != "created_at"}
-
-    path = tmp_path / f"release-{id(release)}.parquet"
-    release.to_parquet(path)
-    parquet_meta = pa.parquet.read_schema(path).metadata[b"telemagg"]
-    arrow = release.to_arrow()
-    frame = release.to_pandas()
-    return {
-        "metadata": untimed(release.metadata),
-        "json": untimed(json.loads(release.metadata_json())),
-        "arrow": untimed(json.loads(arrow.schema.metadata[b"telemagg"])),
-        "arrow_schema": arrow.schema.remove_metadata(),
-        "parquet": untimed(json.loads(parquet_meta)),
-        "pandas": untimed(frame.attrs["telemagg"]),
-        "polars": release.to_polars().columns,
-        "repr": repr(release),
-        "str": str(release),
-        "rows": len(release),
-    }
 
 
 def one_unit(unit: int, n: int, event: str) -> dict[str, np.ndarray]:

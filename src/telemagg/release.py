@@ -170,6 +170,8 @@ class Release:
         of the publishable :attr:`metadata`."""
         pd: Any = require("pandas", "pandas")
         frame = pd.DataFrame(self.to_dict())
+        for name in self._datetimes():
+            frame[name] = frame[name].dt.tz_localize("UTC")
         frame.attrs["telemagg"] = json.loads(self.metadata_json())
         return frame
 
@@ -177,7 +179,13 @@ class Release:
         """A pyarrow Table (needs ``telemagg[pyarrow]``) whose schema metadata holds the
         publishable :attr:`metadata` as JSON under the key ``b"telemagg"``."""
         pa: Any = require("pyarrow", "pyarrow")
-        table = pa.table({k: pa.array(v.tolist()) for k, v in self.to_dict().items()})
+        utc = pa.timestamp("ms", tz="UTC")
+        table = pa.table(
+            {
+                k: pa.array(v, type=utc) if k in self._datetimes() else pa.array(v.tolist())
+                for k, v in self.to_dict().items()
+            }
+        )
         return table.replace_schema_metadata({METADATA_KEY: self.metadata_json().encode()})
 
     def to_parquet(self, path: Any) -> None:
@@ -190,7 +198,17 @@ class Release:
         """A polars DataFrame (needs ``telemagg[polars]``); the table only (polars frames
         carry no metadata: keep :meth:`metadata_json` beside it)."""
         pl: Any = require("polars", "polars")
-        return pl.DataFrame({k: v.tolist() for k, v in self.to_dict().items()})
+        datetimes = self._datetimes()
+        return pl.DataFrame(
+            {
+                k: pl.Series(k, v).dt.replace_time_zone("UTC") if k in datetimes else v.tolist()
+                for k, v in self.to_dict().items()
+            }
+        )
+
+    def _datetimes(self) -> list[str]:
+        """Datetime columns (``window_start``, ``window_end``): UTC, milliseconds."""
+        return [k for k, v in self._keys.items() if v.dtype.kind == "M"]
 
     def metadata_json(self) -> str:
         """The publishable metadata as a JSON string (never the accounting)."""
