@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -674,3 +675,68 @@ def test_accounting_is_operator_side_and_adds_up() -> None:
     released = agg.release(1.0, 1e-6).accounting  # a release reads every pending event
     assert released.received == held.received
     assert released.aggregated + released.dropped["partition_selection"] == held.pending
+
+
+# --------------------------------------------------------------------------- ledger=, consent=
+
+
+def test_ledger_and_consent_may_be_urls(sqlite_url, tmp_path) -> None:
+    tm.Ledger(sqlite_url, epsilon=3.0, delta=1e-5).close()
+    consent_url = f"sqlite:///{tmp_path / 'consent.db'}"
+    registry = tm.ConsentRegistry(consent_url)
+    registry.opt_out([0, 1], purpose="model_training")
+    registry.close()
+    release = tm.aggregate(
+        events(n_users=20),
+        by="event",
+        metrics=[tm.count()],
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["open"],
+        ledger=sqlite_url,
+        consent=consent_url,
+        purpose="model_training",
+    )
+    assert release.accounting.dropped["consent"] == 10
+    assert release.metadata["ledger"]["charge"] == 1
+    reopened = tm.Ledger.open(sqlite_url)
+    assert reopened.spent[0] == pytest.approx(release.epsilon)
+    reopened.close()
+
+
+def test_bad_ledger_or_consent_fails_before_reading_any_event(tmp_path) -> None:
+    unreadable = {"user": [1], "event": ["a"], "value": ["not a number"]}  # SchemaError if read
+    query = {"by": "event", "metrics": METRICS, "policy": POLICY, "epsilon": 1.0}
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    with pytest.raises(tm.ConfigError, match=r"ledger \(a URL string\) must name an existing"):
+        tm.aggregate(unreadable, partitions=["a"], ledger=missing, **query)
+    with pytest.raises(tm.ConfigError, match=r"ledger must be a tm.Ledger.* got int"):
+        tm.aggregate(unreadable, partitions=["a"], ledger=42, **query)
+    with pytest.raises(tm.ConfigError, match=r"consent must be a tm.ConsentRegistry.* got int"):
+        tm.aggregate(unreadable, partitions=["a"], consent=42, purpose="x", **query)
+    with pytest.raises(tm.ConfigError, match=r"consent \(a URL string\) cannot be opened"):
+        tm.aggregate(unreadable, partitions=["a"], consent="mysql://db/x", purpose="x", **query)
+
+
+def test_a_release_without_a_ledger_warns_once_per_aggregator(sqlite_url) -> None:
+    from telemagg.errors import UntrackedReleaseWarning
+
+    agg = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()])
+    agg.add(events(n_users=20))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        agg.release(1.0, partitions=["open"])
+        agg.release(1.0, partitions=["open"])
+    assert [w.category for w in caught] == [UntrackedReleaseWarning]
+    assert "charged to no ledger" in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the caller's release()
+    tracked = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()])
+    seeded_agg = tm.Aggregator(
+        policy=POLICY, by="event", metrics=[tm.count()], randomness=seeded(1)
+    )
+    ledger = tm.Ledger(sqlite_url, epsilon=2.0, delta=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrackedReleaseWarning)
+        tracked.release(1.0, partitions=["open"], ledger=ledger)
+        seeded_agg.release(1.0, partitions=["open"])  # test noise: no ledger would take it
+    ledger.close()

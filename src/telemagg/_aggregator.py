@@ -9,10 +9,12 @@ packages a :class:`~telemagg.release.Release`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
+import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
@@ -37,8 +39,14 @@ from telemagg._plan import (
 )
 from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
 from telemagg._windows import FUTURE, LATE, Grid, Schedule, by_window, instant_ms
-from telemagg.errors import BudgetExceededError, ConfigError, TelemaggError
-from telemagg.ledger import Charge
+from telemagg.consent import ConsentRegistry
+from telemagg.errors import (
+    BudgetExceededError,
+    ConfigError,
+    TelemaggError,
+    UntrackedReleaseWarning,
+)
+from telemagg.ledger import Charge, Ledger
 from telemagg.policy import (
     Metric,
     Policy,
@@ -135,7 +143,7 @@ class Aggregator:
         policy: Policy,
         by: str | Sequence[str],
         metrics: Sequence[Metric],
-        consent: ConsentSource | None = None,
+        consent: ConsentSource | str | None = None,
         purpose: str | None = None,
         window: str | None = None,
         time: str | None = None,
@@ -172,6 +180,7 @@ class Aggregator:
         self.partitions = None if partitions is None else self._public_keys(partitions)
         self._public_set = None if self.partitions is None else set(self.partitions)
         self._randomness = randomness or Randomness.system()
+        self._warned_untracked = False
         self._reset()
 
     def _reset(self) -> None:
@@ -434,7 +443,7 @@ class Aggregator:
         epsilon: float,
         delta: float = 0.0,
         partitions: Any = None,
-        ledger: LedgerLike | None = None,
+        ledger: LedgerLike | str | None = None,
         *,
         noise: Literal["laplace", "gaussian"] = "laplace",
         label: str | None = None,
@@ -443,8 +452,10 @@ class Aggregator:
 
         ``partitions=None`` selects partitions privately (needs ``delta > 0``); a sequence
         of keys (tuples for several ``by`` columns) or a DataFrame of key columns releases
-        exactly those, absent ones as noisy zeros. With a ``ledger`` the loss is charged
-        atomically before any noise is drawn; if it does not fit, nothing is released.
+        exactly those, absent ones as noisy zeros. With a ``ledger`` (a :class:`tm.Ledger
+        <telemagg.Ledger>` or the URL of an existing one) the loss is charged atomically
+        before any noise is drawn; if it does not fit, nothing is released. Without one,
+        the first release of this Aggregator warns (``UntrackedReleaseWarning``).
         """
         if self.window is not None:
             raise ConfigError(
@@ -452,14 +463,15 @@ class Aggregator:
                 " release_closed(...)"
             )
         public, params, plan = self._plan(epsilon, delta, partitions, noise)
-        return self._release(self._state, plan, params, public, ledger, label, None)
+        with open_ledger(ledger) as charged:
+            return self._release(self._state, plan, params, public, charged, label, None)
 
     def release_closed(
         self,
         epsilon: float,
         delta: float = 0.0,
         partitions: Any = None,
-        ledger: LedgerLike | None = None,
+        ledger: LedgerLike | str | None = None,
         *,
         noise: Literal["laplace", "gaussian"] = "laplace",
         label: str | None = None,
@@ -501,17 +513,18 @@ class Aggregator:
         public, params, plan = self._plan(epsilon, delta, partitions, noise)
         due = self._schedule.due(now_ms, flush=flush)
         released: list[Release] = []
-        for w in due:
-            state = self._windows.get(w) or self._empty_state()
-            try:
-                release = self._release(state, plan, params, public, ledger, label, w)
-            except TelemaggError as exc:
-                raise self._partial_failure(exc, released, due, w) from exc
-            self._windows.pop(w, None)
-            self._schedule = self._schedule.released(w)
-            self._aggregated += release.accounting.aggregated
-            self._outside_windows.update(release.accounting.dropped)
-            released.append(release)
+        with open_ledger(ledger) as charged:
+            for w in due:
+                state = self._windows.get(w) or self._empty_state()
+                try:
+                    release = self._release(state, plan, params, public, charged, label, w)
+                except TelemaggError as exc:
+                    raise self._partial_failure(exc, released, due, w) from exc
+                self._windows.pop(w, None)
+                self._schedule = self._schedule.released(w)
+                self._aggregated += release.accounting.aggregated
+                self._outside_windows.update(release.accounting.dropped)
+                released.append(release)
         return released
 
     def _partial_failure(
@@ -606,6 +619,14 @@ class Aggregator:
                     " drop randomness= to release for real"
                 )
             charge = ledger.charge(plan.loss, query=query, label=label)
+        elif not self._randomness.seeded and not self._warned_untracked:
+            self._warned_untracked = True  # once per Aggregator
+            warnings.warn(
+                "this release is charged to no ledger: its privacy loss is recorded nowhere"
+                " (pass ledger=tm.Ledger(...) or a ledger URL)",
+                UntrackedReleaseWarning,
+                stacklevel=3,
+            )
         index = self._partitions.copy()  # public keys never seen are added to the copy only
         noise = self._randomness.noise
         noisy: dict[str, npt.NDArray[np.float64]] = {}
@@ -684,9 +705,23 @@ def _check_consent(
     policy: Policy,
     by: tuple[str, ...],
     numeric: tuple[str, ...],
-    consent: ConsentSource | None,
+    consent: ConsentSource | str | None,
     purpose: str | None,
 ) -> tuple[ConsentSource | None, str | None]:
+    if isinstance(consent, str):
+        try:
+            consent = ConsentRegistry(consent)
+        except TelemaggError as exc:
+            raise ConfigError(
+                f"consent (a URL string) cannot be opened as a consent registry: {exc}"
+            ) from exc
+    elif consent is not None and not (
+        callable(getattr(consent, "allowed", None))
+        and callable(getattr(consent, "is_opt_in", None))
+    ):
+        raise ConfigError(
+            f"consent must be a tm.ConsentRegistry, its URL or None; got {type(consent).__name__}"
+        )
     if consent is not None and not purpose:
         raise ConfigError(
             "purpose must name what the release is for when consent is given; got None"
@@ -707,6 +742,30 @@ def _check_consent(
                 " (declare it with registry.declare(purpose, default='opt_in'))"
             )
     return consent, purpose
+
+
+@contextlib.contextmanager
+def open_ledger(ledger: LedgerLike | str | None) -> Iterator[LedgerLike | None]:
+    """``ledger=`` as given, or the existing ledger at a URL (opened with its own total and
+    closed after use); anything else is a ConfigError naming the parameter."""
+    if isinstance(ledger, str):
+        try:
+            opened = Ledger.open(ledger)
+        except TelemaggError as exc:
+            raise ConfigError(
+                f"ledger (a URL string) must name an existing ledger: {exc}; create one with"
+                " tm.Ledger(url, epsilon=..., delta=...)"
+            ) from exc
+        try:
+            yield opened
+        finally:
+            opened.close()
+        return
+    if ledger is not None and not callable(getattr(ledger, "charge", None)):
+        raise ConfigError(
+            f"ledger must be a tm.Ledger, the URL of one, or None; got {type(ledger).__name__}"
+        )
+    yield ledger
 
 
 def _check_window(window: str | None, time: str | None) -> tuple[str | None, str | None]:
@@ -796,9 +855,9 @@ def aggregate(
     epsilon: float,
     delta: float = 0.0,
     partitions: Any = None,
-    ledger: LedgerLike | None = None,
+    ledger: LedgerLike | str | None = None,
     noise: Literal["laplace", "gaussian"] = "laplace",
-    consent: ConsentSource | None = None,
+    consent: ConsentSource | str | None = None,
     purpose: str | None = None,
     label: str | None = None,
     randomness: Randomness | None = None,
@@ -827,5 +886,6 @@ def aggregate(
         partitions=partitions,
         randomness=randomness,
     )
-    agg.add(events)
-    return agg.release(epsilon, delta, ledger=ledger, noise=noise, label=label)
+    with open_ledger(ledger) as charged:  # a bad ledger= fails before any data is read
+        agg.add(events)
+        return agg.release(epsilon, delta, ledger=charged, noise=noise, label=label)
