@@ -39,6 +39,7 @@ def _groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, I64]:
     group; both are rare, detected, and those runs are re-sorted exactly.
     """
     n = group.size
+    k = min(k, n)  # a group never holds more than n rows
     coarse = np.right_shift(priority, _SHIFT)
     np.bitwise_or(coarse, group & _TOP40, out=coarse)
     order = np.argsort(coarse)
@@ -69,12 +70,16 @@ def _groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, I64]:
 
 
 def _first_k(starts: I64, sizes: I64, k: int, groups_kept: Bool | None = None) -> I64:
-    """Sorted positions of the first ``k`` rows of each (kept) group: O(groups x k)."""
-    parts = []
-    for j in range(k):  # a loop over k (max_contributions), not over events
-        take = sizes > j if groups_kept is None else (sizes > j) & groups_kept
-        parts.append(starts[take] + j)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    """Sorted positions of the first ``k`` rows of each (kept) group.
+
+    A row's rank in its group is its position minus the group's start, so this is O(rows)
+    whatever ``k`` is: no parameter can make it loop or allocate beyond the data.
+    """
+    rank = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(starts, sizes)
+    take = rank < min(k, rank.size)
+    if groups_kept is not None:
+        take &= np.repeat(groups_kept, sizes)
+    return np.flatnonzero(take)
 
 
 def bottom_k(group: U64, priority: U64, k: int) -> Bool:

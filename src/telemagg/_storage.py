@@ -54,6 +54,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -66,8 +67,11 @@ __all__ = [
     "StoreOwner",
     "Table",
     "Transaction",
+    "format_time",
     "open_store",
+    "parse_time",
     "redact_url",
+    "storable_text",
 ]
 
 ColumnType = Literal["int", "float", "text"]
@@ -80,6 +84,29 @@ BUSY_TIMEOUT_S = 60.0
 _META_TABLE = "telemagg_meta"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _SECRET_PARAMS = frozenset({"password", "passwd", "pass", "sslpassword"})
+
+#: How stores write times: UTC, fixed width, so that text order is time order in both backends.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def format_time(time: datetime) -> str:
+    """A UTC time as stored: fixed-width text whose order is time order.
+
+    >>> format_time(datetime(2030, 1, 2, 3, 4, 5, 60, tzinfo=UTC))
+    '2030-01-02T03:04:05.000060Z'
+    """
+    return time.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text: object) -> datetime:
+    """A stored time back as an aware UTC datetime; ValueError if ``text`` is not one.
+
+    >>> parse_time("2030-01-02T03:04:05.000060Z")
+    datetime.datetime(2030, 1, 2, 3, 4, 5, 60, tzinfo=datetime.timezone.utc)
+    """
+    if not isinstance(text, str) or len(text) != 27:
+        raise ValueError(f"not a stored time: {text!r}")
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- URLs and secrets
@@ -132,6 +159,29 @@ def _scrub(message: str, secrets: Sequence[str]) -> str:
     return message
 
 
+def storable_text(text: str, parameter: str) -> str:
+    r"""``text`` if both backends can store it (UTF-8: no lone surrogate, no NUL), else ConfigError.
+
+    >>> storable_text("crash rates", "label")
+    'crash rates'
+    >>> storable_text("a\ud800", "label")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: label must be valid Unicode text (...) to be stored; got 'a\ud800'
+    """
+    try:
+        text.encode("utf-8")
+        valid = "\x00" not in text
+    except UnicodeEncodeError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"{parameter} must be valid Unicode text (no lone surrogate such as '\\ud800', "
+            f"no NUL) to be stored; got {text!r}"
+        )
+    return text
+
+
 # --------------------------------------------------------------------------- schema description
 
 
@@ -182,6 +232,14 @@ class Transaction(ABC):
         """Run a query and return its first row, or None."""
         rows = self.fetchall(sql, params)
         return rows[0] if rows else None
+
+    @abstractmethod
+    def now(self) -> datetime:
+        """The database server's UTC clock, read now (not at the start of the transaction).
+
+        Inside a write transaction it is read after the write lock was acquired, so a time
+        taken here is never earlier than a time committed by the writer before.
+        """
 
 
 class Store(ABC):
@@ -428,6 +486,12 @@ class _SQLiteTransaction(Transaction):
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self._run(lambda: self._connection.execute(sql, tuple(params)).fetchall())
 
+    def now(self) -> datetime:
+        # SQLite's clock is the machine's; strftime's %f gives milliseconds.
+        row = self.fetchone("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+        assert row is not None
+        return datetime.strptime(str(row[0]), TIME_FORMAT).replace(tzinfo=UTC)
+
     def _run(self, call: Callable[[], _T]) -> _T:
         try:
             return call()
@@ -526,6 +590,14 @@ class _PostgresTransaction(Transaction):
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self._run(lambda cur: list(cur.execute(_pg(sql), tuple(params)).fetchall()))
+
+    def now(self) -> datetime:
+        # clock_timestamp(), unlike now(), is the time of the call, not of BEGIN: a charge that
+        # waited for the advisory lock is not stamped before the charge it waited for.
+        row = self.fetchone("SELECT clock_timestamp()")
+        assert row is not None
+        assert isinstance(row[0], datetime)
+        return row[0].astimezone(UTC)
 
     def _run(self, call: Callable[[Any], _T]) -> _T:
         psycopg: Any = require("psycopg", "postgres")
