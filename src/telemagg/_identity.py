@@ -140,6 +140,7 @@ class _RefusedError(Exception):
 
 
 _DECIMAL_INT = re.compile(r"0|-?[1-9][0-9]*")
+_DECIMAL_START = frozenset("-0123456789")
 
 
 def is_missing(value: Any) -> bool:
@@ -224,9 +225,16 @@ def _unit_error(column: str, value: Any, rule: str) -> SchemaError:
     )
 
 
+def _all_text(values: list[Any]) -> bool:
+    pandas = sys.modules.get("pandas")
+    if pandas is not None:  # one pass in C
+        return bool(pandas.api.types.infer_dtype(values, skipna=False) == "string")
+    return all(type(v) is str for v in values)
+
+
 def _form_hash(form: str) -> int:
     """The 64-bit identity of a canonical form."""
-    if len(form) <= 20 and _DECIMAL_INT.fullmatch(form):
+    if len(form) <= 20 and form[:1] in _DECIMAL_START and _DECIMAL_INT.fullmatch(form):
         number = int(form)
         if INT64_MIN <= number <= INT64_MAX:
             return _mix64_int(number)
@@ -299,9 +307,20 @@ def unit_hashes(uniques: npt.NDArray[Any], *, column: str) -> tuple[U64, Bool]:
             f"column {column!r} (the privacy unit) holds bytes: ids must be str, int,"
             " integral float or UUID"
         )
+    values = uniques.tolist()
+    if _all_text(values):  # the common case, checked and hashed without per-value dispatch
+        text = "".join(values)
+        if "\x00" in text or not text.isascii():
+            for value in values:
+                try:
+                    _check_text(value)
+                except _RefusedError as refused:
+                    raise _unit_error(column, value, refused.rule) from None
+        hashes = np.fromiter(map(_form_hash, values), dtype=np.uint64, count=len(values))
+        return hashes, np.zeros(len(values), dtype=bool)
     hashes = np.zeros(uniques.size, dtype=np.uint64)
     missing = np.zeros(uniques.size, dtype=bool)
-    for i, value in enumerate(uniques.tolist()):
+    for i, value in enumerate(values):
         try:
             form = _canonical_unit(value)
         except _RefusedError as refused:
