@@ -89,10 +89,10 @@ def test_sigkill_loop_loses_nothing_and_releases_each_window_once(
         process = Process(cfg, tmp_path)
         process.set_clock(T0 + 4 * HOUR - 1)  # every event is in; no window is due yet
         kills = 0
-        for _ in range(7):  # while absorbing
+        for _ in range(6):  # while absorbing
             process.start()
             process.wait_ready()
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 1.0))
             assert process.kill() == -signal.SIGKILL
             kills += 1
         process.start()
@@ -100,7 +100,7 @@ def test_sigkill_loop_loses_nothing_and_releases_each_window_once(
         wait_until(lambda: drained(cfg), 60, step=0.2)
         process.set_clock(T0 + 8 * HOUR)  # windows 0..3 are due (end + 4h lateness)
         for _ in range(4):  # while releasing
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 1.2))
             assert process.kill() == -signal.SIGKILL
             kills += 1
             process.start()

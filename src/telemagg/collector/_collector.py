@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from telemagg.errors import SchemaError, TelemaggError, require
+from telemagg.errors import ConfigError, SchemaError, require
 from telemagg.hygiene import pseudonymize, scrub_pii
 from telemagg.ledger import Ledger
 
@@ -79,12 +79,11 @@ class Collector:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config: CollectorConfig = load_config(config)
-        if self.config.source.kind == "otlp":
-            raise TelemaggError("source.kind = 'otlp' is not available in this version yet")
         self.config.hygiene and self.config.hygiene.key()  # a missing key fails now, not later
         self.metrics = Metrics()
         self.health = Health()
         self.http_address: tuple[str, int] | None = None
+        self.source_address: tuple[str, int] | None = None  # the OTLP receiver's
         self._clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -146,8 +145,11 @@ class Collector:
                 positions = checkpoint.positions
             self._released_ids = {w.window_start for w in self._store.released()}
             self._published = self._finish_committed()
-            source = open_source(config.source, max_ack_pending=10 * config.source.fetch_messages)
+            source = open_source(
+                config.source, 10 * config.source.fetch_messages, config.aggregate.time
+            )
             await source.open(positions.get("source"))
+            self.source_address = getattr(source, "address", None)
             if config.http.listen:
                 server = serve_http(config.http.listen, self.metrics, self.health)
                 self.http_address = server.server_address[:2]  # type: ignore[assignment]
@@ -222,7 +224,9 @@ class Collector:
     def _absorb(self, messages: list[Message]) -> int:
         """Decode and absorb messages; the number of events decoded."""
         self.metrics.count("messages_received", len(messages))
-        tables, malformed = decode([m.body for m in messages], self.config.source.format)
+        bodies = [m.body for m in messages if m.table is None]
+        tables, malformed = decode(bodies, self.config.source.format)
+        tables += [m.table for m in messages if m.table is not None]
         if malformed:
             self.metrics.count("messages_malformed", malformed)
             log.warning("malformed messages skipped", extra={"messages": malformed})
@@ -234,7 +238,7 @@ class Collector:
             self.metrics.count("events_received", n)
             try:
                 self._engine.add(self._clean(project(table, self._engine.columns)), now)
-            except SchemaError as exc:
+            except (SchemaError, ConfigError) as exc:
                 # The batch does not fit the query (a column of the wrong type): skip it.
                 self.metrics.count("events_dropped", n, reason="schema")
                 log.warning("batch skipped: %s", exc, extra={"events": n})

@@ -12,14 +12,21 @@ acknowledged and skipped.
 * Redis Streams: a consumer group read with XREADGROUP; on start the consumer's own pending
   entries (delivered before a crash, never acknowledged) are read again first, in id order,
   so one position (the last id checkpointed) is enough.
+* OTLP/HTTP logs: a receiver whose requests are answered only once checkpointed (see
+  :class:`OtlpSource`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
+import gzip
+import queue
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from telemagg.errors import ConfigError, require
@@ -27,7 +34,7 @@ from telemagg.policy import parse_duration
 
 from ._config import SourceConfig
 
-__all__ = ["Message", "NatsSource", "RedisSource", "Source", "open_source"]
+__all__ = ["Message", "NatsSource", "OtlpSource", "RedisSource", "Source", "open_source"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class Message:
     position: Any
     body: bytes
     handle: Any = None  # what the source needs to acknowledge it
+    table: Any = None  # events decoded by the source already (OTLP)
 
 
 class Source(ABC):
@@ -261,7 +269,8 @@ class RedisSource(Source):
             if position <= self._last:
                 stale.append(entry_id)
                 continue
-            fresh.append(Message(position, fields.get(self.FIELD, b""), entry_id))
+            body = (fields or {}).get(self.FIELD, b"")  # a trimmed entry has no fields
+            fresh.append(Message(position, body, entry_id))
         if stale:
             await self._redis.xack(self.config.stream, self.config.durable, *stale)
         if self._reading_pending:
@@ -293,10 +302,180 @@ class RedisSource(Source):
                 await self._redis.aclose()
 
 
-def open_source(config: SourceConfig, max_ack_pending: int) -> Source:
+# --------------------------------------------------------------------------- OTLP/HTTP logs
+
+
+class _Request:
+    """One OTLP export request waiting for the checkpoint that holds its events."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+
+
+def _any_value(value: Any) -> Any:
+    """A scalar from an OTLP AnyValue (arrays and maps are not columns: None)."""
+    kind = value.WhichOneof("value")
+    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+        return getattr(value, kind)
+    return None
+
+
+def otlp_events(body: bytes, content_type: str, time_column: str) -> list[dict[str, Any]]:
+    """The log records of an OTLP ExportLogsServiceRequest as events: each record's
+    attributes are its columns; the record's time (or observed time) fills ``time_column``
+    in epoch seconds when no attribute of that name is given.
+
+    >>> from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ...     ExportLogsServiceRequest)
+    >>> request = ExportLogsServiceRequest()
+    >>> record = request.resource_logs.add().scope_logs.add().log_records.add()
+    >>> record.time_unix_nano = 1_500_000_000
+    >>> attribute = record.attributes.add()
+    >>> attribute.key, attribute.value.string_value = "user_id", "u1"
+    >>> otlp_events(request.SerializeToString(), "application/x-protobuf", "ts")
+    [{'user_id': 'u1', 'ts': 1.5}]
+    """
+    service: Any = require("opentelemetry.proto.collector.logs.v1.logs_service_pb2", "collector")
+    request = service.ExportLogsServiceRequest()
+    if content_type.startswith("application/json"):
+        json_format: Any = require("google.protobuf.json_format", "collector")
+        json_format.Parse(body, request, ignore_unknown_fields=True)
+    else:
+        request.ParseFromString(body)
+    events = []
+    for resource_logs in request.resource_logs:  # a loop over records: they arrive as objects
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                event = {kv.key: _any_value(kv.value) for kv in record.attributes}
+                if time_column not in event:
+                    nanos = record.time_unix_nano or record.observed_time_unix_nano
+                    event[time_column] = nanos / 1e9 if nanos else None
+                events.append(event)
+    return events
+
+
+class OtlpSource(Source):
+    """An OTLP/HTTP logs receiver (``POST /v1/logs``, protobuf or JSON, gzip or not).
+
+    A request is answered 200 only after the checkpoint holding its events committed; 503
+    with ``Retry-After`` when the collector is at capacity (at most ``max_requests`` waiting)
+    or stopping, or when the events are not checkpointed within ``ack_timeout`` s; the
+    OpenTelemetry exporter retries both. OTLP has no idempotency key: a request whose 200 is
+    lost in transit after its checkpoint is retried and counted again (the bounded state
+    caps what one unit's duplicates can add).
+    """
+
+    kind = "otlp"
+
+    def __init__(self, config: SourceConfig, time_column: str, max_requests: int) -> None:
+        self.config = config
+        self.time_column = time_column
+        self.ack_timeout = float(parse_duration(config.ack_wait, "source.ack_wait"))
+        self._queue: queue.Queue[Message] = queue.Queue(maxsize=max_requests)
+        self._server: Any = None
+        self._next = 0
+        self._lock = threading.Lock()
+        self._closing = False
+        self.address: tuple[str, int] | None = None
+
+    async def open(self, positions: Any) -> None:
+        pa: Any = require("pyarrow", "pyarrow")
+        source = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                if self.path.rstrip("/") != "/v1/logs":
+                    return self._reply(404, b"", "text/plain")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                    body = gzip.decompress(body)
+                kind = self.headers.get("Content-Type", "application/x-protobuf")
+                try:
+                    events = otlp_events(body, kind, source.time_column)
+                except Exception:
+                    return self._reply(400, b"malformed OTLP logs request", "text/plain")
+                request = _Request()
+                with source._lock:
+                    source._next += 1
+                    position = source._next
+                table = pa.Table.from_pylist(events) if events else None
+                try:
+                    if source._closing:
+                        raise queue.Full
+                    source._queue.put_nowait(Message(position, b"", request, table))
+                except queue.Full:
+                    return self._reply(503, b"collector at capacity", "text/plain", retry=True)
+                request.done.wait(source.ack_timeout)
+                if not request.ok:
+                    return self._reply(503, b"not checkpointed in time", "text/plain", retry=True)
+                answer = b"{}" if kind.startswith("application/json") else b""
+                self._reply(200, answer, kind)
+
+            def _reply(self, status: int, body: bytes, kind: str, retry: bool = False) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                if retry:
+                    self.send_header("Retry-After", "1")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        host, _, port = self.config.listen.rpartition(":")
+        self._server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        self._server.daemon_threads = True
+        self.address = self._server.server_address[:2]
+        threading.Thread(
+            target=self._server.serve_forever, name="telemagg-otlp", daemon=True
+        ).start()
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        try:
+            first = await asyncio.to_thread(self._queue.get, True, timeout)
+        except queue.Empty:
+            return []
+        messages = [first]
+        while len(messages) < max_messages:
+            try:
+                messages.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return messages
+
+    def positions(self, held: list[Message]) -> Any:
+        return {}  # a request not answered 200 is retried by the client, not redelivered
+
+    async def ack(self, held: list[Message]) -> None:
+        for message in held:
+            message.handle.ok = True
+            message.handle.done.set()
+
+    async def lag(self) -> int | None:
+        return self._queue.qsize()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        while True:  # requests never absorbed: 503, the client retries
+            try:
+                self._queue.get_nowait().handle.done.set()
+            except queue.Empty:
+                break
+
+
+def open_source(config: SourceConfig, max_ack_pending: int, time_column: str) -> Source:
     """The source ``[source] kind`` names."""
     if config.kind == "nats":
         return NatsSource(config, max_ack_pending)
     if config.kind == "redis":
         return RedisSource(config)
-    raise ConfigError(f"source.kind {config.kind!r} is not a message source here")
+    if config.kind == "otlp":
+        return OtlpSource(config, time_column, max_requests=max_ack_pending)
+    raise ConfigError(f"source.kind must be 'nats', 'redis' or 'otlp'; got {config.kind!r}")
