@@ -547,7 +547,7 @@ class Aggregator:
         else:  # another failure (a ledger outage, ...): same error, the story as a note
             error = exc
             error.add_note(story)
-        error.released = released  # type: ignore[attr-defined]
+        error.released = released  # type: ignore[attr-defined]  # any error: for the caller
         return error
 
     def query(self, params: ReleaseParams | None = None) -> dict[str, Any]:
