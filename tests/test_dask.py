@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
 from tests.releases import published
 
 import telemagg as tm
