@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
+from telemagg._identity import KeyIndex, canonical_key, key_identity, key_order
 from telemagg._ingest import (
     MISSING_PRIVACY_UNIT,
     NON_FINITE_VALUE,
@@ -37,7 +38,7 @@ from telemagg._plan import (
     noisy_value_counts,
     select_partitions,
 )
-from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
+from telemagg._state import CONTRIBUTION_BOUNDS, SamplingKey, State
 from telemagg._windows import FUTURE, LATE, Grid, Schedule, by_window, instant_ms
 from telemagg.consent import ConsentRegistry
 from telemagg.errors import (
@@ -419,9 +420,10 @@ class Aggregator:
     def _adopt(self, other: Aggregator, theirs: State) -> State:
         """Another aggregator's state in this one's partition ids and sampling key."""
         partition = self._partitions.remap(theirs.partition, other._partitions.keys)
-        pair_key = theirs.pair_key
-        if other._randomness.sampling_key != self._randomness.sampling_key:
-            pair_key = self._pair_keys(theirs.unit_id, partition)
+        # Pair keys always come from THIS index: the shard's index may hash a key otherwise
+        # (another type of the same value seen first, a collision resolved the other way),
+        # and one (unit, partition) pair must have one pair key here (issue 9, hole 5).
+        pair_key = self._pair_keys(theirs.unit_id, partition)
         return State(
             unit_id=theirs.unit_id,
             partition=partition,
@@ -589,11 +591,12 @@ class Aggregator:
 
     def _public_keys(self, partitions: Any) -> list[tuple[Any, ...]]:
         keys = _partition_keys(partitions, self.by)
-        seen: set[tuple[Any, ...]] = set()
+        seen: set[Any] = set()
         for key in keys:
-            if key in seen:
+            identity = key_identity(key)
+            if identity in seen:
                 raise ConfigError(f"partitions must be unique; {key!r} is listed twice")
-            seen.add(key)
+            seen.add(identity)
         return keys
 
     def _release(
@@ -803,44 +806,59 @@ def _datetime(ms: int) -> dt.datetime:
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
 
 
-def _python(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _partition_keys(partitions: Any, by: tuple[str, ...]) -> list[tuple[Any, ...]]:
-    """Public partitions in any accepted form -> key tuples."""
+    """Public partitions in any accepted form -> canonical key tuples (validated here, in
+    the planning step, before any charge)."""
     if hasattr(partitions, "columns") or isinstance(partitions, Mapping):
         columns = [c for c in by if c not in partitions]
         if columns:
             raise ConfigError(f"partitions has no key column {columns[0]!r}")
-        values = [np.asarray(partitions[c]).tolist() for c in by]
-        return [tuple(map(_python, row)) for row in zip(*values, strict=True)]
-    if isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
+        values = [_key_values(partitions[c]) for c in by]
+        if len({len(v) for v in values}) > 1:
+            raise ConfigError("partitions' key columns must have equal lengths")
+        rows = list(zip(*values, strict=True))
+    elif isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
         raise ConfigError(f"partitions must be None or a sequence of keys; got {partitions!r}")
+    else:
+        rows = [tuple(key) if isinstance(key, tuple | list) else (key,) for key in partitions]
     keys = []
-    for key in partitions:
-        key = tuple(map(_python, key)) if isinstance(key, tuple | list) else (_python(key),)
+    for key in rows:
         if len(key) != len(by):
             raise ConfigError(
                 f"partitions must have one value per by column {list(by)}; got {key!r}"
             )
-        keys.append(key)
+        canonical = tuple(
+            canonical_key(part, column=f"partitions[{column!r}]", error=ConfigError)
+            for part, column in zip(key, by, strict=True)
+        )
+        if any(part is None for part in canonical):
+            raise ConfigError(f"partitions must not hold missing keys; got {key!r}")
+        keys.append(canonical)
     return keys
 
 
+def _key_values(column: Any) -> list[Any]:
+    """One key column of a partitions table as Python/numpy scalars (full precision)."""
+    if hasattr(column, "to_list"):  # pandas / polars Series
+        return list(column.to_list())
+    if hasattr(column, "to_pylist"):  # pyarrow
+        return list(column.to_pylist())
+    array = np.asarray(column)
+    return list(array) if array.dtype.kind in "mM" else list(array.tolist())
+
+
 def _key_order(ids: I64, keys: list[Any]) -> I64:
-    """Positions of ``ids`` ordered by their keys (first-seen order if keys don't compare)."""
-    positions = list(range(ids.size))
-    try:
-        positions.sort(key=lambda p: keys[int(ids[p])])
-    except TypeError:
-        positions.sort(key=lambda p: int(ids[p]))
-    return np.asarray(positions, dtype=np.int64)
+    """Positions of ``ids`` in the canonical order of their keys (never arrival order)."""
+    return key_order([keys[int(i)] for i in ids])
 
 
 def _column(values: list[Any]) -> np.ndarray[Any, Any]:
-    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
+    """Released key values as a column: int64 (or uint64) when every value is an integer
+    that fits, objects otherwise."""
+    if values and all(type(v) is int for v in values):
+        for dtype in (np.int64, np.uint64):
+            if min(values) >= np.iinfo(dtype).min and max(values) <= np.iinfo(dtype).max:
+                return np.asarray(values, dtype=dtype)
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array
