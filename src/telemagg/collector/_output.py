@@ -48,6 +48,8 @@ def write_pending(release: Release, final: Path) -> None:
     pa: Any = require("pyarrow", "pyarrow")
     pq: Any = require("pyarrow.parquet", "pyarrow")
     table = release.to_arrow()
+    if "window_start" in table.column_names:  # the hive directory carries it (one type)
+        table = table.drop_columns(["window_start"])
     existing = dict(table.schema.metadata or {})
     existing[b"telemagg"] = json.dumps(publishable_metadata(release), sort_keys=True).encode()
     table = table.replace_schema_metadata(existing)
