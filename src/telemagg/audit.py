@@ -581,7 +581,8 @@ def _features(releases: list[Release], query: _Query) -> dict[FeatureKey, float]
     if query.window is not None:
         out[("releases",)] = float(len(releases))
     top_names = {m.output_names[0]: m.output_names[1] for m in query.metrics if isinstance(m, TopK)}
-    top_counts = set(top_names.values())
+    # window_start / window_end: key-like columns fixed by the schedule, not values
+    top_counts = set(top_names.values()) | {"window_start", "window_end"}
     for w, release in enumerate(releases):
         table = release.to_dict()
         keys = list(zip(*(table[c].tolist() for c in query.by), strict=True))
