@@ -415,11 +415,12 @@ def _encode_keys(column: Any, name: str) -> Encoded:
     hold two codes: :class:`~telemagg._identity.KeyIndex` makes them one id."""
     encoded = _encode(column, name)
     values, missing = canonical_keys(encoded.uniques, column=name)
-    uniques = _objects(values)
-    codes = encoded.codes
-    if missing.any():
-        codes = np.where(np.append(missing, True)[codes], -1, codes)
-    return Encoded(codes, uniques)
+    if not missing.any():
+        return Encoded(encoded.codes, _objects(values))
+    # distinct values that are missing after all (NaN in a dictionary, NaT, NA): code -1
+    renumbered = np.append(np.where(missing, -1, np.cumsum(~missing) - 1), -1)
+    present = [v for v, m in zip(values, missing.tolist(), strict=True) if not m]
+    return Encoded(renumbered[encoded.codes], _objects(present))
 
 
 def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:
