@@ -271,6 +271,8 @@ def _from_pandas(column: Any, name: str) -> Column:
     if dtype.kind == "b" and column.hasnans:  # nullable boolean: True/False/None
         return np.asarray(column.to_numpy(dtype=object, na_value=None))
     if dtype.kind in "fb":
+        if dtype is numpy_dtype:  # plain numpy-backed: no NA to replace, no copy
+            return np.asarray(column.to_numpy())
         return np.asarray(column.to_numpy(dtype=numpy_dtype, na_value=np.nan))
     if dtype.kind == "M":
         if getattr(dtype, "tz", None) is not None:
