@@ -5,7 +5,9 @@ A store is opened from a URL:
 * ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: stdlib :mod:`sqlite3`,
   WAL journal, ``synchronous=FULL`` (a committed write survives a crash or power loss), a busy
   timeout, and ``BEGIN IMMEDIATE`` write transactions. ``sqlite:///:memory:`` is refused:
-  a store that vanishes with the process cannot hold a privacy budget or consent.
+  a store that vanishes with the process cannot hold a privacy budget or consent. A file this
+  process cannot write, or a URL ending in ``?mode=ro``, is opened read-only
+  (:attr:`Store.read_only`): reads work, write transactions raise a LedgerError saying so.
 * ``postgresql://user:password@host:port/db`` (or ``postgres://``): psycopg 3, from the
   ``postgres`` extra. Write transactions take a transaction-scoped advisory lock
   (``pg_advisory_xact_lock``), released by commit, rollback, or the server when the client dies.

@@ -71,6 +71,8 @@ def test_a_total_edited_before_opening_is_refused_when_charging(store_url: str) 
     [
         ("created_at", "yesterday", "created_at"),
         ("sum_epsilon", "abc", "running sums"),
+        ("sum_rho", "1e400", "running sums"),
+        ("sum_approx_delta", "1/0", "running sums"),
         ("query", "{", "query"),
     ],
 )
@@ -86,6 +88,8 @@ def test_malformed_values_are_integrity_errors(
             ledger.charge(laplace(0.1), query=QUERY)
         with pytest.raises(LedgerIntegrityError):
             ledger.charges()
+        with pytest.raises(LedgerIntegrityError):
+            ledger.spent  # noqa: B018 - reading it is the test
     status, shown = _budget_show(store_url, capsys)
     assert status == 2
     assert "telemagg: " in shown

@@ -59,6 +59,8 @@ MIN_KEY_BYTES = 16
 ChainKind = Literal["sha256", "hmac-sha256"]
 PARTS = ("epsilon", "approx_epsilon", "approx_delta", "rho", "gaussian_delta")
 _SUM_COLUMNS = tuple(f"sum_{part}" for part in PARTS)
+# Beyond any sum of real charges, and still a finite float once rounded.
+_LARGEST_SUM = Fraction(10) ** 300
 
 BUDGET = Table(
     "telemagg_ledger",
@@ -222,9 +224,9 @@ class RunningSums:
 
     @classmethod
     def parse(cls, texts: Sequence[object]) -> RunningSums:
-        """Back from :meth:`texts`; ValueError if any is not a fraction >= 0."""
+        """Back from :meth:`texts`; ValueError if any is not a fraction in [0, 1e300]."""
         parts = [Fraction(text) if isinstance(text, str) else math.nan for text in texts]
-        if not all(isinstance(p, Fraction) and p >= 0 for p in parts):
+        if not all(isinstance(p, Fraction) and 0 <= p <= _LARGEST_SUM for p in parts):
             raise ValueError(f"not running sums: {list(texts)!r}")
         return cls(*parts)  # type: ignore[arg-type]
 

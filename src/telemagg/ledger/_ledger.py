@@ -36,6 +36,7 @@ Safety argument, next to the code it rests on:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -70,6 +71,8 @@ from telemagg.policy import format_duration, parse_duration
 
 __all__ = ["Charge", "Ledger", "parse_window"]
 
+# The running library's version, read once (importlib.metadata parses files on every call).
+_VERSION = functools.cache(library_version)
 _PLACEHOLDERS = ", ".join("?" for _ in CHARGES.columns)
 _LAST = f"SELECT {CHARGE_COLUMNS} FROM {CHARGES.name} ORDER BY seq DESC LIMIT 1"
 # The last charge before a time: with times non-decreasing along seq, the charges before it are
@@ -300,7 +303,7 @@ class Ledger(StoreOwner):
                 *loss_fields(loss),
                 query=json.loads(query_text),
                 label=label,
-                version=library_version(),
+                version=_VERSION(),
                 prev_hash=last.hash if last else budget.genesis_hash,
                 hash="",
                 running=head.plus(loss),
