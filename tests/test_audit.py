@@ -1,0 +1,231 @@
+"""The privacy audit: valid bounds, passes on correct mechanisms, catches broken ones."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+
+import telemagg as tm
+from telemagg.audit import AuditResult, audit, clopper_pearson
+from telemagg.testing import seeded
+
+EPSILON = 1.0
+DELTA = 1e-6
+PUBLIC = ["a", "b", "c"]
+
+
+def events(n_units: int = 150, seed: int = 0) -> dict[str, Any]:
+    """Two events per unit, each unit in one partition: a few hundred events."""
+    rng = np.random.default_rng(seed)
+    page = rng.choice(PUBLIC, n_units)
+    return {
+        "user": np.repeat(np.arange(n_units), 2),
+        "page": np.repeat(page, 2),
+        "ms": rng.uniform(0, 100, 2 * n_units),
+        "code": rng.choice(["ok", "timeout", "404"], 2 * n_units, p=[0.6, 0.3, 0.1]),
+        "t": np.repeat(rng.uniform(0, 3 * 3600, n_units), 2),
+    }
+
+
+POLICY = tm.Policy(privacy_unit="user", max_partitions=1, max_contributions=2)
+
+
+def run(metrics: list[tm.Metric], **kwargs: Any) -> AuditResult:
+    options: dict[str, Any] = {
+        "by": "page",
+        "metrics": metrics,
+        "policy": POLICY,
+        "epsilon": EPSILON,
+        "partitions": PUBLIC,
+        "runs": 600,
+        "seed": 11,
+        **kwargs,
+    }
+    return audit(events(), **options)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_clopper_pearson_matches_the_beta_quantiles() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    k = np.array([0, 1, 7, 250, 499, 500])
+    lower, upper = clopper_pearson(k, 500, 0.001)
+    with np.errstate(invalid="ignore"):
+        want_lower = np.nan_to_num(stats.beta.ppf(0.001, k, 500 - k + 1), nan=0.0)
+        want_upper = np.nan_to_num(stats.beta.ppf(0.999, k + 1, 500 - k), nan=1.0)
+    np.testing.assert_allclose(lower, want_lower, atol=1e-9)
+    np.testing.assert_allclose(upper, want_upper, atol=1e-9)
+
+
+def test_clopper_pearson_covers_the_true_proportion() -> None:
+    """Coverage of the one-sided bounds at alpha = 0.05 is at least 95% (seeded)."""
+    rng = np.random.default_rng(5)
+    p, n, trials = 0.3, 40, 4000
+    k = rng.binomial(n, p, trials)
+    lower, upper = clopper_pearson(k, n, 0.05)
+    assert np.mean(lower <= p) >= 0.95
+    assert np.mean(upper >= p) >= 0.95
+    # and not vacuous: a 30% larger proportion is excluded far more often than 5%
+    assert np.mean(upper < 1.3 * p) < 0.95
+
+
+def test_bad_parameters_are_config_errors() -> None:
+    with pytest.raises(tm.ConfigError, match="runs"):
+        run([tm.count()], runs=3)
+    with pytest.raises(tm.ConfigError, match="confidence"):
+        run([tm.count()], confidence=1.5)
+    with pytest.raises(tm.ConfigError, match="epsilon"):
+        run([tm.count()], epsilon=-1.0)
+    with pytest.raises(tm.SchemaError, match="'missing'"):
+        run([tm.sum("missing", bounds=(0, 1))])
+
+
+# --------------------------------------------------------------------------- passes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "metric",
+    [
+        tm.count(),
+        tm.unit_count(),
+        tm.sum("ms", bounds=(0, 100)),
+        tm.mean("ms", bounds=(0, 100)),
+        tm.variance("ms", bounds=(0, 100)),
+        tm.quantiles("ms", [0.5, 0.9], bounds=(0, 100)),
+        tm.histogram("ms", bins=[0, 25, 50, 75, 100]),
+    ],
+    ids=lambda m: m.kind,
+)
+def test_correct_mechanisms_pass(metric: tm.Metric) -> None:
+    result = run([metric])
+    assert result.passed, result.summary()
+    assert result.epsilon_claimed == pytest.approx(EPSILON, rel=1e-6)
+    assert result.events
+    assert result.seconds > 0
+
+
+@pytest.mark.slow
+def test_the_audit_has_power_on_a_plain_count() -> None:
+    """On one Laplace count the tightest possible bound is the claim itself; the audit
+    finds a good part of it (the test of the test: a blind audit would always pass)."""
+    result = run([tm.count()], runs=1000)
+    assert 0.4 <= result.epsilon_lower <= EPSILON, result.summary()
+
+
+@pytest.mark.slow
+def test_top_k_passes_and_its_fresh_value_stays_hidden() -> None:
+    result = run([tm.top_k("code", k=2)], delta=DELTA)
+    assert result.passed, result.summary()
+    assert "'telemagg-audit-value' (new)" in result.neighbour
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("metrics", "mechanism"),
+    [([tm.unit_count()], "laplace threshold"), ([tm.count()], "truncated geometric")],
+)
+def test_private_partition_selection_passes(metrics: list[tm.Metric], mechanism: str) -> None:
+    result = run(metrics, partitions=None, delta=DELTA)
+    assert result.passed, result.summary()
+    assert "telemagg-audit-partition" in result.neighbour  # the fresh partition was tried
+    assert result.delta_lower <= DELTA
+
+
+@pytest.mark.slow
+def test_windows_pass() -> None:
+    result = run([tm.count(), tm.mean("ms", bounds=(0, 100))], window="1h", time="t")
+    assert result.passed, result.summary()
+    assert any("window #" in e.description for e in result.events)
+
+
+@pytest.mark.slow
+def test_merged_shards_pass() -> None:
+    result = run([tm.count(), tm.sum("ms", bounds=(0, 100))], shards=2)
+    assert result.passed, result.summary()
+
+
+# --------------------------------------------------------------------------- catches
+
+
+@dataclasses.dataclass
+class BrokenNoise:
+    """Wraps a test noise source; ``scale_factor`` shrinks the Laplace/Gaussian scales,
+    ``keep_everything`` turns partition and value selection into 'release every key'."""
+
+    inner: Any
+    scale_factor: float = 1.0
+    keep_everything: bool = False
+    seeded: bool = True
+
+    def laplace(self, values: Any, scale: float) -> Any:
+        return self.inner.laplace(values, scale * self.scale_factor)
+
+    def gaussian(self, values: Any, scale: float) -> Any:
+        return self.inner.gaussian(values, scale * self.scale_factor)
+
+    def threshold(self, keys: Any, counts: Any, plan: Any) -> Any:
+        if self.keep_everything:
+            return keys, counts.astype(np.float64)
+        return self.inner.threshold(keys, counts, plan)
+
+    def bernoulli(self, probabilities: Any) -> Any:
+        if self.keep_everything:
+            return probabilities > 0
+        return self.inner.bernoulli(probabilities)
+
+    def __getattr__(self, name: str) -> Any:  # anything else the protocol grows
+        return getattr(self.inner, name)
+
+
+def broken(**change: Any) -> Any:
+    def randomness(seed: int) -> Any:
+        base = seeded(seed)
+        return dataclasses.replace(base, noise=BrokenNoise(base.noise, **change))
+
+    return randomness
+
+
+@pytest.mark.slow
+def test_halved_noise_scale_is_caught() -> None:
+    result = run([tm.count()], runs=1000, randomness=broken(scale_factor=0.5))
+    assert not result.passed, result.summary()
+    assert result.epsilon_lower > result.epsilon_claimed
+    assert result.delta_lower > result.delta_claimed
+    assert "FAILED" in str(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", [tm.count(), tm.unit_count()], ids=lambda m: m.kind)
+def test_a_lone_partition_always_released_is_caught(metric: tm.Metric) -> None:
+    result = run([metric], partitions=None, delta=DELTA, randomness=broken(keep_everything=True))
+    assert not result.passed, result.summary()
+    lone = [e for e in result.delta_events if "telemagg-audit-partition" in e.description]
+    assert lone
+    assert lone[0].count == 0
+    assert lone[0].count_neighbour == lone[0].runs
+    assert result.delta_lower > DELTA
+
+
+def test_a_given_neighbour_is_audited_as_given() -> None:
+    """D' identical to D: nothing tells them apart, whatever the noise."""
+    data = events()
+    result = audit(
+        data,
+        by="page",
+        metrics=[tm.count()],
+        policy=POLICY,
+        epsilon=EPSILON,
+        partitions=PUBLIC,
+        neighbour=data,
+        runs=200,
+        seed=3,
+        randomness=broken(scale_factor=0.01),
+    )
+    assert result.passed
+    assert result.neighbour == "given by the caller"
+    assert result.epsilon_lower < 0.5
