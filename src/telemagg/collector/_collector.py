@@ -36,7 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from telemagg.errors import ConfigError, SchemaError, require
+from telemagg._storage import redact_url
+from telemagg.errors import ConfigError, SchemaError, TelemaggError, require
 from telemagg.hygiene import pseudonymize, scrub_pii
 from telemagg.ledger import Ledger
 
@@ -45,7 +46,7 @@ from ._config import CollectorConfig, load_config
 from ._decode import decode, project
 from ._engine import Engine, window_start
 from ._ops import Health, Metrics, serve_http
-from ._output import finish, window_path, write_pending
+from ._output import FILE_NAME, finish, window_path, write_pending
 from ._sources import Message, Source, open_source
 
 __all__ = ["Collector"]
@@ -146,10 +147,24 @@ class Collector:
                 positions = checkpoint.positions
             self._released_ids = {w.window_start for w in self._store.released()}
             self._published = self._finish_committed()
+            self._check_output()
             source = open_source(
                 config.source, 10 * config.source.fetch_messages, config.aggregate.time
             )
-            await source.open(positions.get("source"))
+            try:
+                await source.open(positions.get("source"))
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                raise TelemaggError(
+                    f"source {config.source.kind} at {redact_url(config.source.server_url())}"
+                    f" is unreachable: {exc or type(exc).__name__}"
+                ) from None
+            except Exception as exc:
+                if type(exc).__module__.split(".")[0] not in ("nats", "redis"):
+                    raise
+                raise TelemaggError(
+                    f"source {config.source.kind} at {redact_url(config.source.server_url())}"
+                    f" failed: {type(exc).__name__}: {exc}"
+                ) from None
             self.source_address = getattr(source, "address", None)
             if config.http.listen:
                 server = serve_http(config.http.listen, self.metrics, self.health)
@@ -175,6 +190,23 @@ class Collector:
             for resource in reversed(resources):
                 resource.close()
         log.info("collector stopped", extra={"state": config.state.name})
+
+    def _check_output(self) -> None:
+        """Refuse an output directory holding windows this state store never released: a
+        second collector writing there, or a lost state store, would release them again."""
+        directory = self.config.output.dir
+        found = {
+            p.parent.name.removeprefix("window_start=")
+            for p in directory.glob(f"window_start=*/{FILE_NAME}")
+        }
+        foreign = sorted(found - self._released_ids)
+        if foreign:
+            raise ConfigError(
+                f"output.dir {str(directory)!r} holds releases of windows this collector's"
+                f" state (state.name {self.config.state.name!r}) never released, e.g."
+                f" {foreign[0]}: another collector writes there, or the state store was lost;"
+                " use a fresh output.dir (re-releasing would publish a window twice)"
+            )
 
     def _finish_committed(self) -> list[str]:
         """Rename the pending files of windows committed before a crash."""

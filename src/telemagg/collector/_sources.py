@@ -34,6 +34,9 @@ from telemagg.policy import parse_duration
 
 from ._config import SourceConfig
 
+#: Seconds the first connection to a source may take before the collector gives up.
+CONNECT_TIMEOUT_S = 10.0
+
 __all__ = ["Message", "NatsSource", "OtlpSource", "RedisSource", "Source", "open_source"]
 
 
@@ -137,8 +140,20 @@ class NatsSource(Source):
         if isinstance(positions, dict):
             self._done = [list(map(int, r)) for r in positions.get("done", [])]
             self._floor = int(positions.get("floor", 0))
-        self._nc = await nats.connect(
-            config.server_url(), connect_timeout=5, max_reconnect_attempts=-1
+
+        async def quiet(exc: Exception) -> None:
+            pass  # connection errors surface as exceptions or, once connected, reconnects
+
+        # Reconnect forever once connected, but fail the first connection after a while.
+        self._nc = await asyncio.wait_for(
+            nats.connect(
+                config.server_url(),
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                error_cb=quiet,
+            ),
+            CONNECT_TIMEOUT_S,
         )
         self._js = self._nc.jetstream()
         try:
