@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import telemagg as tm
+import telemagg.audit
+from telemagg._metric_spec import parse_metric
 from telemagg.audit import AuditResult, audit, clopper_pearson
+from telemagg.cli import main
 from telemagg.testing import seeded
 
 EPSILON = 1.0
@@ -336,3 +341,130 @@ def test_row_order_does_not_follow_arrival() -> None:
         metadata=not EXACT_ACCOUNTING_PUBLISHED,
     )
     assert result.passed, result.summary()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _write(tmp_path: Path, suffix: str) -> Path:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({k: v for k, v in events().items() if k != "t"})
+    path = tmp_path / f"events{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    return path
+
+
+def _cli(path: Path, *extra: str) -> list[str]:
+    metadata = ["--no-metadata"] if EXACT_ACCOUNTING_PUBLISHED else []
+    return [
+        "audit",
+        str(path),
+        "--by",
+        "page",
+        "--metric",
+        "count",
+        "--metric",
+        "mean(ms, 0, 100)",
+        "--privacy-unit",
+        "user",
+        "--max-contributions",
+        "2",
+        "--epsilon",
+        "1",
+        "--partitions",
+        "a,b,c",
+        "--runs",
+        "200",
+        "--seed",
+        "4",
+        *metadata,
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_cli_audit_passes_with_exit_0(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_cli(_write(tmp_path, suffix))) == 0
+    out = capsys.readouterr().out
+    assert "Privacy audit PASSED" in out
+    assert "epsilon=1" in out
+
+
+def test_cli_audit_refuted_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weak = functools.partial(audit, randomness=broken(scale_factor=0.1))
+    monkeypatch.setattr(telemagg.audit, "audit", weak)
+    assert main(_cli(_write(tmp_path, ".csv"))) == 1
+    assert "FAILED: the privacy claim is refuted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("--metric", "sum(ms)"), "metric 'sum(ms)': sum takes (column, lower, upper)"),
+        (("--metric", "median(ms)"), "metric 'median(ms)' is not one of"),
+        (("--epsilon", "-1"), "epsilon must be finite and > 0"),
+        (("--privacy-unit", "nobody"), "'nobody'"),
+    ],
+)
+def test_cli_audit_bad_input_exits_2_with_the_message(
+    tmp_path: Path, change: tuple[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _cli(_write(tmp_path, ".csv"))
+    flag, value = change
+    if flag == "--metric":
+        args += [flag, value]
+    else:
+        args[args.index(flag) + 1] = value
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_cli_audit_unreadable_files_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_cli(tmp_path / "missing.csv")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    odd = tmp_path / "events.xlsx"
+    odd.write_text("x")
+    assert main(_cli(odd)) == 2
+    assert "unknown format '.xlsx'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec", "made"),
+    [
+        ("count", tm.count()),
+        ("unit_count(name=users)", tm.unit_count(name="users")),
+        ("sum(ms, 0, 100)", tm.sum("ms", bounds=(0, 100))),
+        ("mean(ms,0,100)", tm.mean("ms", bounds=(0, 100))),
+        ("variance( ms , -1 , 1e3 )", tm.variance("ms", bounds=(-1, 1000))),
+        (
+            "quantiles(ms, 0.5 0.9, 1, 100, log)",
+            tm.quantiles("ms", [0.5, 0.9], bounds=(1, 100), scale="log"),
+        ),
+        ("histogram(ms, 0 10 100)", tm.histogram("ms", bins=[0, 10, 100])),
+        ("top_k(code, 3, name=codes)", tm.top_k("code", k=3, name="codes")),
+    ],
+)
+def test_metric_spec_spells_every_metric(spec: str, made: tm.Metric) -> None:
+    assert parse_metric(spec) == made
+
+
+@pytest.mark.parametrize(
+    "spec", ["", "count(1)", "sum(x, 0, one)", "top_k(x, 2.5)", "histogram(x, 2 1)", "mean x"]
+)
+def test_metric_spec_errors_name_the_spec(spec: str) -> None:
+    with pytest.raises(tm.ConfigError, match="metric"):
+        parse_metric(spec)
