@@ -61,6 +61,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Columns = dict[str, np.ndarray[Any, Any]]
 FeatureKey = tuple[Any, ...]
+_WINDOW_COLUMNS = ("window_start", "window_end")  # key-like columns of windowed releases
 
 __all__ = ["AuditResult", "Observation", "audit", "clopper_pearson"]
 
@@ -589,7 +590,7 @@ def _features(releases: list[Release], query: _Query) -> dict[FeatureKey, float]
         for i, key in enumerate(keys):
             out[(w, key, "present")] = 1.0
             for column, values in table.items():
-                if column in query.by or column in top_counts:
+                if column in query.by or column in top_counts or column in _WINDOW_COLUMNS:
                     continue
                 value = values[i]
                 if column in top_names:

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_budget(sub)
     serve_parser = sub.add_parser("serve", help="run the collector (see telemagg.collector)")
     serve_parser.add_argument("--config", required=True, help="the pipeline's TOML file")
+    serve_parser.add_argument(
+        "--log-format", choices=["json", "text"], default="json", help="log lines (stderr)"
+    )
     serve_parser.set_defaults(func=_serve)
     return parser
 
