@@ -37,22 +37,6 @@ def events(n_units: int = 150, seed: int = 0) -> dict[str, Any]:
 
 POLICY = tm.Policy(privacy_unit="user", max_partitions=1, max_contributions=2)
 
-# Issue 9, hole 1: main's release.metadata["events"] holds the exact accounting, which the
-# audit refutes at once (see test_release_metadata_passes_the_audit). Until that fix lands
-# the other tests audit the released table only; afterwards they audit the metadata too.
-EXACT_ACCOUNTING_PUBLISHED = (
-    "events"
-    in tm.aggregate(
-        {"user": [1], "page": ["a"]},
-        by="page",
-        metrics=[tm.count()],
-        policy=POLICY,
-        epsilon=1.0,
-        partitions=["a"],
-        randomness=seeded(0),
-    ).metadata
-)
-
 
 def run(metrics: list[tm.Metric], **kwargs: Any) -> AuditResult:
     options: dict[str, Any] = {
@@ -63,7 +47,6 @@ def run(metrics: list[tm.Metric], **kwargs: Any) -> AuditResult:
         "partitions": PUBLIC,
         "runs": 600,
         "seed": 11,
-        "metadata": not EXACT_ACCOUNTING_PUBLISHED,
         **kwargs,
     }
     return audit(events(), **options)
@@ -254,14 +237,10 @@ def test_a_given_neighbour_is_audited_as_given() -> None:
 
 
 # --------------------------------------------------------------------------- issue 9's holes
-# Each runs the audit on the neighbouring pair that shows the hole. Open holes fail today
-# (xfail, not strict); remove the marker once the fix is merged.
-
-
-@pytest.mark.xfail(EXACT_ACCOUNTING_PUBLISHED, reason="issue 9 hole 1: exact accounting published")
-def test_release_metadata_passes_the_audit() -> None:
-    result = run([tm.count()], runs=200, metadata=True)
-    assert result.passed, result.summary()
+# Each audits the neighbouring pair that showed the hole. Before the fixes the audit refuted
+# main's claim on each: hole 1 (metadata["events"] exact) and 2 (a unit 10 h ahead adds a
+# window) on the delta side at once, hole 6 (row order) likewise, hole 4 (42 and '42' bounded
+# as two units) with epsilon >= 1.57 against 1 claimed.
 
 
 def test_a_metadata_leak_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,7 +278,6 @@ def _with_unit(data: dict[str, Any], rows: dict[str, list[Any]], first: bool) ->
     return out
 
 
-@pytest.mark.xfail(reason="issue 9 hole 2: one unit's timestamp drives the window schedule")
 def test_a_unit_from_the_future_does_not_move_the_window_schedule() -> None:
     data = events()
     future = _with_unit(data, {"user": [999], "t": [data["t"].max() + 10 * 3600]}, first=False)
@@ -316,12 +294,10 @@ def test_a_unit_from_the_future_does_not_move_the_window_schedule() -> None:
         runs=600,  # the claim is the 3 windows' composed loss: refuting it takes more runs
         max_events=8,
         seed=5,
-        metadata=not EXACT_ACCOUNTING_PUBLISHED,
     )
     assert result.passed, result.summary()
 
 
-@pytest.mark.xfail(reason="issue 9 hole 6: row order follows arrival when keys don't compare")
 def test_row_order_does_not_follow_arrival() -> None:
     rng = np.random.default_rng(2)
     keys = np.array(["timeout", 404], dtype=object)[rng.integers(0, 2, 400)]
@@ -338,7 +314,6 @@ def test_row_order_does_not_follow_arrival() -> None:
         neighbour=early,
         runs=200,
         seed=6,
-        metadata=not EXACT_ACCOUNTING_PUBLISHED,
     )
     assert result.passed, result.summary()
 
@@ -361,7 +336,6 @@ def _write(tmp_path: Path, suffix: str) -> Path:
 
 
 def _cli(path: Path, *extra: str) -> list[str]:
-    metadata = ["--no-metadata"] if EXACT_ACCOUNTING_PUBLISHED else []
     return [
         "audit",
         str(path),
@@ -383,7 +357,6 @@ def _cli(path: Path, *extra: str) -> list[str]:
         "200",
         "--seed",
         "4",
-        *metadata,
         *extra,
     ]
 
@@ -455,6 +428,7 @@ def test_cli_audit_unreadable_files_exit_2(
             tm.quantiles("ms", [0.5, 0.9], bounds=(1, 100), scale="log"),
         ),
         ("histogram(ms, 0 10 100)", tm.histogram("ms", bins=[0, 10, 100])),
+        ("histogram(ms, 0, 10, 100)", tm.histogram("ms", bins=[0, 10, 100])),
         ("top_k(code, 3, name=codes)", tm.top_k("code", k=3, name="codes")),
     ],
 )
@@ -471,7 +445,6 @@ def test_metric_spec_errors_name_the_spec(spec: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 9 hole 4: one unit typed 42 and '42' is bounded twice")
 def test_one_unit_under_two_spellings_is_bounded_once() -> None:
     data = events()
     data["user"] = data["user"].astype(object)
@@ -487,6 +460,5 @@ def test_one_unit_under_two_spellings_is_bounded_once() -> None:
         neighbour=two,
         runs=1000,
         seed=3,
-        metadata=not EXACT_ACCOUNTING_PUBLISHED,
     )
     assert result.passed, result.summary()

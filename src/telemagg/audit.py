@@ -614,8 +614,10 @@ def _features(releases: list[Release], query: _Query, metadata: bool) -> dict[st
                 elif isinstance(value, list | tuple | np.ndarray):
                     for b, number in enumerate(value):
                         out[f"{where}{column}[{row}][{b}]"] = float(number)
-                else:
+                elif isinstance(value, bool | int | float | np.number):
                     out[f"{where}{column}[{row}]"] = float(value)
+                else:  # e.g. a window's start and end: which value, as an indicator
+                    out[f"{where}{column}[{row}] = {value!r}"] = 1.0
         if metadata:
             _flatten(release.metadata, f"{where}metadata ", out)
     return out

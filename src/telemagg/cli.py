@@ -109,10 +109,10 @@ def demo(n_events: int, epsilon: float, ledger_url: str | None) -> int:
             f"Ledger {ledger.url}: spent epsilon={spent[0]:.3f} of 10,"
             f" remaining epsilon={remaining[0]:.3f}"
         )
-        accounting = release.metadata["events"]
-        received, aggregated = accounting["received"], accounting["aggregated"]
-        print(f"\nEvents: {received:,} received, {aggregated:,} aggregated")
-        for reason, n in accounting["dropped"].items():
+        accounting = release.accounting  # exact, operator side: never published
+        received, aggregated = accounting.received, accounting.aggregated
+        print(f"\nEvents: {received:,} received, {aggregated:,} aggregated (exact: operator only)")
+        for reason, n in accounting.dropped.items():
             print(f"  dropped {n:>10,}  {reason}")
     return 0
 
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     register_budget(sub)
     register_audit(sub)
+    serve_parser = sub.add_parser("serve", help="run the collector (see telemagg.collector)")
+    serve_parser.add_argument("--config", required=True, help="the pipeline's TOML file")
+    serve_parser.set_defaults(func=_serve)
     return parser
 
 
@@ -246,6 +249,17 @@ def _typed_keys(keys: list[str], column: np.ndarray[Any, Any], name: str) -> lis
         raise tm.ConfigError(
             f"--partitions must hold numbers: column {name!r} is numeric; got {keys!r}"
         ) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the collector until SIGTERM/SIGINT; it checkpoints before exiting."""
+    import logging
+
+    from telemagg.collector import Collector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    Collector(args.config).run()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,9 @@ Every error telemagg raises on purpose derives from :class:`TelemaggError`::
     │   └── LedgerIntegrityError           verify() found edited, inserted or deleted charges
     └── MissingDependencyError (also ImportError)
                                            an optional extra is needed: names the extra to install
+
+Warnings: :class:`UntrackedReleaseWarning` (a ``UserWarning``), once per Aggregator whose
+release is charged to no ledger.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "MissingDependencyError",
     "SchemaError",
     "TelemaggError",
+    "UntrackedReleaseWarning",
 ]
 
 
@@ -51,6 +55,15 @@ class LedgerIntegrityError(LedgerError):
 
 class MissingDependencyError(TelemaggError, ImportError):
     """An optional dependency is missing. The message names the extra that provides it."""
+
+
+class UntrackedReleaseWarning(UserWarning):
+    """A release was made without a ledger: its privacy loss is recorded nowhere.
+
+    Silence it with the :mod:`warnings` module when that is intended::
+
+        warnings.filterwarnings("ignore", category=UntrackedReleaseWarning)
+    """
 
 
 def require(module: str, extra: str) -> object:

@@ -159,7 +159,7 @@ PLANTED: list[tuple[str, str]] = [
     ),
     (
         "peer ::ffff:198.51.100.23 joined room 8812 from ::1, codec=opus/48000",
-        "peer <ip> joined room 8812 from <ip>, codec=opus/48000",
+        "peer <ip> joined room 8812 from ::1, codec=opus/48000",  # loopback names no one
     ),
     (
         '  File "/home/erin/venvs/vc/lib/python3.11/site-packages/aiortc/rtcdtlstransport.py", '
@@ -170,6 +170,48 @@ PLANTED: list[tuple[str, str]] = [
     (
         r'{"path": "C:\\Users\\frank\\Videos\\meeting.mp4", "size": 73400320, "err": "ENOSPC"}',
         r'{"path": "C:\\Users\\<user>\\Videos\\meeting.mp4", "size": 73400320, "err": "ENOSPC"}',
+    ),
+    # --- the gaps of issue 10: IBANs, non-ASCII e-mails, Cisco MACs, 00-prefixed phones -----
+    (
+        "SEPA mandate failed E_SEPA_07: IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX, "
+        "amount 49.99 EUR",
+        "SEPA mandate failed E_SEPA_07: IBAN <iban>, BIC COBADEFFXXX, amount 49.99 EUR",
+    ),
+    (
+        '{"event": "payout_failed", "iban": "GB29NWBK60161331926819", "code": 422}',
+        '{"event": "payout_failed", "iban": "<iban>", "code": 422}',
+    ),
+    (
+        "virement refusé: FR14 2004 1010 0505 0001 3M02 606 (solde insuffisant, réf. 7781)",
+        "virement refusé: <iban> (solde insuffisant, réf. 7781)",
+    ),
+    (
+        "notification envoyée à émilie.dupont@exämple.fr (modèle welcome_v3, 1.2 s)",
+        "notification envoyée à <email> (modèle welcome_v3, 1.2 s)",
+    ),
+    (
+        "Zustellung an müller@bücher.de fehlgeschlagen: 550 5.1.1 mailbox unavailable",
+        "Zustellung an <email> fehlgeschlagen: 550 5.1.1 mailbox unavailable",
+    ),
+    (
+        "login émilie@example.fr depuis 81.56.102.7 refusé (MFA_REQUIRED)",
+        "login <email> depuis <ip> refusé (MFA_REQUIRED)",
+    ),
+    (
+        "%LINK-3-UPDOWN: Interface Gi0/1, neighbor 001a.2b3c.4d60 changed state to up",
+        "%LINK-3-UPDOWN: Interface Gi0/1, neighbor <mac> changed state to up",
+    ),
+    (
+        "Rückruf an 0049 30 12345678 angefordert (Ticket #88213, Priorität 2)",
+        "Rückruf an <phone> angefordert (Ticket #88213, Priorität 2)",
+    ),
+    (
+        "sms gateway: delivered to 0044 20 7946 0958 after 2 retries (id=7f3a)",
+        "sms gateway: delivered to <phone> after 2 retries (id=7f3a)",
+    ),
+    (
+        "请联系zhang.wei@example.cn获取帮助 (错误码 E1042)",
+        "请联系<email>获取帮助 (错误码 E1042)",
     ),
 ]
 
@@ -193,4 +235,9 @@ HARMLESS: list[str] = [
     "E1234 E_FAIL HRESULT 0x8007000E ENOENT EACCES errno=13 rc=-1",
     "retry 3/5 after 2.5s backoff; jitter=0.1; latency p99=812ms; cpu=73.4%",
     "Basic authentication failed; Bearer authentication required by realm=api",
+    # addresses that name no host, and look-alikes of the new kinds
+    "listening on 0.0.0.0:8080 and [::]:8080, health on 127.0.0.1:9090",
+    "resolver ::1 port 53; broadcast 255.255.255.255:67 (dhcp discover)",
+    "checksum SHA256 AES128 UTF8 DE89 rejected; invoice INV-2024-000123 order 0012345678",
+    "heap at 0x7ffe.0044 block 1a2b.3c4d size 4096 build 2024.03.02",
 ]

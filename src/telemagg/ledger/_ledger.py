@@ -24,25 +24,35 @@ Safety argument, next to the code it rests on:
   all of them (post-processing), so the releases of ANY interval of length W compose to within
   the total. Over longer periods the loss grows without bound: a window is not a lifetime
   guarantee. Charges are never deleted.
-* Times: charge times come from the charging process's UTC clock, made non-decreasing along
-  the chain (a charge is never timed before the previous one). The window assumes clocks are
-  synchronised (NTP): a clock that runs s seconds behind lets its charges leave the window up
-  to s seconds early.
+* Times: a charge's time is read from the database's clock inside the charging transaction,
+  after the write lock is held (SQLite: the machine's clock; PostgreSQL: the server's
+  ``clock_timestamp()``), made non-decreasing along the chain (a charge is never timed before
+  the previous one). ``spent``, ``remaining`` and ``counted`` read the same clock. So every
+  process sharing a PostgreSQL ledger uses one clock; SQLite processes share the machine's.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 from telemagg._mechanisms import PrivacyLoss
-from telemagg._storage import Column, Store, StoreOwner, Table, Transaction, open_store
+from telemagg._storage import (
+    Column,
+    Store,
+    StoreOwner,
+    Table,
+    Transaction,
+    format_time,
+    open_store,
+    parse_time,
+    storable_text,
+)
 from telemagg._version import library_version
 from telemagg.errors import BudgetExceededError, ConfigError, LedgerError, LedgerIntegrityError
 from telemagg.ledger._accounting import Sums, check_loss, within
@@ -93,9 +103,6 @@ _SUMS_SQL = (
     f"COALESCE(SUM(delta - approx_delta), 0) FROM {_CHARGES.name} WHERE created_at >= ?"
 )
 
-# Fixed width, so that text order is time order in both backends.
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
 
 def parse_window(window: str | None) -> int | None:
     """Seconds in a window such as ``"30d"`` (units s, m, h, d, w); None for no window.
@@ -141,9 +148,9 @@ def _sha256(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(document).encode()).hexdigest()
 
 
-@functools.cache
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _now(tx: Transaction) -> datetime:
+    """The time of a charge: the database's clock, read inside the charging transaction."""
+    return tx.now()
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,7 @@ class Charge:
         seq, time, eps, delta, a_eps, a_delta, rho, query, label, version, prev, own = row
         return cls(
             int(seq),
-            datetime.strptime(str(time), _TIME_FORMAT).replace(tzinfo=UTC),
+            parse_time(time),
             float(eps),
             float(delta),
             float(a_eps),
@@ -192,7 +199,7 @@ class Charge:
         """The fields the hash covers (everything but the hash itself)."""
         return {
             "seq": self.seq,
-            "time": self.time.strftime(_TIME_FORMAT),
+            "time": format_time(self.time),
             "epsilon": self.epsilon,
             "delta": self.delta,
             "approx_epsilon": self.approx_epsilon,
@@ -312,7 +319,7 @@ class Ledger(StoreOwner):
     def spent(self) -> tuple[float, float]:
         """(epsilon, delta) spent by the charges that count now (composition in _accounting)."""
         with self._store.transaction() as tx:
-            return self._sums(tx, _now()).spent()
+            return self._sums(tx, _now(tx)).spent()
 
     @property
     def remaining(self) -> tuple[float, float]:
@@ -323,7 +330,7 @@ class Ledger(StoreOwner):
     def counted(self) -> int:
         """How many charges count now (all of them without a window)."""
         with self._store.transaction() as tx:
-            return self._sums(tx, _now()).count
+            return self._sums(tx, _now(tx)).count
 
     def charge(
         self, loss: PrivacyLoss, *, query: Mapping[str, Any], label: str | None = None
@@ -340,6 +347,8 @@ class Ledger(StoreOwner):
         query_text = self._query_text(query)
         if not (label is None or isinstance(label, str)):
             raise ConfigError(f"label must be a string or None; got {label!r}")
+        if label is not None:
+            storable_text(label, "label")
         with self._store.transaction(write=True, lock=_LOCK) as tx:
             budget = self._same_total(self._read_budget(tx))
             last = tx.fetchone(
@@ -351,9 +360,9 @@ class Ledger(StoreOwner):
                     f"{self.url}: the last charge (#{last_seq}) is not the recorded chain head "
                     f"(#{budget.charge_count}): charges deleted or inserted; refusing to charge"
                 )
-            now = _now()
+            now = _now(tx)
             if last is not None:
-                now = max(now, datetime.strptime(str(last[2]), _TIME_FORMAT).replace(tzinfo=UTC))
+                now = max(now, parse_time(last[2]))
             before = self._sums(tx, now)
             after = before.plus(loss).spent()
             if not within(after, self.total):
@@ -463,7 +472,7 @@ class Ledger(StoreOwner):
         with self._store.transaction(write=True, lock=_LOCK) as tx:
             budget = self._read_budget(tx)
             if budget is None:
-                created = _now().strftime(_TIME_FORMAT)
+                created = format_time(_now(tx))
                 draft = _Budget(*total, window, created, "", "", 0)
                 genesis = draft.genesis()
                 tx.execute(
@@ -494,7 +503,7 @@ class Ledger(StoreOwner):
 
     def _sums(self, tx: Transaction, now: datetime) -> Sums:
         seconds = self._budget.window_seconds
-        since = "" if seconds is None else (now - timedelta(seconds=seconds)).strftime(_TIME_FORMAT)
+        since = "" if seconds is None else format_time(now - timedelta(seconds=seconds))
         row = tx.fetchone(_SUMS_SQL, (since,))
         assert row is not None  # an aggregate query always returns one row
         count, *parts = row
@@ -509,9 +518,10 @@ class Ledger(StoreOwner):
                 "and cannot be charged to a ledger"
             )
         try:
-            return _canonical(query)
+            text = _canonical(query)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"query must be JSON-serialisable (no NaN): {exc}") from None
+        return storable_text(text, "query")
 
     def _refusal(
         self, loss: PrivacyLoss, spent: tuple[float, float], after: tuple[float, float]
