@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import telemagg.audit
 from telemagg._metric_spec import parse_metric
 from telemagg.audit import AuditResult, audit, clopper_pearson
 from telemagg.cli import main
+from telemagg.errors import UntrackedReleaseWarning
 from telemagg.testing import seeded
 
 EPSILON = 1.0
@@ -462,3 +464,11 @@ def test_one_unit_under_two_spellings_is_bounded_once() -> None:
         seed=3,
     )
     assert result.passed, result.summary()
+
+
+def test_production_samplers_can_be_audited_without_a_ledger_warning() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run([tm.count()], runs=40, randomness=lambda seed: None)
+    assert result.passed, result.summary()
+    assert not [w for w in caught if issubclass(w.category, UntrackedReleaseWarning)]

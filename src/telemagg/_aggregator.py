@@ -549,7 +549,7 @@ class Aggregator:
         else:  # another failure (a ledger outage, ...): same error, the story as a note
             error = exc
             error.add_note(story)
-        error.released = released  # type: ignore[attr-defined]
+        error.released = released  # type: ignore[attr-defined]  # any error: for the caller
         return error
 
     def query(self, params: ReleaseParams | None = None) -> dict[str, Any]:
@@ -882,7 +882,10 @@ def aggregate(
 ) -> Release:
     """Aggregate events into a differentially private release, in one call.
 
-    Exactly ``Aggregator(...)`` + one ``add`` + ``release``.
+    Exactly ``Aggregator(...)`` + one ``add`` + ``release``. ``ledger`` and ``consent`` may be
+    given as URLs (an existing ledger; a consent registry); they are opened, and checked,
+    before any event is read. ``release.metadata`` is what may be published with the table;
+    ``release.accounting`` is the exact fate of every event, for the operator only.
 
     >>> import telemagg as tm
     >>> from telemagg.testing import seeded

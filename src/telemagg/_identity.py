@@ -599,7 +599,7 @@ def _duration(ns: int) -> tuple[Any, Identity]:
 def _key_error(column: str, value: Any, rule: str, error: type[SchemaError] | type[Any]) -> Any:
     shown = repr(value)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return error(f"column {column!r} holds {shown}, which is no partition key: {rule}")
+    return error(f"column {column!r} holds {shown}, which cannot be a key or category: {rule}")
 
 
 def canonical_key(value: Any, *, column: str, error: type[Exception] = SchemaError) -> Any:
@@ -616,8 +616,8 @@ def canonical_key(value: Any, *, column: str, error: type[Exception] = SchemaErr
     >>> canonical_key({"a": 1}, column="k")
     Traceback (most recent call last):
     ...
-    telemagg.errors.SchemaError: column 'k' holds {'a': 1}, which is no partition key: a key \
-must be a number, string, bytes, bool, date, time or UUID (a dict is not)
+    telemagg.errors.SchemaError: column 'k' holds {'a': 1}, which cannot be a key or category: \
+a key must be a number, string, bytes, bool, date, time or UUID (a dict is not)
     """
     try:
         part = _key_part(value)

@@ -271,6 +271,8 @@ def _from_pandas(column: Any, name: str) -> Column:
     if dtype.kind == "b" and column.hasnans:  # nullable boolean: True/False/None
         return np.asarray(column.to_numpy(dtype=object, na_value=None))
     if dtype.kind in "fb":
+        if dtype is numpy_dtype:  # plain numpy-backed: no NA to replace, no copy
+            return np.asarray(column.to_numpy())
         return np.asarray(column.to_numpy(dtype=numpy_dtype, na_value=np.nan))
     if dtype.kind == "M":
         if getattr(dtype, "tz", None) is not None:
@@ -415,11 +417,12 @@ def _encode_keys(column: Any, name: str) -> Encoded:
     hold two codes: :class:`~telemagg._identity.KeyIndex` makes them one id."""
     encoded = _encode(column, name)
     values, missing = canonical_keys(encoded.uniques, column=name)
-    uniques = _objects(values)
-    codes = encoded.codes
-    if missing.any():
-        codes = np.where(np.append(missing, True)[codes], -1, codes)
-    return Encoded(codes, uniques)
+    if not missing.any():
+        return Encoded(encoded.codes, _objects(values))
+    # distinct values that are missing after all (NaN in a dictionary, NaT, NA): code -1
+    renumbered = np.append(np.where(missing, -1, np.cumsum(~missing) - 1), -1)
+    present = [v for v, m in zip(values, missing.tolist(), strict=True) if not m]
+    return Encoded(renumbered[encoded.codes], _objects(present))
 
 
 def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:

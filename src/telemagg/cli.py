@@ -133,11 +133,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--ledger", default=None, help="ledger URL (default: a temporary file)"
     )
     register_budget(sub)
-    register_audit(sub)
     serve_parser = sub.add_parser("serve", help="run the collector (see telemagg.collector)")
     serve_parser.add_argument("--config", required=True, help="the pipeline's TOML file")
+    serve_parser.add_argument(
+        "--log-format", choices=["json", "text"], default="json", help="log lines (stderr)"
+    )
     serve_parser.set_defaults(func=_serve)
+    register_audit(sub)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the collector until SIGTERM/SIGINT; it checkpoints before exiting."""
+    import logging
+
+    from telemagg.collector import Collector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    Collector(args.config).run()
+    return 0
 
 
 # --------------------------------------------------------------------------- audit
@@ -249,17 +263,6 @@ def _typed_keys(keys: list[str], column: np.ndarray[Any, Any], name: str) -> lis
         raise tm.ConfigError(
             f"--partitions must hold numbers: column {name!r} is numeric; got {keys!r}"
         ) from None
-
-
-def _serve(args: argparse.Namespace) -> int:
-    """Run the collector until SIGTERM/SIGINT; it checkpoints before exiting."""
-    import logging
-
-    from telemagg.collector import Collector
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    Collector(args.config).run()
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -166,3 +166,20 @@ def test_empty_windows_are_released_on_schedule(cfg: dict[str, Any]) -> None:
         wait_until(lambda: collector.metrics.get("windows_released") == 3, 90)
     assert len(released_files(cfg)) == 3
     assert CLOCK_AWARE
+
+
+def test_an_output_dir_with_foreign_releases_is_refused(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "nats")
+    foreign = Path(cfg["output"]["dir"]) / f"window_start={window_iso(0)}" / "release.parquet"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"")
+    with pytest.raises(tm.ConfigError, match=r"output\.dir .* never released"):
+        tm.Collector(cfg).run()
+
+
+@pytest.mark.parametrize("kind", ["nats", "redis"])
+def test_an_unreachable_source_is_a_telemagg_error(tmp_path: Path, kind: str) -> None:
+    cfg = config(tmp_path, kind)
+    cfg["source"]["url"] = "nats://127.0.0.1:9" if kind == "nats" else "redis://127.0.0.1:9/0"
+    with pytest.raises(tm.TelemaggError, match=f"source {kind} at .* (unreachable|failed)"):
+        tm.Collector(cfg).run()
