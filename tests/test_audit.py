@@ -117,6 +117,41 @@ def test_correct_mechanisms_pass(metric: tm.Metric) -> None:
 
 
 @pytest.mark.slow
+def test_gaussian_noise_passes() -> None:
+    result = run([tm.count(), tm.sum("ms", bounds=(0, 100))], noise="gaussian", delta=DELTA)
+    assert result.passed, result.summary()
+    assert result.delta_claimed == pytest.approx(DELTA)
+
+
+@pytest.mark.parametrize("form", ["pandas", "pyarrow", "rows"])
+def test_every_input_form_gets_the_same_neighbour(form: str) -> None:
+    data = events()
+    if form == "rows":
+        table: Any = [dict(zip(data, row, strict=True)) for row in zip(*data.values(), strict=True)]
+    else:
+        pd = pytest.importorskip("pandas")
+        table = pd.DataFrame(data)
+        if form == "pyarrow":
+            table = pytest.importorskip("pyarrow").Table.from_pandas(table)
+    result = run([tm.mean("ms", bounds=(0, 100)), tm.top_k("code", k=1)], runs=40, delta=DELTA)
+    given = audit(
+        table,
+        by="page",
+        metrics=[tm.mean("ms", bounds=(0, 100)), tm.top_k("code", k=1)],
+        policy=POLICY,
+        epsilon=EPSILON,
+        delta=DELTA,
+        partitions=PUBLIC,
+        runs=40,
+        seed=11,
+    )
+    assert given.neighbour == result.neighbour
+    assert given.events == result.events  # same seed, same data: the same audit
+    assert "unit 150 with 4 events" in given.neighbour
+    assert "ms=-100.0" in given.neighbour or "ms=200.0" in given.neighbour
+
+
+@pytest.mark.slow
 def test_the_audit_has_power_on_a_plain_count() -> None:
     """On one Laplace count the tightest possible bound is the claim itself; the audit
     finds a good part of it (the test of the test: a blind audit would always pass)."""
