@@ -183,3 +183,31 @@ def test_an_unreachable_source_is_a_telemagg_error(tmp_path: Path, kind: str) ->
     cfg["source"]["url"] = "nats://127.0.0.1:9" if kind == "nats" else "redis://127.0.0.1:9/0"
     with pytest.raises(tm.TelemaggError, match=f"source {kind} at .* (unreachable|failed)"):
         tm.Collector(cfg).run()
+
+
+def test_consent_and_pseudonymisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Units are pseudonymised before anything else sees them; the consent registry is
+    consulted with those pseudonyms (the identity the collector works with)."""
+    key = bytes(range(16))
+    monkeypatch.setenv("TM_COLLECTOR_KEY", key.hex())
+    cfg = config(tmp_path, "nats")
+    cfg["consent"] = {"url": f"sqlite:///{tmp_path / 'consent.db'}", "purpose": "analytics"}
+    cfg["hygiene"] = {"pseudonymize_key_env": "TM_COLLECTOR_KEY"}
+    events = make_events(8_000, windows=1, seed=6, users=2_000)
+    opted_out = np.arange(0, 2_000, 2)  # every other user
+    registry = tm.ConsentRegistry(cfg["consent"]["url"])
+    registry.opt_out(tm.pseudonymize(opted_out.tolist(), key=key).tolist(), purpose="analytics")
+    registry.close()
+    try:
+        publish(cfg, jsonl_bodies(events, 1000))
+        clock = Clock(T0 + HOUR - 1)
+        collector = tm.Collector(cfg, clock=clock)
+        with running(collector):
+            wait_until(lambda: collector.metrics.get("events_absorbed") == 8_000, 90)
+            clock.now = T0 + 5 * HOUR
+            wait_until(lambda: collector.metrics.get("windows_released") == 1, 90)
+        kept = events["user_id"] % 2 == 1
+        check_releases(cfg, {k: v[kept] for k, v in events.items()}, windows=1)
+        assert collector.metrics.get("events_dropped", reason="consent") == (~kept).sum()
+    finally:
+        cleanup(cfg)
