@@ -11,7 +11,11 @@ states gives exactly the bounded union of their inputs (a row outside a group's 
 stays outside it when rows are added). That is what makes states mergeable across
 ``add`` calls, shards and workers (Cohen & Kaplan, "Summarizing data using bottom-k
 sketches", PODC 2007). With i.i.d. priorities the kept events and partitions are a uniform
-random sample of the unit's.
+random sample of the unit's. Exact priority ties (probability ~2^-64 per pair of rows)
+are broken by row position, as a stable sort would.
+
+Cost: one value sort of the rows and one of the (unit, partition) pairs, a few gathers, and
+O(rows) vectorised passes; no parameter makes time or memory grow beyond the data.
 """
 
 from __future__ import annotations
@@ -23,58 +27,100 @@ U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
 
-_TOP40 = np.uint64(0xFFFFFFFFFF000000)
-_SHIFT = np.uint64(40)  # priorities keep their top 24 bits in the coarse key
-_SHIFT_RUN = np.uint64(24)  # the coarse key's top 40 bits are the group's
-_LOW_LIMIT = np.uint64(1 << 24)  # groups differing only below bit 24 share their top 40
+_ONE = np.uint64(1)
 
 
-def _groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, I64]:
-    """Sort rows by (group, priority); return the order, group starts and group sizes.
+def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
+    """Order rows by (group, priority, position), exactly wherever a bottom-``k`` choice
+    depends on it; return the order, the positions where groups start in it, and the
+    group of each position.
 
-    The order is exact wherever it decides a bottom-``k`` choice. Sorting one 64-bit key is
-    several times faster than a two-key lexsort, so rows are sorted by the top 40 bits of
-    the group and the top 24 bits of the priority. That is exact unless two groups share
-    their top 40 bits, or two priorities tie in 24 bits exactly at the k-th place of a
-    group; both are rare, detected, and those runs are re-sorted exactly.
+    A value sort is several times faster than an argsort, so each row is packed into one
+    64-bit word: the top bits of its group, the top bits of its priority, and its position
+    in the low bits (which makes the sort an argsort, ties broken by position). The packed
+    order is exact except (a) where distinct groups share their top bits (their rows may
+    interleave) and (b) where priorities tie in their top bits exactly at the k-th place of
+    a group. Both are detected from the full keys and only those runs are re-sorted exactly;
+    other runs are exact because truncation is monotone.
     """
     n = group.size
-    coarse = np.right_shift(priority, _SHIFT)
-    np.bitwise_or(coarse, group & _TOP40, out=coarse)
-    order = np.argsort(coarse)
-    coarse.sort()  # == coarse[order], but a value sort is far cheaper than a gather
-    run = coarse >> _SHIFT_RUN  # the top 40 bits of each row's group
-    boundary = np.empty(n, dtype=bool)
-    boundary[:1] = True
-    np.not_equal(run[1:], run[:-1], out=boundary[1:])
-    starts = np.flatnonzero(boundary)
+    index_bits = max(1, (n - 1).bit_length())
+    coarse_bits = 64 - index_bits
+    priority_bits = np.uint64(coarse_bits // 5)  # 8 of the 40 coarse bits at 10M rows
+    group_bits = coarse_bits - int(priority_bits)
+    index_bits_u = np.uint64(index_bits)
+
+    packed = group >> np.uint64(64 - group_bits)
+    packed <<= priority_bits
+    if priority_bits:
+        packed |= priority >> (np.uint64(64) - priority_bits)
+    packed <<= index_bits_u
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order: I64 = (packed & ((_ONE << index_bits_u) - _ONE)).view(np.int64)
+    coarse = packed
+    coarse >>= index_bits_u  # sorted: (group prefix, priority prefix) of each position
+    sorted_group = group[order]
+    starts = _starts(sorted_group)
+    # (a) a group starting inside a run of its prefix: re-sort the whole run exactly.
+    later = starts[1:]
+    clash = later[(coarse[later] >> priority_bits) == (coarse[later - 1] >> priority_bits)]
+    exact = None
+    if clash.size:
+        runs = np.unique(coarse[clash] >> priority_bits)
+        lo = np.searchsorted(coarse, runs << priority_bits, "left")
+        hi = np.searchsorted(coarse, (runs + _ONE) << priority_bits, "left")
+        positions = _resort(order, lo, hi, group, priority)
+        sorted_group[positions] = group[order[positions]]
+        starts = _starts(sorted_group)
+        exact = np.zeros(n, dtype=bool)
+        exact[positions] = True
+    # (b) outside re-sorted runs, a tie of (group, priority) prefixes across the k-th place:
+    # re-sort the tied block (rows sharing that prefix pair; one group) exactly.
     sizes = np.diff(np.append(starts, n))
-    # (a) distinct groups sharing their top 40 bits interleave in this order.
-    groups = np.sort(group)
-    distinct = groups[1:] != groups[:-1]
-    clash_runs = groups[1:][distinct & ((groups[1:] ^ groups[:-1]) < _LOW_LIMIT)] >> _SHIFT_RUN
-    # (b) a tie of the coarse key across the k-th place of a group.
-    cut = starts[sizes > k] + k
-    tie_runs = run[cut][coarse[cut] == coarse[cut - 1]]
-    if clash_runs.size or tie_runs.size:
-        bad = np.isin(run, np.union1d(clash_runs, tie_runs))
-        rows = np.flatnonzero(bad)
-        sub = order[rows]
-        order[rows] = sub[np.lexsort((priority[sub], group[sub], run[rows]))]
-        g = group[order]
-        np.not_equal(g[1:], g[:-1], out=boundary[1:])
-        starts = np.flatnonzero(boundary)
-        sizes = np.diff(np.append(starts, n))
-    return order, starts, sizes
+    cut = starts[sizes > k] + k if k > 0 else starts[:0]
+    tied = coarse[cut] == coarse[cut - 1]
+    if exact is not None:
+        tied &= ~exact[cut]
+    cut = cut[tied]
+    if cut.size:
+        lo = np.searchsorted(coarse, coarse[cut], "left")
+        hi = np.searchsorted(coarse, coarse[cut], "right")
+        _resort(order, lo, hi, group, priority)
+    return order, starts, sorted_group
 
 
-def _first_k(starts: I64, sizes: I64, k: int, groups_kept: Bool | None = None) -> I64:
-    """Sorted positions of the first ``k`` rows of each (kept) group: O(groups x k)."""
-    parts = []
-    for j in range(k):  # a loop over k (max_contributions), not over events
-        take = sizes > j if groups_kept is None else (sizes > j) & groups_kept
-        parts.append(starts[take] + j)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+def _starts(sorted_group: U64) -> I64:
+    """Positions where a new group starts in a grouped array."""
+    start = np.empty(sorted_group.size, dtype=bool)
+    start[:1] = True
+    np.not_equal(sorted_group[1:], sorted_group[:-1], out=start[1:])
+    return np.flatnonzero(start)
+
+
+def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
+    """Sort the disjoint position blocks ``[lo, hi)`` of ``order`` exactly by (group,
+    priority, row), in place; return the positions touched.
+
+    Each block holds the rows between its neighbours in the exact order, so sorting every
+    block in place makes the whole order exact there.
+    """
+    sizes = hi - lo
+    block = np.repeat(np.arange(lo.size), sizes)
+    positions: I64 = np.arange(block.size, dtype=np.int64) - np.repeat(
+        np.cumsum(sizes) - sizes, sizes
+    )
+    positions += lo[block]
+    rows = order[positions]
+    order[positions] = rows[np.lexsort((rows, priority[rows], group[rows], block))]
+    return positions
+
+
+def _rank(starts: I64, n: int) -> I64:
+    """Each position's rank within its group (position - group start): O(rows)."""
+    rank: I64 = np.arange(n, dtype=np.int64)
+    rank -= np.repeat(starts, np.diff(np.append(starts, n)))
+    return rank
 
 
 def bottom_k(group: U64, priority: U64, k: int) -> Bool:
@@ -87,8 +133,9 @@ def bottom_k(group: U64, priority: U64, k: int) -> Bool:
     """
     keep = np.zeros(group.size, dtype=bool)
     if group.size:
-        order, starts, sizes = _groups(group, priority, k)
-        keep[order[_first_k(starts, sizes, k)]] = True
+        k = min(k, group.size)  # a group never holds more rows than the data
+        order, starts, _ = _sorted_groups(group, priority, k)
+        keep[order] = _rank(starts, group.size) < k
     return keep
 
 
@@ -111,24 +158,26 @@ def bound_contributions(
     >>> bound_contributions(unit, pair, prio, max_partitions=1, max_contributions=2).tolist()
     [False, True, True, False, True]
     """
-    keep = np.zeros(unit_id.size, dtype=bool)
-    if unit_id.size == 0:
+    n = unit_id.size
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
         return keep
+    max_contributions = min(max_contributions, n)
     # Linf: bottom-k events per pair.
-    order, starts, sizes = _groups(pair_key, event_priority, max_contributions)
-    units_sorted = unit_id[order]
-    group_start = np.zeros(order.size, dtype=bool)
-    group_start[starts] = True
-    if np.any((units_sorted[1:] != units_sorted[:-1]) & ~group_start[1:]):
+    order, starts, sorted_pair = _sorted_groups(pair_key, event_priority, max_contributions)
+    sorted_unit = unit_id[order]
+    same_pair = np.ones(n, dtype=bool)
+    same_pair[starts] = False
+    if np.any((sorted_unit[1:] != sorted_unit[:-1]) & same_pair[1:]):
         # Two units' pairs share a 64-bit key (~pairs^2 / 2^65 per call): bound each unit's
         # rows of that key on its own, so no unit can ever gain a slot from another. Every
         # row is compared with its neighbour, as the units of such a group interleave.
         return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
-    first_rows = order[starts]
-    pair_units = units_sorted[starts]
     # L0: bottom-k pairs per unit, the pair key being the pair's priority.
-    pair_kept = bottom_k(pair_units, pair_key[first_rows], max_partitions)
-    keep[order[_first_k(starts, sizes, max_contributions, pair_kept)]] = True
+    pair_kept = bottom_k(sorted_unit[starts], sorted_pair[starts], max_partitions)
+    keep[order] = (_rank(starts, n) < max_contributions) & np.repeat(
+        pair_kept, np.diff(np.append(starts, n))
+    )
     return keep
 
 
@@ -136,13 +185,15 @@ def _bound_exactly(
     unit_id: U64, pair_key: U64, event_priority: U64, max_partitions: int, max_contributions: int
 ) -> Bool:
     """Reference implementation grouping by (unit, pair) with a lexsort (slow, exact)."""
-    order = np.lexsort((event_priority, pair_key, unit_id))
+    n = unit_id.size
+    order = np.lexsort((np.arange(n), event_priority, pair_key, unit_id))
     u, p = unit_id[order], pair_key[order]
-    boundary = np.ones(order.size, dtype=bool)
-    boundary[1:] = (u[1:] != u[:-1]) | (p[1:] != p[:-1])
-    starts = np.flatnonzero(boundary)
-    sizes = np.diff(np.append(starts, order.size))
+    start = np.ones(n, dtype=bool)
+    start[1:] = (u[1:] != u[:-1]) | (p[1:] != p[:-1])
+    starts = np.flatnonzero(start)
     pair_kept = bottom_k(u[starts], p[starts], max_partitions)
-    keep = np.zeros(order.size, dtype=bool)
-    keep[order[_first_k(starts, sizes, max_contributions, pair_kept)]] = True
+    keep = np.zeros(n, dtype=bool)
+    keep[order] = (_rank(starts, n) < max_contributions) & np.repeat(
+        pair_kept, np.diff(np.append(starts, n))
+    )
     return keep

@@ -7,8 +7,9 @@ synced). A pending file of a committed window is renamed on restart; one of an u
 window is overwritten when that window is released again. Readers never see a partial file:
 pyarrow's datasets skip names starting with a dot.
 
-The schema metadata key ``"telemagg"`` holds the release's publishable metadata as JSON,
-never the operator's exact accounting.
+The ``window_start`` column is not stored in the file: hive-style, it is the directory's
+partition key, so the files read as one dataset. The schema metadata key ``"telemagg"``
+holds the release's publishable metadata as JSON, never the operator's exact accounting.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def write_pending(release: Release, final: Path) -> None:
     pa: Any = require("pyarrow", "pyarrow")
     pq: Any = require("pyarrow.parquet", "pyarrow")
     table = release.to_arrow()
+    if "window_start" in table.column_names:  # hive style: the partition key lives in the path
+        table = table.drop_columns(["window_start"])
     existing = dict(table.schema.metadata or {})
     existing[b"telemagg"] = json.dumps(publishable_metadata(release), sort_keys=True).encode()
     table = table.replace_schema_metadata(existing)

@@ -33,7 +33,17 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from telemagg._storage import Column, Store, StoreOwner, Table, Transaction, open_store
+from telemagg._storage import (
+    Column,
+    Store,
+    StoreOwner,
+    Table,
+    Transaction,
+    format_time,
+    open_store,
+    parse_time,
+    storable_text,
+)
 from telemagg.errors import ConfigError, SchemaError
 from telemagg.hygiene._identifiers import factorize_ids
 
@@ -74,7 +84,6 @@ _HISTORY = Table(
 )
 _TABLES = (_PURPOSES, _STATE, _HISTORY)
 _CHOICES: tuple[Choice, ...] = ("opt_out", "opt_in")
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width: text order is time order
 _MAX_PURPOSE_LENGTH = 200
 
 
@@ -95,7 +104,7 @@ def _check_purpose(purpose: object) -> str:
             f"purpose must be a non-empty string of at most {_MAX_PURPOSE_LENGTH} characters, "
             f"e.g. 'model_training'; got {purpose!r}"
         )
-    return purpose
+    return storable_text(purpose, "purpose")
 
 
 def _check_default(default: object) -> Default:
@@ -105,7 +114,7 @@ def _check_default(default: object) -> Default:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime(_TIME_FORMAT)
+    return format_time(datetime.now(UTC))
 
 
 class ConsentRegistry(StoreOwner):
@@ -245,7 +254,7 @@ class ConsentRegistry(StoreOwner):
         return [
             ConsentChange(
                 int(seq),
-                datetime.strptime(str(at), _TIME_FORMAT).replace(tzinfo=UTC),
+                parse_time(at),
                 str(unit_),
                 str(purpose_),
                 "opt_in" if choice == "opt_in" else "opt_out",
