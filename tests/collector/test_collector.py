@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import urllib.error
 import urllib.request
@@ -31,13 +30,6 @@ from collector_helpers import (
 )
 
 import telemagg as tm
-from telemagg.collector import CLOCK_AWARE
-
-NEEDS_CLOCK = pytest.mark.skipif(
-    "now" not in inspect.signature(tm.Aggregator.add).parameters,
-    reason="needs the window contract of API.md (Aggregator.add(batch, now=...)):"
-    " empty windows released on the collector's clock",
-)
 
 
 @pytest.fixture(params=["nats", "redis"])
@@ -157,7 +149,6 @@ def test_refused_charge_keeps_windows_pending_and_says_why(tmp_path: Path) -> No
         cleanup(cfg)
 
 
-@NEEDS_CLOCK
 def test_empty_windows_are_released_on_schedule(cfg: dict[str, Any]) -> None:
     clock = Clock(T0 + 10)
     collector = tm.Collector(cfg, clock=clock)
@@ -165,7 +156,6 @@ def test_empty_windows_are_released_on_schedule(cfg: dict[str, Any]) -> None:
         clock.now = T0 + 7 * HOUR  # windows 0..2 are due (end + 4h lateness)
         wait_until(lambda: collector.metrics.get("windows_released") == 3, 90)
     assert len(released_files(cfg)) == 3
-    assert CLOCK_AWARE
 
 
 def test_an_output_dir_with_foreign_releases_is_refused(tmp_path: Path) -> None:
