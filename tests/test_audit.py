@@ -299,7 +299,6 @@ def _with_unit(data: dict[str, Any], rows: dict[str, list[Any]], first: bool) ->
     return out
 
 
-@pytest.mark.xfail(reason="issue 9 hole 2: one unit's timestamp drives the window schedule")
 def test_a_unit_from_the_future_does_not_move_the_window_schedule() -> None:
     data = events()
     future = _with_unit(data, {"user": [999], "t": [data["t"].max() + 10 * 3600]}, first=False)
@@ -321,7 +320,6 @@ def test_a_unit_from_the_future_does_not_move_the_window_schedule() -> None:
     assert result.passed, result.summary()
 
 
-@pytest.mark.xfail(reason="issue 9 hole 6: row order follows arrival when keys don't compare")
 def test_row_order_does_not_follow_arrival() -> None:
     rng = np.random.default_rng(2)
     keys = np.array(["timeout", 404], dtype=object)[rng.integers(0, 2, 400)]
@@ -471,7 +469,6 @@ def test_metric_spec_errors_name_the_spec(spec: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 9 hole 4: one unit typed 42 and '42' is bounded twice")
 def test_one_unit_under_two_spellings_is_bounded_once() -> None:
     data = events()
     data["user"] = data["user"].astype(object)

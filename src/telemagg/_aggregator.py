@@ -517,7 +517,9 @@ class Aggregator:
         released: list[Release] = []
         with open_ledger(ledger) as charged:
             for w in due:
-                state = self._windows.get(w) or self._empty_state()
+                state = self._windows.get(w)
+                if state is None:  # no event: released all the same (the schedule's choice)
+                    state = self._empty_state()
                 try:
                     release = self._release(state, plan, params, public, charged, label, w)
                 except TelemaggError as exc:
