@@ -4,6 +4,7 @@ sampler (two-sample), the lazy-bit tie path, and the production bit source."""
 from __future__ import annotations
 
 import math
+import time
 from decimal import Context, Decimal
 from fractions import Fraction
 
@@ -222,3 +223,12 @@ def test_production_sampler_fits_the_exact_law() -> None:
     million runs, while 30% off is still rejected."""
     draws = discrete_laplace(300_000, 2.5, SystemBits())
     assert_discrete_noise_scale(draws, "laplace", exact_laplace_scale(2.5), alpha=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [1e-9, 1e-3, 0.05])
+def test_tiny_gaussian_scales_terminate_with_zeros(sigma: float) -> None:
+    """exp(-gamma) of a huge gamma must not underflow to 0 (the enclosure never narrowed)."""
+    started = time.monotonic()
+    draws = discrete_gaussian(2000, sigma, SeededBits(3))
+    assert time.monotonic() - started < 30
+    assert not draws.any()  # P(|z| >= 1) <= exp(-1 / (2 * 0.05**2)) ~ 1e-87
