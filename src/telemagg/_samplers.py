@@ -51,7 +51,16 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, Inexact
+from decimal import (
+    MAX_EMAX,
+    MIN_EMIN,
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    Inexact,
+)
 from fractions import Fraction
 from functools import lru_cache
 from typing import Protocol
@@ -80,7 +89,8 @@ _GUIDE_SHIFT = np.uint32(WORD_BITS - _GUIDE_BITS)
 _CELL_SHIFT = np.uint32(32 - _GUIDE_BITS)  # a word's cell: the top bits of its R
 _CHUNK = 1 << 15  # values drawn per pass, so that every temporary stays in cache
 _DIGITS = 40  # decimal digits of table enclosures (133 bits, far beyond the 31 compared)
-_EXACT = Context(prec=10_000, traps=[Inexact])  # exact products of dyadic rationals
+# exponents as wide as Decimal allows: exp(-x) of huge x stays a (tiny) number, not 0
+_EXACT = Context(prec=10_000, traps=[Inexact], Emin=MIN_EMIN, Emax=MAX_EMAX)  # exact products
 
 
 # --------------------------------------------------------------------------- bit sources
@@ -171,7 +181,10 @@ def _decimal(x: Fraction) -> Decimal:
 
 
 def _contexts(digits: int) -> tuple[Context, Context]:
-    return Context(prec=digits, rounding=ROUND_FLOOR), Context(prec=digits, rounding=ROUND_CEILING)
+    return (
+        Context(prec=digits, rounding=ROUND_FLOOR, Emin=MIN_EMIN, Emax=MAX_EMAX),
+        Context(prec=digits, rounding=ROUND_CEILING, Emin=MIN_EMIN, Emax=MAX_EMAX),
+    )
 
 
 def _exp_neg(x: Decimal, digits: int) -> tuple[Decimal, Decimal]:
@@ -182,7 +195,7 @@ def _exp_neg(x: Decimal, digits: int) -> tuple[Decimal, Decimal]:
     """
     if x == 0:
         return Decimal(1), Decimal(1)
-    value = Context(prec=digits, rounding=ROUND_HALF_EVEN).exp(-x)
+    value = Context(prec=digits, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX).exp(-x)
     ulp = Decimal((0, (1,), value.adjusted() - digits + 1))
     down, up = _contexts(digits + 2)
     return down.subtract(value, ulp), up.add(value, ulp)
