@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.stats import assert_noise_scale
+from tests.stats import assert_discrete_noise_scale, assert_release_noise
 from tests.strategies import event_rows, policies
 
 import telemagg as tm
@@ -210,11 +210,13 @@ def test_quantile_grid_noise_has_the_reported_scale(noise) -> None:
     assert report.sensitivity == 1.0
     assert report.components[0]["bins"] == bins
     if noise == "laplace":  # L1 = L0 * Linf = 1, the whole epsilon: scale 1
-        assert report.stddev == pytest.approx(math.sqrt(2.0), rel=1e-6)
-    (exact, noisy, _), *others = recorder.draws
+        assert report.stddev == pytest.approx(mech.discrete_laplace_stddev(1.0), rel=1e-6)
+    (exact, noisy, scale), *others = recorder.draws
     assert not others
     assert exact.size == n_partitions * bins
-    assert_noise_scale(noisy - exact, noise, report.stddev)
+    assert exact.dtype == noisy.dtype == np.int64
+    assert scale == report.components[0]["scale"]
+    assert_discrete_noise_scale(noisy - exact, noise, scale)
 
 
 def test_quantiles_rank_error_is_within_the_claimed_bound() -> None:
@@ -302,7 +304,7 @@ def test_histogram_noise_has_the_reported_scale_and_values_clamp_into_end_bucket
     report = release.metrics["histogram_value"]
     assert counts.shape == (n_partitions, 2)
     # -5 clamps into the first bucket, 500 into the last: exact counts are 80 and 80
-    assert_noise_scale((counts - 80.0).ravel(), noise, report.stddev)
+    assert_release_noise((counts - 80.0).ravel(), report)
     assert report.sensitivity == 1.0
     assert report.components[0]["bins"] == 2
 
@@ -382,11 +384,12 @@ def test_top_k_counts_have_the_reported_noise_and_threshold() -> None:
     # a unit changes at most L0 * Linf = 6 (partition, value) keys, each by <= 3, 6 in all
     assert component["keys_per_unit"] == 6
     assert report.sensitivity == 6.0
-    assert report.stddev == pytest.approx(6.0 * math.sqrt(2.0), rel=1e-6)
+    assert component["scale"] == pytest.approx(6.0, rel=1e-6)
+    assert report.stddev == pytest.approx(mech.discrete_laplace_stddev(6.0), rel=1e-6)
     assert component["threshold"] < 501 - 8 * report.stddev  # every key passes
     counts = np.array([c[0] for c in release.to_dict()["top_code_count"]])
     assert counts.size == n_partitions
-    assert_noise_scale(counts - 501.0, "laplace", report.stddev)
+    assert_release_noise(counts - 501.0, report)
 
 
 def test_top_k_values_keep_their_identity_across_batches_and_merged_shards() -> None:

@@ -41,7 +41,9 @@ def test_keep_probabilities_follow_the_recursion_and_are_monotone_in_0_1(table: 
             np.ones_like(previous),
         ]
     )
-    np.testing.assert_array_equal(pi[1:], expected)
+    # directed rounding: never above the exact step, and within float error of it
+    assert np.all(pi[1:] <= expected + 1e-15)
+    np.testing.assert_allclose(pi[1:], expected, rtol=0, atol=1e-12)
     assert np.all(np.diff(pi) > 0.0)
     assert np.all((pi >= 0.0) & (pi <= 1.0))
 
@@ -54,7 +56,7 @@ def test_keep_probabilities_satisfy_both_privacy_inequalities_at_every_count(
     eps, delta, pi = table
     pi = np.append(pi, [1.0, 1.0])  # counts past the table are clipped to its end
     before, after = pi[:-1], pi[1:]
-    slack = 1e-12  # float rounding of the recursion itself
+    slack = 1e-15  # float rounding of evaluating these inequalities (the table is rounded down)
     # kept: P(kept | n) <= e^eps P(kept | n - 1) + delta
     assert np.all(after <= math.exp(eps) * before + delta + slack)
     # not kept: P(dropped | n - 1) <= e^eps P(dropped | n) + delta
@@ -71,7 +73,7 @@ def test_selection_splits_the_budget_over_the_partitions_one_unit_touches() -> N
     half = sel.units_for_half
     assert sel.probabilities[half] >= 0.5 > sel.probabilities[half - 1]
     # the reason to use it: mid-sized partitions pass far sooner than the Laplace threshold
-    assert half < 0.9 * mech.laplace_threshold(4, 1.0, 0.25, 1e-6).threshold
+    assert half < 0.9 * mech.laplace_threshold(4, 1, 0.25, 1e-6).threshold
 
 
 def test_keep_probability_is_zero_for_absent_partitions_and_one_past_the_table() -> None:
@@ -82,6 +84,30 @@ def test_keep_probability_is_zero_for_absent_partitions_and_one_past_the_table()
     assert out[1] == pytest.approx(0.5e-6)
     assert out[2] < 1.0
     assert out[3:].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_keep_table_ends_for_tiny_deltas_and_is_bounded() -> None:
+    """delta=1e-16 over L0=4 used to stall just below 1 and grow until MemoryError: the
+    drop probability carries the tail, and the table's length is bounded in advance."""
+    sel = mech.truncated_geometric(4, 0.25, 1e-16)
+    assert sel.probabilities[-1] == 1.0
+    assert sel.probabilities.size <= mech.keep_table_length(0.25 / 4, 1e-16 / 4)
+    # drop probabilities below float64's resolution near 1 are kept exactly
+    assert sel.drop[-2] > 0.0
+    assert np.all(np.diff(sel.drop) <= 0.0)
+    tail = sel.drop[sel.probabilities > 0.5]
+    assert np.all(np.diff(tail) < 0.0)  # strictly: the tail never stalls
+    with pytest.raises(tm.ConfigError, match="keep table"):
+        mech.truncated_geometric(4, 1e-5, 1e-12)
+
+
+def test_tail_coins_use_the_drop_probability() -> None:
+    sel = mech.truncated_geometric(4, 0.25, 1e-16)
+    units = np.full(200_000, sel.probabilities.size - 3)
+    drop = float(sel.drop[-3])
+    kept = sel.keep(units, mech.SeededNoise(2))
+    assert stats.binomtest(int((~kept).sum()), units.size, drop).pvalue > 1e-3
+    assert sel.keep(np.array([0, 10**9]), mech.SeededNoise(3)).tolist() == [False, True]
 
 
 # --------------------------------------------------------------------------- sampling

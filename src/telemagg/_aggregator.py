@@ -35,7 +35,6 @@ from telemagg._plan import (
     Plan,
     finalize,
     make_plan,
-    noisy_value_counts,
     select_partitions,
 )
 from telemagg._state import CONTRIBUTION_BOUNDS, SamplingKey, State
@@ -88,9 +87,11 @@ class Randomness:
     """Where sampling and noise randomness come from.
 
     Production (:meth:`system`): a sampling key from ``secrets``, event priorities from
-    fresh OS entropy on every call, and OpenDP's noise. Tests build a seeded one with
-    :func:`telemagg.testing.seeded`; releases made with it are marked ``"seeded": true``
-    and refused by ledgers.
+    fresh OS entropy on every call, and :class:`~telemagg._mechanisms.SystemNoise` (exact
+    discrete noise from the OS CSPRNG). Tests build a seeded one with
+    :func:`telemagg.testing.seeded`. A release is unseeded only when its noise is exactly a
+    ``SystemNoise`` (the type itself, not a subclass or look-alike) and there is no seed
+    sequence; any other source marks it ``"seeded": true`` and every ledger refuses it.
     """
 
     sampling_key: SamplingKey
@@ -99,11 +100,12 @@ class Randomness:
 
     @classmethod
     def system(cls) -> Randomness:
-        return cls(SamplingKey(secrets.randbits(64), secrets.randbits(64)), mech.OpenDPNoise())
+        return cls(SamplingKey(secrets.randbits(64), secrets.randbits(64)), mech.SystemNoise())
 
     @property
     def seeded(self) -> bool:
-        return self.seed_sequence is not None
+        production = type(self.noise) is mech.SystemNoise and self.seed_sequence is None
+        return not production
 
     def generator(self) -> np.random.Generator:
         """A fresh generator for event priorities (never shared between calls or copies)."""
@@ -114,7 +116,8 @@ class Randomness:
     def spawn(self) -> Randomness:
         """Same sampling key (so shards sample pairs identically), independent streams."""
         if self.seed_sequence is None:
-            return Randomness(self.sampling_key, mech.OpenDPNoise())
+            noise = mech.SystemNoise() if type(self.noise) is mech.SystemNoise else self.noise
+            return Randomness(self.sampling_key, noise)
         child = self.seed_sequence.spawn(1)[0]
         noise = mech.SeededNoise(int(child.generate_state(1)[0]))
         return Randomness(self.sampling_key, noise, child)
@@ -705,16 +708,9 @@ class Aggregator:
             released = index.ids(public)
             n = len(index)
             reason = NOT_PUBLIC_PARTITION
-        for key, cal in plan.measurements.items():
-            exact = cal.spec.compute(state, n)[released]
-            draw = noise.laplace if cal.mechanism == "laplace" else noise.gaussian
-            noisy[key] = draw(exact.ravel().astype(np.float64), cal.scale).reshape(exact.shape)
-        value_counts = {
-            key: noisy_value_counts(
-                state, released, n, selection, self._categories[selection.column].keys, noise
-            )
-            for key, selection in plan.value_thresholds.items()
-        }
+        categories = {c: index.keys for c, index in self._categories.items()}
+        measured, value_counts = plan.measure(state, released, n, noise, categories)
+        noisy.update(measured)
         columns: dict[str, Column] = {}
         for metric in self.metrics:
             columns.update(finalize(metric, noisy, value_counts))

@@ -15,10 +15,14 @@ Every number that a privacy claim rests on comes from an OpenDP privacy map:
 * zCDP -> (epsilon, delta): ``make_zCDP_to_approxDP`` (Bun & Steinke 2016; Canonne, Kamath
   & Steinke 2020).
 
-Production noise is always drawn by OpenDP's samplers (exact, floating-point safe,
-from the operating system's entropy); nothing here can seed them. :class:`SeededNoise`
-exists for tests only: it draws from the same distributions with numpy, and a release
-made with it is marked ``"seeded": true`` and refused by every ledger.
+Production noise is :class:`SystemNoise`: exact discrete Laplace and discrete Gaussian
+noise on integers (``_samplers``), from the operating system's CSPRNG; nothing here can
+seed it. Every measurement is an integer vector (counts, or fixed-point sums in units of
+a declared resolution), so its noise is exact and its OpenDP map is the integer one.
+:class:`SeededNoise` draws the same distributions from a seeded bit source, for tests
+only: a release made with any noise source other than :class:`SystemNoise` is marked
+``"seeded": true`` and refused by every ledger. :class:`OpenDPNoise` draws the same
+distributions with OpenDP's own samplers: the reference the tests compare against.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ import numpy as np
 import numpy.typing as npt
 import opendp.prelude as dp
 
+from telemagg import _samplers
+from telemagg.errors import ConfigError, TelemaggError
+
 # OpenDP gates its constructors behind a "contrib" flag (code whose proofs are written but
 # not yet vetted by its committee). telemagg relies on those constructors, so it opts in once,
 # here, and nowhere else.
@@ -43,8 +50,13 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 _VECTOR = dp.vector_domain(dp.atom_domain(T=float, nan=False))
-_COUNTS_BY_KEY = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=float, nan=False))
-_L01INF = dp.l01inf_distance(dp.absolute_distance(T=float))
+_INTEGERS = dp.vector_domain(dp.atom_domain(T=dp.i64))
+_L1_INT = dp.l1_distance(T=dp.i64)
+_COUNTS_BY_KEY = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=dp.i64))
+_L01INF = dp.l01inf_distance(dp.absolute_distance(T=dp.i64))
+MAX_NOISE_INPUT = 2**62
+"""Largest magnitude of an integer measurement: with noise below 2**62 too (the samplers
+guarantee it), value + noise cannot overflow int64."""
 
 
 # --------------------------------------------------------------------------- accounting
@@ -124,29 +136,46 @@ def rho_within(epsilon: float, delta: float) -> float:
 # --------------------------------------------------------------------------- calibration
 
 
-def _smallest_scale(make: Callable[[float], Any], d_in: float, d_out: float) -> float:
+def _smallest_scale(make: Callable[[float], Any], d_in: Any, d_out: float) -> float:
     """Smallest scale whose privacy map at ``d_in`` is within ``d_out``."""
-    if d_in == 0.0:
+    if d_in == 0:
         return 0.0
-    return float(dp.binary_search_param(make, d_in=d_in, d_out=d_out, T=float))
+    try:
+        return float(dp.binary_search_param(make, d_in=d_in, d_out=d_out, T=float))
+    except (dp.OpenDPException, OverflowError, ValueError) as exc:
+        raise ConfigError(
+            f"epsilon share {d_out!r} cannot be met by any noise scale at sensitivity"
+            f" {d_in!r} (OpenDP: {str(exc).splitlines()[0][:120]}); raise epsilon, or lower"
+            " the bounds, max_partitions or max_contributions"
+        ) from None
 
 
-@lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
-def laplace_scale(sensitivity_l1: float, epsilon: float) -> float:
-    """Laplace scale for a vector query of the given L1 sensitivity, by OpenDP's map.
+def _integer_laplace(scale: float) -> Any:
+    return dp.m.make_laplace(_INTEGERS, _L1_INT, scale)
 
-    >>> s = laplace_scale(2.0, 0.5)
+
+@lru_cache(maxsize=1024)  # pure in its arguments; calibration is slow
+def laplace_scale(sensitivity_l1: int, epsilon: float) -> float:
+    """Discrete Laplace scale for an integer vector query of the given L1 sensitivity, by
+    OpenDP's map of ``make_laplace`` on vectors of int64.
+
+    >>> s = laplace_scale(2, 0.5)
     >>> 4.0 <= s < 4.0001
     True
     """
-    return _smallest_scale(
-        lambda s: dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), s), sensitivity_l1, epsilon
-    )
+    return _smallest_scale(_integer_laplace, int(sensitivity_l1), epsilon)
 
 
 @lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
 def gaussian_scale(sensitivity_l2: float, rho: float) -> float:
-    """Gaussian scale (stddev) for a vector query of the given L2 sensitivity under rho-zCDP.
+    """Gaussian scale (sigma) for a vector query of the given L2 sensitivity under rho-zCDP.
+
+    OpenDP's integer ``make_gaussian`` takes an integer L2 distance, and the L2 sensitivity
+    ``sqrt(L0) * l2`` is rarely an integer (rounding it up would add up to 41% noise).
+    The map used is ``make_gaussian`` on floats, ``rho = sensitivity**2 / (2 sigma**2)``,
+    which the discrete Gaussian satisfies for integer queries of that L2 sensitivity with
+    the same sigma (Canonne, Kamath & Steinke 2020, Theorem 4; OpenDP's integer map is the
+    same formula), and the sampler's sigma is never below this one.
 
     >>> s = gaussian_scale(1.0, 0.125)
     >>> 2.0 <= s < 2.0001
@@ -159,53 +188,56 @@ def gaussian_scale(sensitivity_l2: float, rho: float) -> float:
 
 @dataclass(frozen=True)
 class ThresholdPlan:
-    """A calibrated Laplace threshold mechanism over per-partition counts."""
+    """A calibrated discrete Laplace threshold mechanism over integer per-key counts."""
 
     scale: float
-    threshold: float
+    threshold: int
     epsilon: float
     delta: float
 
 
-def _threshold_measurement(scale: float, threshold: float) -> Any:
+def _threshold_measurement(scale: float, threshold: int) -> Any:
     return dp.m.make_laplace_threshold(_COUNTS_BY_KEY, _L01INF, scale=scale, threshold=threshold)
 
 
-def _delta_of(scale: float, threshold: float, d_in: tuple[int, float, float]) -> float:
+def _delta_of(scale: float, threshold: int, d_in: tuple[int, int, int]) -> float:
     return float(privacy_map(_threshold_measurement(scale, threshold), d_in)[1])
 
 
-@lru_cache(maxsize=1024)  # pure in its float arguments; calibration is slow
+@lru_cache(maxsize=1024)  # pure in its arguments; calibration is slow
 def laplace_threshold(
     max_partitions: int,
-    max_per_partition: float,
+    max_per_partition: int,
     epsilon: float,
     delta: float,
-    max_total: float | None = None,
+    max_total: int | None = None,
 ) -> ThresholdPlan:
-    """Calibrate private partition selection over counts where one unit touches at most
-    ``max_partitions`` keys, changing each by at most ``max_per_partition`` and all of them
-    together by at most ``max_total`` (default: their product).
+    """Calibrate private partition selection over integer counts where one unit touches at
+    most ``max_partitions`` keys, changing each by at most ``max_per_partition`` and all of
+    them together by at most ``max_total`` (default: their product).
 
-    The scale comes from the epsilon share, then the threshold is the smallest whose delta
-    (OpenDP's map of ``make_laplace_threshold`` at d_in = (l0, l1, linf)) is within the share.
+    The scale comes from the epsilon share (OpenDP's integer Laplace map), then the
+    threshold is the smallest integer whose delta (OpenDP's map of
+    ``make_laplace_threshold`` on int64 counts at d_in = (l0, l1, linf)) is within the
+    share. Noise and threshold are integers: the noisy counts come from the exact discrete
+    Laplace sampler, compared with the threshold exactly.
 
-    >>> plan = laplace_threshold(1, 1.0, 1.0, 1e-6)
+    >>> plan = laplace_threshold(1, 1, 1.0, 1e-6)
     >>> plan.epsilon <= 1.0 and plan.delta <= 1e-6 and plan.threshold > 10
     True
     """
     total = max_partitions * max_per_partition if max_total is None else max_total
-    d_in = (max_partitions, total, max_per_partition)
-    scale = _smallest_scale(
-        lambda s: dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), s), total, epsilon
-    )
-    # Bisection on the threshold: delta falls monotonically as the threshold rises; OpenDP
+    d_in = (int(max_partitions), int(total), int(max_per_partition))
+    scale = _smallest_scale(_integer_laplace, int(total), epsilon)
+    # Bisection on the integer threshold: delta falls monotonically as it rises; OpenDP
     # accepts no threshold below one unit's largest change to one key.
-    lo, hi = float(max_per_partition), 2.0 * max_per_partition
+    lo, hi = int(max_per_partition), 2 * int(max_per_partition)
     while _delta_of(scale, hi, d_in) > delta:
-        hi *= 2.0
-    for _ in range(60):
-        mid = (lo + hi) / 2.0
+        if hi > 2**61:
+            raise ConfigError(f"delta {delta!r} is too small for any threshold")
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
         if _delta_of(scale, mid, d_in) > delta:
             lo = mid
         else:
@@ -222,8 +254,9 @@ class GeometricSelection:
 
     ``probabilities[n]`` is the probability of keeping a partition held by ``n`` distinct
     units; the table ends at the first ``n`` where it reaches 1 (larger counts are clipped
-    to that end). ``epsilon``/``delta`` are the whole selection's loss,
-    ``partition_epsilon``/``partition_delta`` each partition's.
+    to that end). ``drop[n]`` is the probability of dropping it, kept separately because
+    near 1 a float64 keep probability cannot carry it. ``epsilon``/``delta`` are the
+    whole selection's loss, ``partition_epsilon``/``partition_delta`` each partition's.
     """
 
     epsilon: float
@@ -232,21 +265,67 @@ class GeometricSelection:
     partition_delta: float
     max_partitions: int
     probabilities: FloatArray = field(compare=False, repr=False)
+    drop: FloatArray = field(compare=False, repr=False)
 
     def keep_probability(self, units: IntArray) -> FloatArray:
         """Probability of keeping partitions holding ``units`` distinct units each.
 
         >>> sel = truncated_geometric(1, 1.0, 1e-6)
-        >>> sel.keep_probability(np.array([0, 1, 10_000])).tolist()
+        >>> sel.keep_probability(np.array([0, 1, 10_000])).round(12).tolist()
         [0.0, 1e-06, 1.0]
         """
         last = self.probabilities.size - 1
         return self.probabilities[np.clip(units, 0, last)]
 
+    def keep(self, units: IntArray, noise: Noise) -> BoolArray:
+        """Independent keep decisions for partitions holding ``units`` units: a coin with
+        the keep probability below 1/2, the complement of a coin with the drop
+        probability above (exact either way)."""
+        at = np.clip(units, 0, self.probabilities.size - 1)
+        high = self.probabilities[at] > 0.5
+        out = np.empty(at.size, dtype=bool)
+        out[~high] = noise.bernoulli(self.probabilities[at[~high]])
+        out[high] = ~noise.bernoulli(self.drop[at[high]])
+        return out
+
     @property
     def units_for_half(self) -> int:
         """The fewest distinct units with which a partition is kept with probability >= 1/2."""
         return int(np.argmax(self.probabilities >= 0.5))
+
+
+MAX_KEEP_TABLE = 100_000
+"""Longest truncated-geometric table: about 2 ln(1 / delta) / epsilon entries per
+partition's (epsilon, delta), a few seconds to build at this length; parameters that need
+more are refused (ConfigError) before any charge."""
+
+
+def keep_table_length(epsilon: float, delta: float) -> float:
+    """An upper bound on the table's length, from the recursion's closed form: while
+    keeping, pi grows at least by the factor e^eps from delta (pi(n) >= delta (e^(n eps) -
+    1) / (e^eps - 1)), so it passes 1/2 within ln(1 + (e^eps - 1) / (2 delta)) / eps + 1
+    steps; then 1 - pi shrinks at least by e^-eps and by delta each step, so it reaches 0
+    within ln(1 + 1 / (2 delta)) / eps + 1 more (each phase is also at most 1 / (2 delta)
+    + 1 steps: each step adds at least delta).
+
+    >>> keep_table_length(1.0, 0.1) >= keep_probabilities(1.0, 0.1).size
+    True
+    """
+    growth = math.log1p(math.expm1(min(epsilon, 700.0)) / (2 * delta)) / epsilon
+    decay = math.log1p(1 / (2 * delta)) / epsilon
+    return min(growth, 1 / (2 * delta)) + min(decay, 1 / (2 * delta)) + 4
+
+
+def _down(x: float, steps: int = 2) -> float:
+    for _ in range(steps):
+        x = math.nextafter(x, -math.inf)
+    return x
+
+
+def _up(x: float, steps: int = 2) -> float:
+    for _ in range(steps):
+        x = math.nextafter(x, math.inf)
+    return x
 
 
 def keep_probabilities(epsilon: float, delta: float) -> FloatArray:
@@ -255,21 +334,49 @@ def keep_probabilities(epsilon: float, delta: float) -> FloatArray:
     pi(0) = 0 and pi(n) = min(e^eps pi(n-1) + delta, 1 - e^-eps (1 - pi(n-1) - delta), 1):
     each step is the largest that keeps both privacy inequalities between n - 1 and n units
     (Desfontaines et al., PoPETs 2022: no (epsilon, delta)-DP keep rule is larger).
-    It reaches 1 because each step adds at least delta.
+    Float rounding is directed: every stored value is at most the exact step from the stored
+    value before it (lowering pi(n) only tightens both inequalities), and above 1/2 the
+    recursion runs on the drop probability 1 - pi, which float64 carries at full
+    precision near 0, so it ends after at most :func:`keep_table_length` steps.
 
     >>> keep_probabilities(1.0, 0.1).round(4).tolist()
     [0.0, 0.1, 0.3718, 0.8057, 0.9653, 1.0]
     """
-    if not (epsilon > 0.0 and 0.0 < delta < 1.0):
-        raise ValueError(
-            f"keep_probabilities needs epsilon > 0 and 0 < delta < 1; got {epsilon}, {delta}"
+    return _keep_and_drop(epsilon, delta)[0]
+
+
+def _keep_and_drop(epsilon: float, delta: float) -> tuple[FloatArray, FloatArray]:
+    if not (epsilon > 1e-12 and math.isfinite(epsilon) and 0.0 < delta < 1.0):
+        raise ConfigError(
+            f"truncated-geometric selection needs epsilon > 1e-12 and 0 < delta < 1 per"
+            f" partition; got {epsilon!r}, {delta!r}"
         )
-    grow, shrink = math.exp(epsilon), math.exp(-epsilon)
-    out = [0.0]
-    while out[-1] < 1.0:
-        p = out[-1]
-        out.append(min(grow * p + delta, 1.0 - shrink * (1.0 - p - delta), 1.0))
-    return np.asarray(out, dtype=np.float64)
+    length = keep_table_length(epsilon, delta)
+    if length > MAX_KEEP_TABLE:
+        raise ConfigError(
+            f"private partition selection at epsilon {epsilon:.3g} and delta {delta:.3g} per"
+            f" partition needs a keep table of ~{length:.3g} entries (more than"
+            f" {MAX_KEEP_TABLE:,}): raise epsilon or delta, lower max_partitions, or add"
+            " tm.unit_count() (the Laplace threshold needs no table)"
+        )
+    grow = _down(math.exp(min(epsilon, 700.0)))  # <= e^eps
+    shrink = _up(math.exp(-epsilon))  # >= e^-eps
+    keep, drop = [0.0], [1.0]
+    p, q = 0.0, 1.0  # q >= 1 - p
+    while q > 0.0:
+        if p <= 0.5:
+            kept = _down(grow * p + delta)
+            dropped = _up(shrink * _up(q - delta))  # D bound on 1 - pi(n), as drop
+            p_next = min(kept, _down(1.0 - dropped), 1.0)
+            q_next = min(_up(1.0 - p_next), 1.0) if p_next < 1.0 else 0.0
+        else:
+            # 1 - pi(n) >= e^-eps (1 - pi(n-1) - delta) and >= 1 - e^eps pi(n-1) - delta
+            q_next = max(_up(shrink * _up(q - delta)), _up(1.0 - grow * p - delta), 0.0)
+            p_next = _down(1.0 - q_next) if q_next > 0.0 else 1.0
+        p, q = max(p_next, 0.0), q_next
+        keep.append(p)
+        drop.append(q)
+    return np.asarray(keep, dtype=np.float64), np.asarray(drop, dtype=np.float64)
 
 
 @lru_cache(maxsize=256)  # pure in its arguments; the table can take thousands of steps
@@ -294,22 +401,23 @@ def truncated_geometric(max_partitions: int, epsilon: float, delta: float) -> Ge
     189
     """
     eps1, delta1 = epsilon / max_partitions, delta / max_partitions
+    keep, drop = _keep_and_drop(eps1, delta1)
     return GeometricSelection(
         epsilon=max_partitions * eps1,
         delta=max_partitions * delta1,
         partition_epsilon=eps1,
         partition_delta=delta1,
         max_partitions=max_partitions,
-        probabilities=keep_probabilities(eps1, delta1),
+        probabilities=keep,
+        drop=drop,
     )
 
 
-def laplace_epsilon(sensitivity_l1: float, scale: float) -> float:
-    """Epsilon that OpenDP's Laplace map assigns to a calibrated scale (for reports)."""
-    if sensitivity_l1 == 0.0:
+def laplace_epsilon(sensitivity_l1: int, scale: float) -> float:
+    """Epsilon that OpenDP's integer Laplace map assigns to a calibrated scale (reports)."""
+    if sensitivity_l1 == 0:
         return 0.0
-    meas = dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), scale)
-    return float(privacy_map(meas, sensitivity_l1))
+    return float(privacy_map(_integer_laplace(scale), int(sensitivity_l1)))
 
 
 def gaussian_rho(sensitivity_l2: float, scale: float) -> float:
@@ -320,22 +428,44 @@ def gaussian_rho(sensitivity_l2: float, scale: float) -> float:
     return float(privacy_map(meas, sensitivity_l2))
 
 
+def discrete_laplace_stddev(scale: float) -> float:
+    """Standard deviation of the discrete Laplace noise drawn at ``scale``:
+    ``sqrt(2 r) / (1 - r)``, ``r = exp(-1 / b)``, with ``b`` the sampler's exact scale.
+
+    >>> round(discrete_laplace_stddev(1.0), 4)
+    1.357
+    """
+    if scale == 0.0:
+        return 0.0
+    rate = float(_samplers.laplace_rate(scale))
+    r = math.exp(-rate)
+    return math.sqrt(2.0 * r) / -math.expm1(-rate)
+
+
 # --------------------------------------------------------------------------- noise sources
 
 
 class Noise(Protocol):
-    """Where noise comes from. Production: :class:`OpenDPNoise`; tests: :class:`SeededNoise`."""
+    """Where noise comes from. Production: :class:`SystemNoise`; tests: :class:`SeededNoise`.
 
-    seeded: bool
+    Values are integers (counts, or fixed-point sums in units of their resolution) and so
+    is the noise: exact discrete Laplace (``P(z)`` ~ ``exp(-|z| / scale)``) and discrete
+    Gaussian (``P(z)`` ~ ``exp(-z**2 / (2 scale**2))``).
+    """
 
-    def laplace(self, values: FloatArray, scale: float) -> FloatArray: ...
+    @property
+    def seeded(self) -> bool:
+        """Whether the noise is reproducible (tests only)."""
+        ...
 
-    def gaussian(self, values: FloatArray, scale: float) -> FloatArray: ...
+    def laplace(self, values: IntArray, scale: float) -> IntArray: ...
+
+    def gaussian(self, values: IntArray, scale: float) -> IntArray: ...
 
     def threshold(
-        self, keys: IntArray, counts: FloatArray, plan: ThresholdPlan
-    ) -> tuple[IntArray, FloatArray]:
-        """Keys whose noisy count reaches the threshold, and those noisy counts."""
+        self, keys: IntArray, counts: IntArray, plan: ThresholdPlan
+    ) -> tuple[IntArray, IntArray]:
+        """Keys whose noisy count reaches the threshold (ascending), and those noisy counts."""
         ...
 
     def bernoulli(self, probabilities: FloatArray) -> BoolArray:
@@ -343,32 +473,112 @@ class Noise(Protocol):
         ...
 
 
+def _check_integers(values: IntArray) -> IntArray:
+    out = np.asarray(values)
+    if out.dtype.kind not in "iu":
+        raise TelemaggError(f"internal: noise needs integer values; got {out.dtype}")
+    out = out.astype(np.int64, copy=False)
+    if out.size and int(np.abs(out).max()) > MAX_NOISE_INPUT:
+        raise TelemaggError("internal: a measurement exceeds 2**62 units; noise would overflow")
+    return out
+
+
+class ExactNoise:
+    """Exact discrete noise (:mod:`telemagg._samplers`) from a bit source, vectorised."""
+
+    def __init__(self, bits: _samplers.BitSource) -> None:
+        self._bits = bits
+
+    @property
+    def seeded(self) -> bool:
+        return self._bits.seeded
+
+    def laplace(self, values: IntArray, scale: float) -> IntArray:
+        values = _check_integers(values)
+        if scale == 0.0:
+            return values.copy()
+        return values + _samplers.discrete_laplace(values.size, scale, self._bits)
+
+    def gaussian(self, values: IntArray, scale: float) -> IntArray:
+        values = _check_integers(values)
+        if scale == 0.0:
+            return values.copy()
+        return values + _samplers.discrete_gaussian(values.size, scale, self._bits)
+
+    def threshold(
+        self, keys: IntArray, counts: IntArray, plan: ThresholdPlan
+    ) -> tuple[IntArray, IntArray]:
+        """OpenDP's ``make_laplace_threshold`` on int64 counts, with this sampler: every
+        count gets discrete Laplace noise, keys whose noisy count is >= the threshold are
+        kept (OpenDP drops counts "less than this minimum value")."""
+        noisy = self.laplace(counts, plan.scale)
+        keep = noisy >= plan.threshold
+        order = np.argsort(keys[keep], kind="stable")
+        return keys[keep][order].astype(np.int64), noisy[keep][order]
+
+    def bernoulli(self, probabilities: FloatArray) -> BoolArray:
+        return _samplers.bernoulli(np.asarray(probabilities, dtype=np.float64), self._bits)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SystemNoise(ExactNoise):
+    """The production noise: exact discrete samplers fed by the operating system's CSPRNG.
+    The only source whose releases are unseeded (and accepted by ledgers).
+
+    >>> SystemNoise().seeded
+    False
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_samplers.SystemBits())
+
+
+class SeededNoise(ExactNoise):
+    """The production distributions from a seeded bit source: reproducible. Tests only.
+
+    >>> SeededNoise(7).laplace(np.zeros(3, np.int64), 0.0).tolist()
+    [0, 0, 0]
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(_samplers.SeededBits(seed))
+
+
 class OpenDPNoise:
-    """OpenDP's samplers: exact, floating-point safe, unseedable. The only production source."""
+    """OpenDP's own samplers for the same distributions (int64 ``make_laplace``,
+    ``make_gaussian``, ``make_laplace_threshold``, randomized response): the reference the
+    tests compare :class:`SystemNoise` with. Slower (tens of microseconds a value). A
+    release made with it is marked seeded: only :class:`SystemNoise` is production."""
 
     seeded = False
 
-    def laplace(self, values: FloatArray, scale: float) -> FloatArray:
+    def laplace(self, values: IntArray, scale: float) -> IntArray:
+        values = _check_integers(values)
         if scale == 0.0 or values.size == 0:
-            return values.astype(np.float64, copy=True)
-        meas = dp.m.make_laplace(_VECTOR, dp.l1_distance(T=float), scale)
-        return np.asarray(meas(values.astype(np.float64).tolist()), dtype=np.float64)
+            return values.copy()
+        meas = _integer_laplace(scale)
+        return np.asarray(meas(values.tolist()), dtype=np.int64)
 
-    def gaussian(self, values: FloatArray, scale: float) -> FloatArray:
+    def gaussian(self, values: IntArray, scale: float) -> IntArray:
+        values = _check_integers(values)
         if scale == 0.0 or values.size == 0:
-            return values.astype(np.float64, copy=True)
-        meas = dp.m.make_gaussian(_VECTOR, dp.l2_distance(T=float), scale)
-        return np.asarray(meas(values.astype(np.float64).tolist()), dtype=np.float64)
+            return values.copy()
+        meas = dp.m.make_gaussian(_INTEGERS, dp.l2_distance(T=dp.i64), scale)
+        return np.asarray(meas(values.tolist()), dtype=np.int64)
 
     def threshold(
-        self, keys: IntArray, counts: FloatArray, plan: ThresholdPlan
-    ) -> tuple[IntArray, FloatArray]:
+        self, keys: IntArray, counts: IntArray, plan: ThresholdPlan
+    ) -> tuple[IntArray, IntArray]:
         if keys.size == 0:
-            return keys.astype(np.int64), counts.astype(np.float64)
+            return keys.astype(np.int64), _check_integers(counts)
         meas = _threshold_measurement(plan.scale, plan.threshold)
-        released: dict[int, float] = meas(dict(zip(keys.tolist(), counts.tolist(), strict=True)))
+        released: dict[int, int] = meas(
+            dict(zip(keys.tolist(), _check_integers(counts).tolist(), strict=True))
+        )
         kept = np.fromiter(released.keys(), dtype=np.int64, count=len(released))
-        noisy = np.fromiter(released.values(), dtype=np.float64, count=len(released))
+        noisy = np.fromiter(released.values(), dtype=np.int64, count=len(released))
         order = np.argsort(kept)
         return kept[order], noisy[order]
 
@@ -395,32 +605,5 @@ class OpenDPNoise:
             out[members] = drawn.astype(bool)
         return out
 
-
-class SeededNoise:
-    """Numpy noise from an explicit seed: the same distributions, reproducible. Tests only.
-
-    >>> SeededNoise(7).laplace(np.zeros(3), 0.0).tolist()
-    [0.0, 0.0, 0.0]
-    """
-
-    seeded = True
-
-    def __init__(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
-
-    def laplace(self, values: FloatArray, scale: float) -> FloatArray:
-        return values + (self._rng.laplace(0.0, scale, values.shape) if scale > 0 else 0.0)
-
-    def gaussian(self, values: FloatArray, scale: float) -> FloatArray:
-        return values + (self._rng.normal(0.0, scale, values.shape) if scale > 0 else 0.0)
-
-    def threshold(
-        self, keys: IntArray, counts: FloatArray, plan: ThresholdPlan
-    ) -> tuple[IntArray, FloatArray]:
-        noisy = self.laplace(counts.astype(np.float64), plan.scale)
-        keep = noisy >= plan.threshold
-        order = np.argsort(keys[keep])
-        return keys[keep][order], noisy[keep][order]
-
-    def bernoulli(self, probabilities: FloatArray) -> BoolArray:
-        return self._rng.random(probabilities.shape) < probabilities
+    def __repr__(self) -> str:
+        return "OpenDPNoise()"

@@ -12,9 +12,12 @@ whole vector moves by at most L0 * partition_l1 in L1 and sqrt(L0) * partition_l
 contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` events:
 
 * count: Linf; unit count: 1;
-* sum of values clamped to [lo, hi]: Linf * max(|lo|, |hi|);
-* centred sum of (x - mid), mid = (lo + hi) / 2: Linf * (hi - lo) / 2;
-* centred sum of squares (x - mid)^2: Linf * ((hi - lo) / 2)^2;
+* sum of values clamped to [lo, hi], in fixed point (each value rounded to an integer
+  number of the metric's resolution r, summed exactly as int64):
+  Linf * max(|rint(lo / r)|, |rint(hi / r)|) units of r;
+* centred sum of rint((x - mid) / r), mid = (lo + hi) / 2: Linf * the same at the ends;
+* centred sum of squares, at a resolution r2 >= r (:func:`square_step`): Linf * the
+  square of the largest centred integer, in units of r2**2;
 * a histogram (``histogram`` buckets, or the fine grid ``quantiles`` reads): each kept
   event adds 1 to one bin, so L1 <= Linf, and L2 <= Linf too (all Linf events may fall in
   one bin).
@@ -26,7 +29,8 @@ Budget split: epsilon is divided equally over the measurements, plus one share f
 partition selection and one per ``top_k`` column. The private selections (of partitions, see
 :func:`calibrate_selection`, and of ``top_k`` values) share delta equally: all of it under
 Laplace noise; under Gaussian noise they and the Gaussian measurements take half each.
-Every scale, threshold and the loss actually spent come from OpenDP maps (``_mechanisms``),
+Every measurement is an integer vector with exact discrete noise; every scale, threshold
+and the loss actually spent come from OpenDP maps (``_mechanisms``),
 but for truncated-geometric selection, whose loss is argued in
 ``_mechanisms.truncated_geometric``; the totals never exceed what the caller passed.
 """
@@ -48,6 +52,7 @@ from telemagg._state import State
 from telemagg.errors import ConfigError, TelemaggError
 from telemagg.policy import (
     Count,
+    FixedPointMetric,
     Histogram,
     Mean,
     Metric,
@@ -58,35 +63,45 @@ from telemagg.policy import (
     TopK,
     UnitCount,
     Variance,
+    default_resolution,
 )
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Column = np.ndarray[Any, Any]  # a released column: float64, or object (lists) for histograms
 
-Compute = Callable[[State, int], F64]
-"""Exact per-partition values of a measurement: (state, number of partitions) -> (P, width)."""
+Compute = Callable[[State, int], I64]
+"""Exact per-partition integers of a measurement: (state, number of partitions) -> (P, width)."""
+
+MAX_NOISE_SCALE = 2.0**52
+"""Largest noise scale in integer units: the noise then stays below 2**62 (int64-safe)
+except with probability exp(-2**10)."""
+SQUARE_STEPS_BITS = 15
+"""Centred values are squared at a resolution cutting the half-width into at most 2**15
+steps, so squares stay below 2**30 and their int64 sums cannot overflow."""
 
 
 @dataclass(frozen=True)
 class MeasurementSpec:
-    """What to measure and how much one unit can move it in one partition."""
+    """What to measure, in integer units worth ``resolution`` each, and how much one unit
+    can move it in one partition (in those units)."""
 
     key: str
-    partition_l1: float
+    partition_l1: int
     partition_l2: float
     compute: Compute = field(compare=False)
     width: int = 1
+    resolution: float = 1.0
     details: Mapping[str, Any] = field(default_factory=dict, compare=False)  # for reports
 
 
 @dataclass(frozen=True)
 class Calibrated:
-    """A measurement with its noise: mechanism, scale and the privacy it costs."""
+    """A measurement with its noise: mechanism, scale (in integer units) and its cost."""
 
     spec: MeasurementSpec
     mechanism: str
-    sensitivity: float  # L1 for Laplace, L2 for Gaussian, of the whole vector
+    sensitivity: float  # L1 for Laplace, L2 for Gaussian, of the whole vector, integer units
     scale: float
     epsilon: float
     delta: float
@@ -94,7 +109,10 @@ class Calibrated:
 
     @property
     def stddev(self) -> float:
-        return self.scale * math.sqrt(2.0) if self.mechanism == "laplace" else self.scale
+        """Standard deviation of the noise on each value, in the values' units."""
+        if self.mechanism == "laplace":
+            return mech.discrete_laplace_stddev(self.scale) * self.spec.resolution
+        return self.scale * self.spec.resolution  # the discrete Gaussian's is slightly less
 
     def report(self) -> dict[str, Any]:
         return {
@@ -103,8 +121,11 @@ class Calibrated:
             "epsilon": self.epsilon,
             "delta": self.delta,
             "rho": self.rho,
-            "sensitivity": self.sensitivity,
+            "sensitivity": self.sensitivity * self.spec.resolution,
             "stddev": self.stddev,
+            "scale": self.scale * self.spec.resolution,
+            "noise": "discrete (exact, integer)",
+            **({"resolution": self.spec.resolution} if self.spec.resolution != 1.0 else {}),
             **self.spec.details,
         }
 
@@ -112,21 +133,50 @@ class Calibrated:
 # --------------------------------------------------------------------------- measurements
 
 
-def _bincount(state: State, n: int, weights: F64 | None = None) -> F64:
-    out = np.bincount(state.partition, weights=weights, minlength=n).astype(np.float64)
-    return out[:, None]
+def _integer_sums(state: State, n: int, units: I64 | None = None) -> I64:
+    """Per-partition int64 sums of ``units`` (or event counts), computed exactly.
+
+    A float64 ``bincount`` is exact while every partial sum is an integer below 2**53;
+    beyond that the values are split into 21-bit limbs, each summed exactly, and
+    recombined in int64 (the planning bounds keep every total below 2**62).
+    """
+    if units is None:
+        return np.bincount(state.partition, minlength=n).astype(np.int64)[:, None]
+    largest = int(np.abs(units).max()) if units.size else 0
+    if largest * units.size < 2**53:
+        sums = np.bincount(state.partition, weights=units.astype(np.float64), minlength=n)
+        return sums.astype(np.int64)[:, None]
+    if largest * units.size >= 2**62:
+        raise TelemaggError("internal: a fixed-point sum could overflow int64")
+    low = int(units.min())
+    shifted = units - low  # >= 0
+    total = np.bincount(state.partition, minlength=n).astype(np.int64) * low
+    for limb in range(3):
+        part = (shifted >> (21 * limb)) & ((1 << 21) - 1)
+        sums = np.bincount(state.partition, weights=part.astype(np.float64), minlength=n)
+        total += sums.astype(np.int64) << (21 * limb)
+    return total[:, None]
 
 
-def _clamped(state: State, column: str, bounds: tuple[float, float]) -> F64:
-    return np.clip(state.numeric[column], bounds[0], bounds[1])
+def _fixed_point(values: F64, bounds: tuple[float, float], centre: float, step: float) -> I64:
+    """Clamp, centre and round each value to an integer number of ``step``."""
+    return np.rint((np.clip(values, bounds[0], bounds[1]) - centre) / step).astype(np.int64)
+
+
+def _largest_units(bounds: tuple[float, float], centre: float, step: float) -> int:
+    """The largest ``|_fixed_point(x)|`` over the bounds, exactly: clamping, subtraction,
+    division by a positive step and rounding are all monotone in x, so the extremes are
+    at the bounds (computed with the same float operations)."""
+    ends = _fixed_point(np.asarray(bounds, dtype=np.float64), bounds, centre, step)
+    return int(np.abs(ends).max())
 
 
 def count_spec(policy: Policy) -> MeasurementSpec:
-    c = float(policy.max_contributions)
-    return MeasurementSpec("count", c, c, lambda s, n: _bincount(s, n))
+    c = policy.max_contributions
+    return MeasurementSpec("count", c, float(c), lambda s, n: _integer_sums(s, n))
 
 
-def _unit_count(state: State, n: int) -> F64:
+def _unit_count(state: State, n: int) -> I64:
     """Distinct units per partition = distinct pair keys per partition.
 
     One value sort (no argsort) of (partition, top bits of the pair key): two of a
@@ -134,7 +184,7 @@ def _unit_count(state: State, n: int) -> F64:
     (probability ~ pairs^2 / 2^(65 - log2 n)), and a merge could only lower a count.
     """
     if len(state) == 0:
-        return np.zeros((n, 1))
+        return np.zeros((n, 1), dtype=np.int64)
     shift = np.uint64(max(n - 1, 1).bit_length())
     keys = np.sort(
         (state.partition.astype(np.uint64) << (np.uint64(64) - shift)) | (state.pair_key >> shift)
@@ -142,45 +192,64 @@ def _unit_count(state: State, n: int) -> F64:
     first = np.ones(keys.size, dtype=bool)
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
     partitions = (keys[first] >> (np.uint64(64) - shift)).astype(np.int64)
-    return np.bincount(partitions, minlength=n).astype(np.float64)[:, None]
+    return np.bincount(partitions, minlength=n).astype(np.int64)[:, None]
 
 
-UNIT_COUNT = MeasurementSpec("unit_count", 1.0, 1.0, _unit_count)
+UNIT_COUNT = MeasurementSpec("unit_count", 1, 1.0, _unit_count)
 
 
-def sum_key(column: str, bounds: tuple[float, float]) -> str:
-    """Key of the clamped-sum measurement (exact bounds: different bounds never share it)."""
-    return f"sum({column},{_number(bounds[0])},{_number(bounds[1])})"
+def sum_key(column: str, bounds: tuple[float, float], step: float) -> str:
+    """Key of the clamped-sum measurement (exact bounds and resolution: different ones
+    never share it)."""
+    return f"sum({column},{_number(bounds[0])},{_number(bounds[1])};{_number(step)})"
 
 
-def centred_key(column: str, bounds: tuple[float, float], power: int) -> str:
+def centred_key(column: str, bounds: tuple[float, float], power: int, step: float) -> str:
     """Key of the centred sum (power 1) or centred sum of squares (power 2) measurement."""
     kind = "centred_sum" if power == 1 else "centred_sum_of_squares"
-    return f"{kind}({column},{_number(bounds[0])},{_number(bounds[1])})"
+    return f"{kind}({column},{_number(bounds[0])},{_number(bounds[1])};{_number(step)})"
 
 
-def sum_spec(policy: Policy, column: str, bounds: tuple[float, float]) -> MeasurementSpec:
-    lo, hi = bounds
-    bound = policy.max_contributions * max(abs(lo), abs(hi))
+def square_step(metric: FixedPointMetric) -> float:
+    """Resolution of centred values before squaring: the metric's, or coarser so that the
+    half-width is at most 2**15 steps (squares below 2**30)."""
+    coarse = default_resolution(metric.largest, SQUARE_STEPS_BITS, integers_exact=False)
+    return max(metric.step, coarse)
+
+
+def sum_spec(policy: Policy, metric: FixedPointMetric) -> MeasurementSpec:
+    """Sum of values clamped to the bounds, in units of ``metric.step``: one event moves it
+    by at most ``max(|rint(lo / step)|, |rint(hi / step)|)`` units."""
+    column, bounds, step = metric.column, metric.bounds, metric.step
+    largest = _largest_units(bounds, 0.0, step)
+    bound = policy.max_contributions * largest
     return MeasurementSpec(
-        sum_key(column, bounds),
+        sum_key(column, bounds, step),
         bound,
-        bound,
-        lambda s, n: _bincount(s, n, _clamped(s, column, bounds)),
+        float(bound),
+        lambda s, n: _integer_sums(s, n, _fixed_point(s.numeric[column], bounds, 0.0, step)),
+        resolution=step,
     )
 
 
-def centred_spec(
-    policy: Policy, column: str, bounds: tuple[float, float], power: int
-) -> MeasurementSpec:
+def centred_spec(policy: Policy, metric: FixedPointMetric, power: int) -> MeasurementSpec:
+    """Centred sum (power 1) of ``rint((x - mid) / step)``, or of its square (power 2, at
+    :func:`square_step`, in units of ``step**2``)."""
+    column, bounds = metric.column, metric.bounds
     lo, hi = bounds
-    mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
-    bound = policy.max_contributions * half**power
+    mid = (lo + hi) / 2.0
+    step = metric.step if power == 1 else square_step(metric)
+    bound = policy.max_contributions * _largest_units(bounds, mid, step) ** power
+
+    def compute(s: State, n: int) -> I64:
+        return _integer_sums(s, n, _fixed_point(s.numeric[column], bounds, mid, step) ** power)
+
     return MeasurementSpec(
-        centred_key(column, bounds, power),
+        centred_key(column, bounds, power, step),
         bound,
-        bound,
-        lambda s, n: _bincount(s, n, (_clamped(s, column, bounds) - mid) ** power),
+        float(bound),
+        compute,
+        resolution=step**power,
     )
 
 
@@ -189,9 +258,9 @@ def _number(x: float) -> str:
     return repr(float(x)).removesuffix(".0")
 
 
-def _histogram(state: State, n: int, bins: I64, width: int) -> F64:
+def _histogram(state: State, n: int, bins: I64, width: int) -> I64:
     flat = np.bincount(state.partition * width + bins, minlength=n * width)
-    return flat.reshape(n, width).astype(np.float64)
+    return flat.reshape(n, width).astype(np.int64)
 
 
 def quantile_grid(metric: Quantiles, values: F64) -> I64:
@@ -214,11 +283,11 @@ def quantile_key(metric: Quantiles) -> str:
 
 def quantile_spec(policy: Policy, metric: Quantiles) -> MeasurementSpec:
     """The noisy grid histogram every level of ``metric`` is read from (L1 = L2 = Linf)."""
-    bound = float(policy.max_contributions)
+    bound = policy.max_contributions
     return MeasurementSpec(
         quantile_key(metric),
         bound,
-        bound,
+        float(bound),
         lambda s, n: _histogram(s, n, quantile_grid(metric, s.numeric[metric.column]), metric.bins),
         width=metric.bins,
         details={"bins": metric.bins, "spacing": metric.scale},
@@ -245,11 +314,11 @@ def histogram_spec(policy: Policy, metric: Histogram) -> MeasurementSpec:
     """Noisy counts per bucket (L1 = L2 = Linf per partition)."""
     edges = metric.bins
     width = len(edges) - 1
-    bound = float(policy.max_contributions)
+    bound = policy.max_contributions
     return MeasurementSpec(
         histogram_key(metric),
         bound,
-        bound,
+        float(bound),
         lambda s, n: _histogram(s, n, histogram_buckets(edges, s.numeric[metric.column]), width),
         width=width,
         details={"bins": width},
@@ -263,15 +332,12 @@ def measurement_specs(metric: Metric, policy: Policy) -> list[MeasurementSpec]:
     if isinstance(metric, UnitCount):
         return [UNIT_COUNT]
     if isinstance(metric, Sum):
-        return [sum_spec(policy, metric.column, metric.bounds)]
+        return [sum_spec(policy, metric)]
     if isinstance(metric, Mean):
-        return [count_spec(policy), centred_spec(policy, metric.column, metric.bounds, 1)]
+        return [count_spec(policy), centred_spec(policy, metric, 1)]
     if isinstance(metric, Variance):
-        return [
-            count_spec(policy),
-            centred_spec(policy, metric.column, metric.bounds, 1),
-            centred_spec(policy, metric.column, metric.bounds, 2),
-        ]
+        centred = [centred_spec(policy, metric, power) for power in (1, 2)]
+        return [count_spec(policy), *centred]
     if isinstance(metric, Quantiles):
         return [quantile_spec(policy, metric)]
     if isinstance(metric, Histogram):
@@ -304,17 +370,17 @@ def finalize(
         key = "count" if isinstance(metric, Count) else "unit_count"
         return {metric.name: np.maximum(noisy[key][:, 0], 0.0)}
     if isinstance(metric, Sum):
-        return {metric.name: noisy[sum_key(metric.column, metric.bounds)][:, 0]}
+        return {metric.name: noisy[sum_key(metric.column, metric.bounds, metric.step)][:, 0]}
     assert isinstance(metric, Mean | Variance)
     lo, hi = metric.bounds
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     n = np.maximum(noisy["count"][:, 0], 1.0)
-    centred_mean = np.clip(
-        noisy[centred_key(metric.column, metric.bounds, 1)][:, 0] / n, -half, half
-    )
+    centred = noisy[centred_key(metric.column, metric.bounds, 1, metric.step)][:, 0]
+    centred_mean = np.clip(centred / n, -half, half)
     if isinstance(metric, Mean):  # clipped again: mid + x can round past a bound
         return {metric.name: np.clip(mid + centred_mean, lo, hi)}
-    squares = noisy[centred_key(metric.column, metric.bounds, 2)][:, 0] / n
+    squares_key = centred_key(metric.column, metric.bounds, 2, square_step(metric))
+    squares = noisy[squares_key][:, 0] / n
     return {metric.name: np.clip(squares - centred_mean**2, 0.0, half**2)}
 
 
@@ -428,8 +494,8 @@ class ValueThreshold:
     column: str
     threshold: mech.ThresholdPlan
     l0: int
-    l1: float
-    linf: float
+    l1: int
+    linf: int
 
     @property
     def key(self) -> str:
@@ -443,7 +509,8 @@ class ValueThreshold:
             "delta": self.threshold.delta,
             "rho": 0.0,
             "sensitivity": self.l1,
-            "stddev": self.threshold.scale * math.sqrt(2.0),
+            "stddev": mech.discrete_laplace_stddev(self.threshold.scale),
+            "scale": self.threshold.scale,
             "threshold": self.threshold.threshold,
             "keys_per_unit": self.l0,
         }
@@ -453,8 +520,8 @@ def value_threshold(policy: Policy, column: str, epsilon: float, delta: float) -
     """Calibrate the (partition, value) threshold of ``column`` (see :class:`ValueThreshold`)."""
     linf = policy.max_contributions
     l0 = policy.max_partitions * linf
-    plan = mech.laplace_threshold(l0, float(linf), epsilon, delta, float(l0))
-    return ValueThreshold(column, plan, l0, float(l0), float(linf))
+    plan = mech.laplace_threshold(l0, linf, epsilon, delta, l0)
+    return ValueThreshold(column, plan, l0, l0, linf)
 
 
 @dataclass(frozen=True)
@@ -489,8 +556,10 @@ def noisy_value_counts(
     counted = (where >= 0) & (codes >= 0)
     width = max(len(values), 1)
     keys, counts = np.unique(where[counted] * width + codes[counted], return_counts=True)
-    kept, noisy = noise.threshold(keys, counts.astype(np.float64), selection.threshold)
-    return ValueCounts(kept // width, kept % width, noisy, int(released.size), values)
+    kept, noisy = noise.threshold(keys, counts.astype(np.int64), selection.threshold)
+    return ValueCounts(
+        kept // width, kept % width, noisy.astype(np.float64), int(released.size), values
+    )
 
 
 def top_k_columns(metric: TopK, counts: ValueCounts) -> dict[str, Column]:
@@ -523,6 +592,36 @@ class Plan:
     metric_measurements: dict[str, tuple[str, ...]]
     value_thresholds: dict[str, ValueThreshold] = field(default_factory=dict)  # top_k
 
+    def measure(
+        self,
+        state: State,
+        released: I64,
+        n_known: int,
+        noise: mech.Noise,
+        categories: Mapping[str, Sequence[Any]],
+    ) -> tuple[dict[str, F64], dict[str, ValueCounts]]:
+        """Noisy values of every measurement on the ``released`` partition ids (of
+        ``n_known``), in the values' units, and the released (partition, value) counts of
+        every ``top_k`` column (``categories`` maps a column to its values, by code).
+
+        Each measurement is an integer vector (counts, or fixed-point sums in units of its
+        resolution) noised by exact discrete noise in one vectorised call; its value is
+        the noisy integer times the resolution (post-processing).
+        """
+        noisy: dict[str, F64] = {}
+        for key, cal in self.measurements.items():
+            exact = cal.spec.compute(state, n_known)[released]
+            draw = noise.laplace if cal.mechanism == "laplace" else noise.gaussian
+            units = draw(exact.ravel(), cal.scale).reshape(exact.shape)
+            noisy[key] = units.astype(np.float64) * cal.spec.resolution
+        value_counts = {
+            key: noisy_value_counts(
+                state, released, n_known, selection, categories[selection.column], noise
+            )
+            for key, selection in self.value_thresholds.items()
+        }
+        return noisy, value_counts
+
     @property
     def selection_report(self) -> dict[str, Any] | None:
         if self.selection is None:
@@ -543,7 +642,7 @@ class Plan:
             "delta": self.selection.delta,
             "scale": self.selection.scale,
             "threshold": self.selection.threshold,
-            "stddev": self.selection.scale * math.sqrt(2.0),
+            "stddev": mech.discrete_laplace_stddev(self.selection.scale),
             "sensitivity": None,
         }
 
@@ -567,20 +666,32 @@ def calibrate_selection(
     'GeometricSelection'
     """
     if unit_count:
-        return mech.laplace_threshold(max_partitions, 1.0, epsilon, delta)
+        return mech.laplace_threshold(max_partitions, 1, epsilon, delta)
     return mech.truncated_geometric(max_partitions, epsilon, delta)
 
 
 def select_partitions(
-    selection: Selection, units: F64, noise: mech.Noise
+    selection: Selection, units: I64, noise: mech.Noise
 ) -> tuple[I64, F64 | None]:
     """Ids of the partitions kept, ascending, from their distinct-unit counts ``units``
     (one per partition id), and their noisy unit counts (threshold selection only)."""
+    units = np.asarray(units).astype(np.int64)
     present = np.flatnonzero(units > 0)
     if isinstance(selection, mech.ThresholdPlan):
-        return noise.threshold(present, units[present], selection)
-    counts = units[present].astype(np.int64)
-    return present[noise.bernoulli(selection.keep_probability(counts))], None
+        kept, noisy = noise.threshold(present, units[present], selection)
+        return kept, noisy.astype(np.float64)
+    return present[selection.keep(units[present], noise)], None
+
+
+def _checked(scale: float, spec: MeasurementSpec) -> float:
+    """A noise scale the int64 samplers can carry (see :data:`MAX_NOISE_SCALE`)."""
+    if not (math.isfinite(scale) and scale <= MAX_NOISE_SCALE):
+        raise ConfigError(
+            f"epsilon is too small for {spec.key}: its noise scale would be {scale:.3g}"
+            f" units of {spec.resolution:g} (at most 2**52); raise epsilon, or lower the"
+            " bounds, max_partitions or max_contributions"
+        )
+    return scale
 
 
 def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) -> Plan:
@@ -629,16 +740,16 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     for key, spec in specs.items():
         if gaussian:
             l2 = math.sqrt(l0) * spec.partition_l2
-            scale = mech.gaussian_scale(l2, rho_each)
+            scale = _checked(mech.gaussian_scale(l2, rho_each), spec)
             rho = mech.gaussian_rho(l2, scale)
             calibrated[key] = Calibrated(
                 spec, "gaussian", l2, scale, eps_share, delta_gaussian / len(specs), rho
             )
         else:
             l1 = l0 * spec.partition_l1
-            scale = mech.laplace_scale(l1, eps_share)
+            scale = _checked(mech.laplace_scale(l1, eps_share), spec)
             eps = mech.laplace_epsilon(l1, scale)
-            calibrated[key] = Calibrated(spec, "laplace", l1, scale, eps, 0.0, 0.0)
+            calibrated[key] = Calibrated(spec, "laplace", float(l1), scale, eps, 0.0, 0.0)
 
     approx_eps = sum(c.epsilon for c in calibrated.values() if c.mechanism == "laplace")
     approx_delta = 0.0

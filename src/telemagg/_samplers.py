@@ -89,12 +89,8 @@ _GUIDE_SHIFT = np.uint32(WORD_BITS - _GUIDE_BITS)
 _CELL_SHIFT = np.uint32(32 - _GUIDE_BITS)  # a word's cell: the top bits of its R
 _CHUNK = 1 << 15  # values drawn per pass, so that every temporary stays in cache
 _DIGITS = 40  # decimal digits of table enclosures (133 bits, far beyond the 31 compared)
-# Exponent range: the widest Decimal allows, so exp(-gamma) never underflows to 0 (with the
-# default Emin of -999999, exp(-5e17) for sigma = 1e-9 became 0 and the enclosure of
-# _threshold never narrowed: an endless loop).
-_EXACT = Context(
-    prec=10_000, traps=[Inexact], Emin=MIN_EMIN, Emax=MAX_EMAX
-)  # exact products of dyadic rationals
+# exponents as wide as Decimal allows: exp(-x) of huge x stays a (tiny) number, not 0
+_EXACT = Context(prec=10_000, traps=[Inexact], Emin=MIN_EMIN, Emax=MAX_EMAX)  # exact products
 
 
 # --------------------------------------------------------------------------- bit sources
@@ -199,6 +195,14 @@ def _exp_neg(x: Decimal, digits: int) -> tuple[Decimal, Decimal]:
     """
     if x == 0:
         return Decimal(1), Decimal(1)
+    cap = Decimal(10 * digits + 1000)
+    if x > cap:
+        # exp(-x) < exp(-cap) < 10**-(4 digits + 434): the enclosure (0, exp(-cap)) is far
+        # narrower, in absolute terms, than any 2**-bits a caller compares at these digits
+        # (digits >= 0.3 bits). Computing exp(-x) itself would underflow even Decimal's
+        # widest range for x > ~2.3e18 (sigma = 1e-9: gamma ~ 1e19), giving 0 and an
+        # enclosure that never narrows.
+        return Decimal(0), _exp_neg(cap, digits)[1]
     value = Context(prec=digits, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX).exp(-x)
     ulp = Decimal((0, (1,), value.adjusted() - digits + 1))
     down, up = _contexts(digits + 2)

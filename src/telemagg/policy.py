@@ -18,12 +18,22 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from telemagg.errors import ConfigError
 
 __all__ = [
     "Count",
+    "FixedPointMetric",
     "Histogram",
     "Mean",
     "Metric",
@@ -36,6 +46,7 @@ __all__ = [
     "ValueMetric",
     "Variance",
     "count",
+    "default_resolution",
     "exponential_buckets",
     "format_duration",
     "histogram",
@@ -74,13 +85,27 @@ class _Model(BaseModel):
             raise ConfigError(_describe(dict(first), type(self).__name__)) from None
 
 
+MAX_BOUND = 1e150
+"""Largest magnitude of a metric bound: squares of centred values (variance) and their
+sums must stay finite floats."""
+
+
 def _finite_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
     lower, upper = bounds
     if not (math.isfinite(lower) and math.isfinite(upper)):
         raise ValueError("must be finite (lower, upper)")
     if not lower < upper:
         raise ValueError("must satisfy lower < upper")
+    if max(abs(lower), abs(upper)) > MAX_BOUND:
+        raise ValueError(f"must lie within [-{MAX_BOUND:g}, {MAX_BOUND:g}]")
     return (float(lower), float(upper))
+
+
+def _number(value: Any) -> float:
+    """A real number parameter: int or float (numpy included), never a string or bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError("must be a number (int or float)")
+    return float(value)
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -122,6 +147,9 @@ def format_duration(seconds: int) -> str:
 
 # --------------------------------------------------------------------------- policy
 
+MAX_PARTITIONS = 10_000
+MAX_CONTRIBUTIONS = 100_000
+
 
 class Policy(_Model):
     """Who is protected, and how much one of them may contribute to one release.
@@ -132,6 +160,11 @@ class Policy(_Model):
     kept are chosen uniformly at random. ``content_columns`` names columns holding customer
     content (message text, recordings, file names): they may be aggregated only under an
     opt-in purpose.
+
+    Ranges: ``max_partitions`` in [1, 10_000], ``max_contributions`` in [1, 100_000]. Noise
+    grows with L0 x Linf (L1 sensitivity), so at those ceilings a count's noise already
+    has a standard deviation of about 1.4e9 / epsilon: larger values release nothing
+    useful, and they would let one parameter drive the cost of bounding and calibration.
 
     >>> Policy(privacy_unit="user_id", max_partitions=4, max_contributions=2).max_partitions
     4
@@ -144,9 +177,15 @@ class Policy(_Model):
 
     @field_validator("max_partitions", "max_contributions", mode="before")
     @classmethod
-    def _positive(cls, value: Any) -> int:
+    def _bounded(cls, value: Any, info: ValidationInfo) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError("must be an integer >= 1")
+        ceiling = MAX_PARTITIONS if info.field_name == "max_partitions" else MAX_CONTRIBUTIONS
+        if value > ceiling:
+            raise ValueError(
+                f"must be at most {ceiling:,} (noise grows with max_partitions x"
+                " max_contributions: beyond this a release carries no signal)"
+            )
         return value
 
 
@@ -221,19 +260,89 @@ class ValueMetric(Metric):
         return (self.column,)
 
 
-class Sum(ValueMetric):
+DEFAULT_STEPS_BITS = 20
+"""Automatic resolution: the largest value the measurement sums (``max(|lower|, |upper|)``
+for a sum, ``(upper - lower) / 2`` for a centred sum) is at most 2**20 steps, or the
+resolution is 1 if that is coarser and the value is below 2**30 (integers stay exact)."""
+MAX_STEPS_BITS = 30
+"""A given ``resolution`` may cut that value into at most 2**30 steps: sums of int64 then
+cannot overflow below 2**32 events per partition, far beyond what fits in memory."""
+
+
+def default_resolution(
+    largest: float, bits: int = DEFAULT_STEPS_BITS, *, integers_exact: bool = True
+) -> float:
+    """The power of two cutting ``largest`` into at most ``2**bits`` steps (or 1, see
+    :data:`DEFAULT_STEPS_BITS`).
+
+    >>> default_resolution(60_000.0), default_resolution(1_234_567.0), default_resolution(1e12)
+    (0.0625, 1.0, 1048576.0)
+    """
+    exponent = math.frexp(largest)[1]  # largest < 2**exponent
+    step = math.ldexp(1.0, exponent - bits)
+    if integers_exact and step > 1.0 and exponent <= MAX_STEPS_BITS:
+        return 1.0
+    return step
+
+
+class FixedPointMetric(ValueMetric):
+    """A metric summing clamped values as integers at ``resolution`` (None: automatic).
+
+    Values are clamped to ``bounds``, centred for mean and variance, then rounded to the
+    nearest multiple of the resolution and summed as int64, so the sensitivity holds
+    exactly (no float summation error; Casacuberta et al., CCS 2022).
+    """
+
+    resolution: float | None = None
+
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _resolution(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        number = _number(value)
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError("must be None (automatic) or a finite number > 0")
+        return number
+
+    @property
+    def largest(self) -> float:
+        """The largest magnitude summed: the bound for a sum, the half-width when centred."""
+        lower, upper = self.bounds
+        if self.kind == "sum":
+            return max(abs(lower), abs(upper))
+        return (upper - lower) / 2.0
+
+    @property
+    def step(self) -> float:
+        """The resolution in use: given, or :func:`default_resolution` of :attr:`largest`."""
+        return self.resolution if self.resolution is not None else default_resolution(self.largest)
+
+    @model_validator(mode="after")
+    def _steps_in_range(self) -> FixedPointMetric:
+        if self.resolution is not None:
+            steps = self.largest / self.resolution
+            if not 1.0 <= steps <= 2.0**MAX_STEPS_BITS:
+                raise ValueError(
+                    f"resolution must cut {self.largest:g} (the largest value summed) into 1"
+                    f" to 2**{MAX_STEPS_BITS} steps; got {self.resolution!r}"
+                )
+        return self
+
+
+class Sum(FixedPointMetric):
     """Sum of the clamped values per partition."""
 
     kind: ClassVar[str] = "sum"
 
 
-class Mean(ValueMetric):
+class Mean(FixedPointMetric):
     """Mean of the clamped values per partition; always inside ``bounds``."""
 
     kind: ClassVar[str] = "mean"
 
 
-class Variance(ValueMetric):
+class Variance(FixedPointMetric):
     """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2]."""
 
     kind: ClassVar[str] = "variance"
@@ -407,25 +516,47 @@ def unit_count(*, name: str = "") -> UnitCount:
     return UnitCount(name=name)
 
 
-def sum(column: str, bounds: tuple[float, float], *, name: str = "") -> Sum:
+def sum(
+    column: str,
+    bounds: tuple[float, float],
+    *,
+    resolution: float | None = None,
+    name: str = "",
+) -> Sum:
     """Sum of ``column`` per partition, each value clamped to ``bounds``.
+
+    Values are summed as integers at ``resolution`` (default: a power of two cutting
+    ``max(|lower|, |upper|)`` into at most 2**20 steps, never coarser than 1 below 2**30;
+    stated in the release's metadata).
 
     >>> sum("duration_ms", bounds=(0, 60_000)).name
     'sum_duration_ms'
     """
-    return Sum(column=column, bounds=bounds, name=name)
+    return Sum(column=column, bounds=bounds, resolution=resolution, name=name)
 
 
-def mean(column: str, bounds: tuple[float, float], *, name: str = "") -> Mean:
+def mean(
+    column: str,
+    bounds: tuple[float, float],
+    *,
+    resolution: float | None = None,
+    name: str = "",
+) -> Mean:
     """Mean of ``column`` per partition, each value clamped to ``bounds``.
 
     >>> mean("duration_ms", bounds=(0, 60_000)).bounds
     (0.0, 60000.0)
     """
-    return Mean(column=column, bounds=bounds, name=name)
+    return Mean(column=column, bounds=bounds, resolution=resolution, name=name)
 
 
-def variance(column: str, bounds: tuple[float, float], *, name: str = "") -> Variance:
+def variance(
+    column: str,
+    bounds: tuple[float, float],
+    *,
+    resolution: float | None = None,
+    name: str = "",
+) -> Variance:
     """Variance of ``column`` per partition, each value clamped to ``bounds``.
 
     >>> variance("x", bounds=(5, 1))
@@ -433,7 +564,7 @@ def variance(column: str, bounds: tuple[float, float], *, name: str = "") -> Var
     ...
     telemagg.errors.ConfigError: Variance.bounds must satisfy lower < upper; got (5, 1)
     """
-    return Variance(column=column, bounds=bounds, name=name)
+    return Variance(column=column, bounds=bounds, resolution=resolution, name=name)
 
 
 def quantiles(
@@ -533,32 +664,64 @@ def top_k(column: str, k: int, *, name: str = "") -> TopK:
 # --------------------------------------------------------------------------- release
 
 
+MIN_EPSILON = 1e-6
+MAX_EPSILON = 100.0
+LARGE_DELTA = 1e-3
+
+
 class ReleaseParams(_Model):
     """The privacy budget of one release and how its noise is drawn.
 
     ``noise="laplace"`` (default) gives pure epsilon-DP values; ``noise="gaussian"`` is
     accounted in zero-concentrated DP and needs ``delta > 0``. Private partition selection
     (``private_partitions=True``) needs ``delta > 0``.
+
+    Ranges: ``epsilon`` in [1e-6, 100] (beyond 100 a release is no longer private in any
+    useful sense, and e^epsilon overflows the accounting; below 1e-6 the noise is pure
+    noise); ``delta`` in [0, 1), and at least 1e-3 only with ``allow_large_delta=True``
+    (delta is a probability of failing outright and should be far below 1 / units).
+
+    >>> ReleaseParams(epsilon="1.0")
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: ReleaseParams.epsilon must be a number (int or float); got '1.0'
     """
 
     epsilon: float
     delta: float = 0.0
     noise: Literal["laplace", "gaussian"] = "laplace"
     private_partitions: bool = True
+    allow_large_delta: bool = False
 
-    @field_validator("epsilon")
+    @field_validator("epsilon", mode="before")
     @classmethod
-    def _epsilon(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
+    def _epsilon(cls, value: Any) -> float:
+        number = _number(value)
+        if not (math.isfinite(number) and number > 0):
             raise ValueError("must be finite and > 0")
-        return value
+        if number < MIN_EPSILON:
+            raise ValueError(f"must be at least {MIN_EPSILON:g} (below, the release is all noise)")
+        if number > MAX_EPSILON:
+            raise ValueError(
+                f"must be at most {MAX_EPSILON:g} (beyond, a release protects no one and"
+                " e^epsilon overflows the accounting)"
+            )
+        return number
 
-    @field_validator("delta")
+    @field_validator("delta", mode="before")
     @classmethod
-    def _delta(cls, value: float) -> float:
-        if not (math.isfinite(value) and 0 <= value < 1):
+    def _delta(cls, value: Any) -> float:
+        number = _number(value)
+        if not (math.isfinite(number) and 0 <= number < 1):
             raise ValueError("must be in [0, 1)")
-        return value
+        return number
+
+    @field_validator("private_partitions", "allow_large_delta", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> bool:
+        if not isinstance(value, bool | np.bool_):
+            raise ValueError("must be True or False")
+        return bool(value)
 
     @model_validator(mode="after")
     def _delta_needed(self) -> ReleaseParams:
@@ -569,6 +732,12 @@ class ReleaseParams(_Model):
             )
         if self.delta == 0 and self.noise == "gaussian":
             raise ValueError("delta must be > 0 for noise='gaussian'")
+        if self.delta >= LARGE_DELTA and not self.allow_large_delta:
+            raise ValueError(
+                f"delta must be < {LARGE_DELTA:g} (the chance that the release fails to be"
+                f" private outright; use ~1e-6 or below); got {self.delta!r}. Pass"
+                " allow_large_delta=True if you really mean it"
+            )
         return self
 
 

@@ -1,8 +1,11 @@
 """Test support: reproducible randomness, injected explicitly.
 
-Production releases draw sampling keys from :mod:`secrets` and noise from OpenDP's
-unseedable samplers. Tests that need reproducible results pass ``randomness=seeded(n)``;
-such releases carry ``"seeded": true`` in their metadata and every ledger refuses them.
+Production releases draw sampling keys from :mod:`secrets` and noise from
+:class:`~telemagg._mechanisms.SystemNoise` (exact discrete samplers fed by the operating
+system's CSPRNG, unseedable). Tests that need reproducible results pass
+``randomness=seeded(n)``: the same discrete distributions from a seeded bit source. Such
+releases carry ``"seeded": true`` in their metadata and every ledger refuses them, as does
+any release whose noise is not exactly a ``SystemNoise``.
 """
 
 from __future__ import annotations
