@@ -105,9 +105,9 @@ def parse_time(text: object) -> datetime:
     >>> parse_time("2030-01-02T03:04:05.000060Z")
     datetime.datetime(2030, 1, 2, 3, 4, 5, 60, tzinfo=datetime.timezone.utc)
     """
-    if not isinstance(text, str) or len(text) != 27:
+    if not isinstance(text, str) or len(text) != 27 or text[10] != "T" or text[26] != "Z":
         raise ValueError(f"not a stored time: {text!r}")
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    return datetime.fromisoformat(text[:26]).replace(tzinfo=UTC)  # strptime is 10x slower
 
 
 # --------------------------------------------------------------------------- URLs and secrets

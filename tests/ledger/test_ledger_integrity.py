@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,9 @@ def test_keyed_ledger_needs_its_key_and_never_shows_it(
     with _three_charges(store_url, key=KEY) as ledger:
         assert ledger.keyed
         assert KEY.decode() not in repr(ledger)
+        assert KEY.decode() not in repr(vars(ledger))
+        with pytest.raises(TypeError, match="not pickled"):
+            pickle.dumps(ledger._key)
     with pytest.raises(LedgerError, match="is a keyed ledger: give its key"):
         Ledger.open(store_url)
     with pytest.raises(LedgerError, match="is a keyed ledger"):

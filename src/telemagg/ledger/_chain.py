@@ -108,15 +108,15 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------- keys and digests
 
 
-def load_key(key: bytes | str | None, key_file: str | os.PathLike[str] | None) -> bytes | None:
+def load_key(key: bytes | str | None, key_file: str | os.PathLike[str] | None) -> LedgerKey | None:
     """The chain key: ``key``, else the contents of ``key_file``, else the environment
     (:data:`KEY_ENV`, then :data:`KEY_FILE_ENV`); None for an unkeyed ledger.
 
     A key file's trailing whitespace (a final newline) is not part of the key. The key is
     never shown in an error.
 
-    >>> load_key(b"0123456789abcdef", None) == b"0123456789abcdef"
-    True
+    >>> load_key(b"0123456789abcdef", None)
+    LedgerKey(***)
     >>> load_key("short", None)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -152,10 +152,34 @@ def load_key(key: bytes | str | None, key_file: str | os.PathLike[str] | None) -
             f"the ledger key must be at least {MIN_KEY_BYTES} bytes (got {len(key)}); "
             "use e.g. secrets.token_hex(32)"
         )
-    return key
+    return LedgerKey(key)
 
 
-def chain_kind(key: bytes | None) -> ChainKind:
+class LedgerKey:
+    """A ledger's chain key. It shows as ``LedgerKey(***)`` and is never pickled, so it cannot
+    reach a repr, a log or a task shipped to another process by accident."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return "LedgerKey(***)"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        raise TypeError("a ledger key is not pickled; give it to each process (key_file=)")
+
+    def mac(self, message: bytes) -> str:
+        """HMAC-SHA256 of ``message`` under this key, hex."""
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+
+#: A chain key: None for an unkeyed ledger (raw bytes are accepted where a key is used).
+Key = LedgerKey | bytes | None
+
+
+def chain_kind(key: Key) -> ChainKind:
     """How a ledger with this key (or none) chains its records."""
     return "sha256" if key is None else "hmac-sha256"
 
@@ -167,12 +191,12 @@ def canonical(document: Mapping[str, Any]) -> str:
     )
 
 
-def digest(document: Mapping[str, Any], key: bytes | None) -> str:
+def digest(document: Mapping[str, Any], key: Key) -> str:
     """SHA-256 of the canonical document, or its HMAC-SHA256 under ``key``."""
     text = canonical(document).encode()
     if key is None:
         return hashlib.sha256(text).hexdigest()
-    return hmac.new(key, text, hashlib.sha256).hexdigest()
+    return (key if isinstance(key, LedgerKey) else LedgerKey(key)).mac(text)
 
 
 # --------------------------------------------------------------------------- running sums
@@ -225,10 +249,16 @@ class RunningSums:
     @classmethod
     def parse(cls, texts: Sequence[object]) -> RunningSums:
         """Back from :meth:`texts`; ValueError if any is not a fraction in [0, 1e300]."""
-        parts = [Fraction(text) if isinstance(text, str) else math.nan for text in texts]
+        parts = [_fraction(text) if isinstance(text, str) else math.nan for text in texts]
         if not all(isinstance(p, Fraction) and 0 <= p <= _LARGEST_SUM for p in parts):
             raise ValueError(f"not running sums: {list(texts)!r}")
         return cls(*parts)  # type: ignore[arg-type]
+
+
+def _fraction(text: str) -> Fraction:
+    """``'n/d'`` or ``'n'`` as a Fraction (the general parser's regular expression is slower)."""
+    numerator, slash, denominator = text.partition("/")
+    return Fraction(int(numerator), int(denominator) if slash else 1)
 
 
 # --------------------------------------------------------------------------- records
@@ -350,11 +380,11 @@ class Charge:
             "prev_hash": self.prev_hash,
         }
 
-    def sealed(self, key: bytes | None) -> Charge:
+    def sealed(self, key: Key) -> Charge:
         """This charge with its hash computed."""
         return Charge(**{**vars(self), "hash": digest(self.document(), key)})
 
-    def intact(self, key: bytes | None) -> bool:
+    def intact(self, key: Key) -> bool:
         """Whether the stored hash is this charge's digest."""
         return hmac.compare_digest(digest(self.document(), key), self.hash)
 
@@ -391,7 +421,7 @@ class Budget:
         count = _field(url, where, "charge_count", _integer, row[8])
         return cls(eps, delta, window, created, chain, genesis, head, seal, count)
 
-    def genesis(self, key: bytes | None) -> str:
+    def genesis(self, key: Key) -> str:
         """The digest the first charge chains to: it covers the total, window, creation time
         and chain kind."""
         return digest(
@@ -406,14 +436,14 @@ class Budget:
             key,
         )
 
-    def seal(self, key: bytes | None, head_hash: str, count: int) -> str:
+    def seal(self, key: Key, head_hash: str, count: int) -> str:
         """The digest binding the chain's head and length to this ledger: without it, cutting
         the last charges and copying the new last hash into the head would go unnoticed."""
         return digest(
             {"telemagg_ledger_head": head_hash, "count": count, "genesis": self.genesis_hash}, key
         )
 
-    def check(self, key: bytes | None, url: str) -> None:
+    def check(self, key: Key, url: str) -> None:
         """LedgerIntegrityError unless the total and the head's seal are this key's digests."""
         if not hmac.compare_digest(self.genesis(key), self.genesis_hash):
             raise LedgerIntegrityError(
@@ -429,7 +459,7 @@ class Budget:
             )
 
 
-def check_key_fits(budget: Budget, key: bytes | None, url: str) -> None:
+def check_key_fits(budget: Budget, key: Key, url: str) -> None:
     """LedgerError unless ``key`` is given exactly when the ledger is keyed."""
     if budget.chain == "hmac-sha256" and key is None:
         raise LedgerError(
@@ -449,7 +479,7 @@ def check_key_fits(budget: Budget, key: bytes | None, url: str) -> None:
 # --------------------------------------------------------------------------- schema 1 -> 2
 
 
-def migration(store: Store, key: bytes | None) -> Callable[[Transaction, int], None]:
+def migration(store: Store, key: Key) -> Callable[[Transaction, int], None]:
     """The migration of a schema-1 ledger to schema 2, for :meth:`Store.ensure_schema`.
 
     Schema 1 kept no running sums, no head seal and no key. The migration verifies the whole

@@ -59,6 +59,7 @@ from telemagg.ledger._chain import (
     SCHEMA_VERSION,
     Budget,
     Charge,
+    LedgerKey,
     RunningSums,
     canonical,
     chain_kind,
@@ -385,7 +386,7 @@ class Ledger(StoreOwner):
 
     _store: Store
     _budget: Budget
-    _key: bytes | None
+    _key: LedgerKey | None
 
     def _read_budget(self, tx: Transaction) -> Budget | None:
         row = tx.fetchone(f"SELECT {BUDGET_COLUMNS} FROM {BUDGET.name} WHERE id = 1")
