@@ -456,6 +456,8 @@ def international_phones(draw: st.DrawFn) -> str:
     groups: list[str] = []
     while rest > 0:  # an area code of 1 to 4 digits, then groups of 2 to 5
         size = min(rest, draw(st.integers(1, 4) if not groups else st.integers(2, 5)))
+        if groups and rest - size == 1:  # no lone last digit: at most 7 groups in all
+            size += 1
         first = draw(st.sampled_from(string.digits[1:]))  # a group of zeros reads as padding
         groups.append(first + draw(st.text(string.digits, min_size=size - 1, max_size=size - 1)))
         rest -= size
@@ -480,6 +482,9 @@ def test_lone_surrogates_are_scrubbed_like_any_character() -> None:
     assert scrub_pii(pd.Series(texts, dtype=object)).tolist() == expected
     mixed = scrub_pii(["DE89 3704 0044 0532 0130 00 \ud800 10.1.2.3", "ok"])
     assert mixed == ["<iban> \ud800 <ip>", "ok"]
+    # characters beyond the BMP (one code point each) keep every position in place
+    astral = scrub_pii(["😀 bob@example.com 😀 4111 1111 1111 1111 🎉 0049 30 12345678", "😀"])
+    assert astral == ["😀 <email> 😀 <card> 🎉 <phone>", "😀"]
 
 
 # ------------------------------------------------------------------ diagnostics survive

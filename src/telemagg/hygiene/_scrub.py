@@ -21,7 +21,8 @@ numbers, phone numbers without ``+`` and IBANs are not anchored at digits: they 
 by their *shapes* in a copy of the text with every digit written as ``0`` and every capital
 as ``A`` (``.0.0.0`` after the first octet, ``0000 0000 0000 0``, ``000-000-0000``,
 thirteen zeros, ``AA00``), each shape starting with a fixed ``.``, ``000`` or ``AA00``;
-only those hits are matched against the real text.
+only those hits are matched against the real text. (The ``00`` of ``0049 30 12345678``
+needs zeros told from other digits: that shape is searched for in the text itself.)
 
 A batch of texts is scanned as one string joined by NUL characters, which no pattern can
 cross, so Python's per-call cost is paid once per batch. ``benchmarks/bench_scrub.py``
@@ -307,13 +308,6 @@ def _ip(text: str) -> str | None:
         return _ip(str(address.ipv4_mapped))
     keep = address.is_unspecified or address.is_loopback or address.is_multicast
     return None if keep else "<ip>"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_unspecified or address.is_loopback or address.is_multicast:
-        return None
-    if text == "255.255.255.255":
-        return None
-    return "<ip>"
 
 
 # ISO 13616 IBANs: the length for each country of the SWIFT IBAN registry (release 98).
@@ -754,9 +748,9 @@ _SHAPED = (
             r"|(?=-000-0000|\.000\.0000|-0000-0000))"  # ... 090-1234-5678
         ),
     ),
-    _Shaped(  # 0049 30 12345678: 00 and a country code, then a separator
+    _Shaped(  # 0049 30 12345678: 00 and a country code, then a separator; not SHA-001
         _NUMBER,
-        re.compile(r"00(?=[1-9][0-9]{0,2}[ .(-])(?<=(?<![\w.+])00)"),
+        re.compile(r"00(?=[1-9][0-9]{0,2}[ .(-])(?<=(?<![\w.+-])00)"),
         on_text=True,
     ),
     _Shaped(
@@ -919,8 +913,8 @@ def scrub_pii(texts: Any) -> Any:
     addresses, UUIDs and request ids (random, they name a request, not a person), library and
     file names, timestamps (ISO 8601 and epoch numbers), ports, durations, and the addresses
     that name no host: unspecified (``0.0.0.0``, ``::``), loopback (``127.0.0.0/8``,
-    ``::1``) and broadcast (``255.255.255.255``). Scrubbing is idempotent: placeholders are
-    never scrubbed again.
+    ``::1``), multicast (``224.0.0.251``, ``ff02::1``) and broadcast (``255.255.255.255``).
+    Scrubbing is idempotent: placeholders are never scrubbed again.
 
     A secret value ends at whitespace, a quote, a bracket, ``&``, ``;``, ``,``, ``<`` or
     ``>`` (the separators of query strings, cookies and connection strings); a password
