@@ -17,13 +17,20 @@ batches costs by itself.
 Run from the repository root with the project's venv active::
 
     python benchmarks/bench_streaming.py --events 30000000 --batch 1000000 --users 200000
+
+``--compare 20`` instead times the same events fed in 20 ``add`` calls against one ``add``
+(issue 11: at most 2x; 10M events, 1M users, 2,000 event types)::
+
+    python benchmarks/bench_streaming.py --events 10000000 --users 1000000 --compare 20
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +42,7 @@ import telemagg as tm
 from telemagg.datasets import telemetry_events
 
 TARGET_PEAK_BYTES = 1.5e9
+TARGET_STREAM_RATIO = 2.0  # issue 11: n add batches cost at most 2x one aggregate
 PAGE_BYTES = resource.getpagesize()
 METRICS = [tm.count(), tm.unit_count(), tm.sum("duration_ms", bounds=(0, 60_000))]
 POLICY = tm.Policy(privacy_unit="user_id", max_partitions=4, max_contributions=2)
@@ -78,11 +86,11 @@ class Step:
 
 
 def state_size(agg: tm.Aggregator) -> tuple[int, int]:
-    """Rows and bytes of the bounded state (white-box: what memory grows with)."""
+    """Rows and bytes the state holds, bounded plus pending (white-box: what memory grows
+    with). Reads no column, which would bound the pending rows and change what is timed."""
     state = agg._state
-    arrays = [state.unit_id, state.partition, state.pair_key, state.event_priority]
-    arrays += [*state.numeric.values(), *state.categorical.values()]
-    return len(state), sum(a.nbytes for a in arrays)
+    row_bytes = 8 * (4 + len(agg._numeric) + len(agg._categorical))
+    return state.rows_held, state.rows_held * row_bytes
 
 
 def generate_only(n_events: int, batch_size: int, n_users: int, seed: int) -> str:
@@ -118,6 +126,52 @@ def run(n_events: int, batch_size: int, n_users: int, seed: int) -> str:
     assert release.accounting.received == n_events, release.accounting
     return report(
         n_events, batch_size, n_users, baseline, peak, steps, adding, loop, releasing, len(release)
+    )
+
+
+def release_in_batches(events: dict[str, npt.NDArray[np.generic]], n_batches: int) -> int:
+    """``add`` the events in ``n_batches`` consecutive slices, then release; rows released."""
+    agg = tm.Aggregator(policy=POLICY, by="event_name", metrics=METRICS)
+    n = events["user_id"].size
+    cuts = np.linspace(0, n, n_batches + 1).astype(int)
+    for a, b in itertools.pairwise(cuts.tolist()):
+        agg.add({name: column[a:b] for name, column in events.items()})
+    return len(agg.release(epsilon=1.0, delta=1e-6))
+
+
+def compare(
+    n_events: int, n_batches: int, n_users: int, n_types: int, seed: int, repeats: int
+) -> str:
+    """Issue 11, item 4: the same events in ``n_batches`` ``add`` calls vs one ``aggregate``
+    (one ``add`` of everything); medians of ``repeats`` interleaved runs, wall and CPU."""
+    generated = telemetry_events(n_events, n_users=n_users, n_event_types=n_types, seed=seed)
+    events = {name: generated[name] for name in ("user_id", "event_name", "duration_ms")}
+    del generated
+    timings: dict[int, tuple[list[float], list[float]]] = {1: ([], []), n_batches: ([], [])}
+    release_in_batches({k: v[:20_000] for k, v in events.items()}, 2)  # warm-up
+    for _ in range(repeats):
+        for batches_ in timings:
+            wall, cpu = time.perf_counter(), time.process_time()
+            release_in_batches(events, batches_)
+            timings[batches_][0].append(time.perf_counter() - wall)
+            timings[batches_][1].append(time.process_time() - cpu)
+    one_wall, one_cpu = (statistics.median(t) for t in timings[1])
+    many_wall, many_cpu = (statistics.median(t) for t in timings[n_batches])
+    verdict = "✓" if many_wall <= TARGET_STREAM_RATIO * one_wall else "✗"
+    return "\n".join(
+        [
+            f"{n_events / 1e6:g}M events, {n_users:,} users, {n_types:,} event types;"
+            f" policy 4 partitions x 2 events; count + unit_count + sum; median of {repeats}",
+            "",
+            "| run | wall s | CPU s | events/s (wall) |",
+            "|---|---:|---:|---:|",
+            f"| one `add` + release | {one_wall:.2f} | {one_cpu:.2f} |"
+            f" {n_events / one_wall:,.0f} |",
+            f"| {n_batches} `add` batches + release | {many_wall:.2f} | {many_cpu:.2f} |"
+            f" {n_events / many_wall:,.0f} |",
+            f"| ratio (target <= {TARGET_STREAM_RATIO:g}x) | {many_wall / one_wall:.2f}x"
+            f" {verdict} | {many_cpu / one_cpu:.2f}x | |",
+        ]
     )
 
 
@@ -172,9 +226,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--generate-only", action="store_true", help="no Aggregator")
+    parser.add_argument(
+        "--compare",
+        type=int,
+        metavar="BATCHES",
+        help="time BATCHES add calls against one add of the same --events (issue 11)",
+    )
+    parser.add_argument("--event-types", type=int, default=2_000, help="with --compare")
+    parser.add_argument("--repeats", type=int, default=3, help="with --compare")
     args = parser.parse_args(argv)
-    measure = generate_only if args.generate_only else run
-    text = measure(args.events, args.batch, args.users, args.seed)
+    if args.compare:
+        text = compare(
+            args.events, args.compare, args.users, args.event_types, args.seed, args.repeats
+        )
+    else:
+        measure = generate_only if args.generate_only else run
+        text = measure(args.events, args.batch, args.users, args.seed)
     from bench_throughput import machine  # after measuring: its imports would add to the RSS
 
     print()

@@ -9,7 +9,8 @@ table (median of ``--repeats`` runs after a warm-up on 20k rows), in wall-clock 
 CPU time of the process (all threads; steadier than wall time on a shared machine):
 
 * telemagg ``tm.aggregate`` on a dict of numpy arrays, and on a pandas DataFrame;
-* ``np.unique`` over the user column: the reference rate of one pass that touches every user;
+* the numpy reference of issue 11: one ``np.unique`` of the user column (with its inverse)
+  and two ``np.bincount`` over it (events and summed ``duration_ms`` per user);
 * PipelineDP's LocalBackend (list of row tuples) and OpenDP's polars ``Context`` (polars
   DataFrame): anchors, run in their own venv (benchmarks/.anchors-venv, created here from
   ``_anchors/requirements.txt``) so their pins never touch the project's. They read the
@@ -19,12 +20,17 @@ Run from the repository root with the project's venv active::
 
     python benchmarks/bench_throughput.py --sizes 1000000,10000000 --repeats 3
 
-Targets (issue 2): telemagg >= 30x PipelineDP and >= 0.3x ``np.unique``.
+Targets (issue 11): telemagg >= 60x PipelineDP and >= 0.5x the numpy reference, on numpy
+and pandas inputs; peak RSS <= 3x the input columns. ``--event-types 100000 --users
+1000000`` gives the many-partitions workload (target >= 3M events/s at 10M events).
+After the timed runs, one more run of each telemagg input measures the peak RSS it adds
+(Linux: the peak is reset through ``/proc/self/clear_refs`` first).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -33,7 +39,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +57,13 @@ ANCHORS = HERE / "_anchors"
 ANCHORS_VENV = HERE / ".anchors-venv"
 DATA = HERE / ".data"
 COLUMNS = ("user_id", "event_name", "duration_ms")
-TARGET_VS_PIPELINEDP = 30.0
-TARGET_VS_UNIQUE = 0.3
+TARGET_VS_PIPELINEDP = 60.0
+TARGET_VS_UNIQUE = 0.5
+TARGET_RSS_OVER_INPUT = 3.0
 
 TELEMAGG_NUMPY = "telemagg (dict of numpy arrays)"
 TELEMAGG_PANDAS = "telemagg (pandas DataFrame)"
-NP_UNIQUE = "np.unique(user_id)"
+NP_UNIQUE = "numpy: np.unique(user_id) + 2 bincounts"
 PIPELINEDP = "PipelineDP LocalBackend"
 OPENDP = "OpenDP polars Context"
 ANCHOR_SCRIPTS = {OPENDP: "opendp_polars.py", PIPELINEDP: "pipelinedp_local.py"}
@@ -70,6 +77,8 @@ class Measurement:
     seconds: list[float]
     cpu_seconds: list[float]
     output_rows: int
+    peak_extra_bytes: int | None = None  # peak RSS a run adds (telemagg only)
+    input_bytes: int | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -95,8 +104,41 @@ def telemagg_release(events: Any, n_events: int) -> int:
     return len(release.to_pandas())
 
 
-def distinct_users(events: dict[str, np.ndarray], n_events: int) -> int:
-    return len(np.unique(events["user_id"]))
+def numpy_reference(events: dict[str, np.ndarray], n_events: int) -> int:
+    """One pass touching every user: np.unique of the user column and two bincounts."""
+    users, inverse = np.unique(events["user_id"], return_inverse=True)
+    np.bincount(inverse, minlength=users.size)
+    np.bincount(inverse, weights=events["duration_ms"], minlength=users.size)
+    return int(users.size)
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field))
+    return int(line.split()[1]) * 1024
+
+
+def peak_extra_bytes(aggregate: Aggregate, data: Any, n_events: int) -> int | None:
+    """Peak RSS one run adds to what the process held before it (Linux only)."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM, the peak RSS, to the current RSS
+    except OSError:
+        return None
+    before = _status_bytes("VmRSS:")
+    aggregate(data, n_events)
+    return _status_bytes("VmHWM:") - before
+
+
+def input_bytes(events: dict[str, np.ndarray]) -> int:
+    """Bytes of the input columns (object columns: their pointers and distinct strings)."""
+    total = 0
+    for column in events.values():
+        total += column.nbytes
+        if column.dtype == object:
+            total += sum(sys.getsizeof(v) for v in set(column[:100_000].tolist()))
+    return total
 
 
 def anchors_python() -> Path:
@@ -115,9 +157,11 @@ def anchors_python() -> Path:
     return python
 
 
-def write_workload(n_events: int, seed: int) -> tuple[dict[str, np.ndarray], Path]:
+def write_workload(
+    n_events: int, seed: int, n_users: int | None, n_types: int
+) -> tuple[dict[str, np.ndarray], Path]:
     """The workload's columns in memory and as parquet for the anchors."""
-    generated = telemetry_events(n_events, seed=seed)
+    generated = telemetry_events(n_events, seed=seed, n_users=n_users, n_event_types=n_types)
     events = {name: generated[name] for name in COLUMNS}
     table = pa.table(
         {
@@ -127,7 +171,7 @@ def write_workload(n_events: int, seed: int) -> tuple[dict[str, np.ndarray], Pat
         }
     )
     DATA.mkdir(exist_ok=True)
-    path = DATA / f"throughput-{n_events}-seed{seed}.parquet"
+    path = DATA / f"throughput-{n_events}-{n_users}-{n_types}-seed{seed}.parquet"
     pq.write_table(table, path)
     return events, path
 
@@ -150,17 +194,31 @@ def measure_anchor(python: Path, engine: str, path: Path, repeats: int) -> Measu
 
 
 def measure_size(
-    n_events: int, seed: int, repeats: int, python: Path | None, with_pipelinedp: bool
+    n_events: int,
+    seed: int,
+    repeats: int,
+    python: Path | None,
+    with_pipelinedp: bool,
+    workload: tuple[int | None, int],
 ) -> list[Measurement]:
-    events, path = write_workload(n_events, seed)
+    events, path = write_workload(n_events, seed, *workload)
     frame = pd.DataFrame(events)
     head = {name: column[:WARMUP_ROWS] for name, column in events.items()}
     version = tm.__version__
+    size = input_bytes(events)
     measured = [
-        measure_in_process(NP_UNIQUE, np.__version__, distinct_users, events, head, repeats),
-        measure_in_process(TELEMAGG_NUMPY, version, telemagg_release, events, head, repeats),
-        measure_in_process(
-            TELEMAGG_PANDAS, version, telemagg_release, frame, frame.iloc[:WARMUP_ROWS], repeats
+        measure_in_process(NP_UNIQUE, np.__version__, numpy_reference, events, head, repeats),
+        replace(
+            measure_in_process(TELEMAGG_NUMPY, version, telemagg_release, events, head, repeats),
+            peak_extra_bytes=peak_extra_bytes(telemagg_release, events, n_events),
+            input_bytes=size,
+        ),
+        replace(
+            measure_in_process(
+                TELEMAGG_PANDAS, version, telemagg_release, frame, frame.iloc[:WARMUP_ROWS], repeats
+            ),
+            peak_extra_bytes=peak_extra_bytes(telemagg_release, frame, n_events),
+            input_bytes=size,
         ),
     ]
     if python is not None:
@@ -264,7 +322,35 @@ def report(measured: Sequence[Measurement], sizes: Sequence[int]) -> str:
             for engine, versus, target in comparisons
         ],
     )
-    return "\n".join([*rates_table, "", *ratios_table, "", *dict.fromkeys(notes)])
+    memory_rows = [
+        [
+            f"{m.engine}, {_millions(m.n_events)}",
+            f"{m.input_bytes / 1e6:,.0f} MB",
+            f"{m.peak_extra_bytes / 1e6:,.0f} MB",
+            _rss_ratio(m),
+        ]
+        for m in measured
+        if m.peak_extra_bytes is not None and m.input_bytes
+    ]
+    memory_table = _table(
+        [
+            "run",
+            "input columns",
+            "peak RSS added by the run",
+            f"(input + added) / input (target <= {TARGET_RSS_OVER_INPUT:g}x)",
+        ],
+        memory_rows,
+    )
+    return "\n".join(
+        [*rates_table, "", *ratios_table, "", *memory_table, "", *dict.fromkeys(notes)]
+    )
+
+
+def _rss_ratio(m: Measurement) -> str:
+    assert m.peak_extra_bytes is not None
+    assert m.input_bytes
+    ratio = (m.input_bytes + m.peak_extra_bytes) / m.input_bytes
+    return f"{ratio:.2f}x {'✓' if ratio <= TARGET_RSS_OVER_INPUT else '✗'}"
 
 
 def machine() -> str:
@@ -304,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--no-anchors", action="store_true", help="telemagg and np.unique only")
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--users", type=int, default=None, help="default: one per 20 events")
+    parser.add_argument("--event-types", type=int, default=200, help="partitions")
     parser.add_argument("--json", type=Path, default=DATA / "throughput.json")
     args = parser.parse_args(argv)
 
@@ -312,7 +400,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for n_events in args.sizes:
         print(f"{n_events:,} events", flush=True)
         with_pipelinedp = args.pipelinedp_max is None or n_events <= args.pipelinedp_max
-        measured += measure_size(n_events, args.seed, args.repeats, python, with_pipelinedp)
+        measured += measure_size(
+            n_events,
+            args.seed,
+            args.repeats,
+            python,
+            with_pipelinedp,
+            (args.users, args.event_types),
+        )
 
     args.json.parent.mkdir(exist_ok=True)
     args.json.write_text(json.dumps([asdict(m) for m in measured], indent=1))

@@ -634,6 +634,25 @@ def test_neighbouring_inputs_publish_the_same_metadata(case: str, tmp_path) -> N
         assert "dropped" not in text
 
 
+def test_merged_shards_of_neighbouring_inputs_publish_the_same_metadata(tmp_path) -> None:
+    """The same neighbouring pair through spawn + pickle + merge (D' has one more unit,
+    alone in its partition, on a shard of its own)."""
+
+    def sharded(extra: bool) -> tm.Release:
+        agg = tm.Aggregator(policy=POLICY, by="event", metrics=METRICS, randomness=seeded(6))
+        shard = agg.spawn()
+        agg.add(events(n_users=200))
+        shard.add(events(n_users=200, seed=1))
+        if extra:
+            shard.add(one_unit(10**6, 7, "lonely"))
+        agg.merge(pickle.loads(pickle.dumps(shard)))
+        return agg.release(1.0, 1e-6)
+
+    d, d_prime = sharded(extra=False), sharded(extra=True)
+    assert published(d, tmp_path) == published(d_prime, tmp_path)
+    assert d_prime.accounting.received == d.accounting.received + 7
+
+
 def test_an_opted_out_unit_leaves_no_trace_in_what_is_published(sqlite_url, tmp_path) -> None:
     registry = tm.ConsentRegistry(sqlite_url)
     registry.opt_out(10**6, purpose="model_training")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tests.releases import published
 
 import telemagg as tm
 from telemagg._ingest import hash_value
@@ -182,6 +183,19 @@ def test_consent_is_checked_on_the_workers(client: Any, sqlite_url: str) -> None
     assert on_dask.accounting.dropped["consent"] == 400
     assert on_dask.accounting == tm.aggregate(frame, **query).accounting
     registry.close()
+
+
+def test_neighbouring_inputs_publish_the_same_metadata_on_dask(client: Any, tmp_path) -> None:
+    """D and D' = D + one unit with 7 events in a partition of its own: the Dask engine
+    publishes the same metadata and exports for both; only the accounting differs."""
+    frame = workload(n_users=600, seed=4)
+    lone = pd.DataFrame({"user": [10.0**6] * 7, "event": ["lonely"] * 7, "value": [50.0] * 7})
+    neighbour = pd.concat([frame, lone], ignore_index=True)
+    query = {**QUERY, "randomness": seeded(8)}
+    d = tm_dask.aggregate(dd.from_pandas(frame, npartitions=3), **query)
+    d_prime = tm_dask.aggregate(dd.from_pandas(neighbour, npartitions=3), **query)
+    assert published(d, tmp_path) == published(d_prime, tmp_path)
+    assert d_prime.accounting.received == d.accounting.received + 7
 
 
 # --------------------------------------------------------------------------- bounding

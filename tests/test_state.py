@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,7 +14,9 @@ from scipy import stats
 from tests.strategies import event_rows, policies
 
 import telemagg as tm
+from telemagg import _state
 from telemagg._plan import UNIT_COUNT
+from telemagg._state import CONTRIBUTION_BOUNDS, State
 from telemagg.testing import seeded
 
 
@@ -37,14 +41,21 @@ def split(data: dict[str, np.ndarray], cuts: list[int]) -> list[dict[str, np.nda
     seed=st.integers(0, 2**16),
     cuts=st.lists(st.integers(0, 120), max_size=4),
     order_seed=st.integers(0, 2**16),
+    floor=st.sampled_from([0, 5, _state._MIN_PENDING_ROWS]),
 )
 @settings(max_examples=80, deadline=None)
 def test_counts_do_not_depend_on_order_batching_or_sharding(
-    data, policy, seed, cuts, order_seed
+    data, policy, seed, cuts, order_seed, floor
 ) -> None:
     """Which partitions a unit keeps is a keyed function of (unit, partition) and how many
     events a pair keeps is min(n, max_contributions): so per-partition counts and unit
-    counts are the same whatever the order, batching or sharding of the same events."""
+    counts are the same whatever the order, batching or sharding of the same events, and
+    whenever the lazily absorbed rows get bounded (``floor``)."""
+    with mock.patch.object(_state, "_MIN_PENDING_ROWS", floor):
+        check_order_batching_and_sharding(data, policy, seed, cuts, order_seed)
+
+
+def check_order_batching_and_sharding(data, policy, seed, cuts, order_seed) -> None:
     metrics = [tm.count()]
     whole = tm.Aggregator(policy=policy, by="event", metrics=metrics, randomness=seeded(seed))
     whole.add(data)
@@ -120,3 +131,90 @@ def test_a_unit_over_ten_batches_moves_counts_by_at_most_l0_linf() -> None:
     a, b = exact(without), exact(with_heavy)
     moved = sum(abs(b[k][0] - a.get(k, (0, 0))[0]) for k in b)
     assert 0 < moved <= 2 * 3
+
+
+def state_rows(n: int, n_units: int, n_parts: int, seed: int) -> State:
+    """``n`` raw rows; numeric column ``row`` holds each row's index, to name it later."""
+    rng = np.random.default_rng(seed)
+    unit = rng.integers(0, n_units, n).astype(np.uint64)
+    partition = rng.integers(0, n_parts, n)
+    with np.errstate(over="ignore"):
+        pair = (unit * np.uint64(1_000_003) + partition.astype(np.uint64)) * np.uint64(
+            0x9E3779B97F4A7C15
+        )
+    return State(
+        unit_id=unit,
+        partition=partition,
+        pair_key=pair,
+        event_priority=rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False),
+        numeric={"row": np.arange(n, dtype=np.float64)},
+        categorical={},
+        received=n,
+    )
+
+
+def batches_of(rows: State, cuts: list[int]) -> list[State]:
+    bounds = [0, *sorted(cuts), len(rows)]
+    out = []
+    for a, b in itertools.pairwise(bounds):
+        mask = np.zeros(len(rows), dtype=bool)
+        mask[a:b] = True
+        part = rows.select(mask)
+        part.received = b - a
+        out.append(part)
+    return out
+
+
+@given(
+    n=st.integers(0, 400),
+    seed=st.integers(0, 2**16),
+    cuts=st.lists(st.integers(0, 400), max_size=12),
+    floor=st.integers(0, 64),
+    l0=st.integers(1, 3),
+    linf=st.integers(1, 3),
+)
+@settings(max_examples=100, deadline=None)
+def test_lazy_absorb_equals_one_shot_bounding(n, seed, cuts, floor, l0, linf) -> None:
+    """However the rows are batched and whenever the pending rows get bounded (the floor
+    decides), the state holds exactly the rows one bounding pass keeps, with the same
+    accounting."""
+    rows = state_rows(n, 12, 5, seed)
+    limits = {"max_partitions": l0, "max_contributions": linf}
+    with mock.patch.object(_state, "_MIN_PENDING_ROWS", floor):
+        once = State.empty(["row"]).absorb(rows, **limits)
+        streamed = State.empty(["row"])
+        for batch in batches_of(rows, [c % (n + 1) for c in cuts]):
+            streamed = streamed.absorb(batch, **limits)
+            assert streamed.rows_held <= len(rows)
+    assert sorted(streamed.numeric["row"].tolist()) == sorted(once.numeric["row"].tolist())
+    assert (
+        (streamed.received, streamed.dropped)
+        == (once.received, once.dropped)
+        == (
+            n,
+            Counter({CONTRIBUTION_BOUNDS: n - len(once)} if n > len(once) else {}),
+        )
+    )
+
+
+@pytest.mark.parametrize("floor", [0, 1000, _state._MIN_PENDING_ROWS])
+def test_a_long_stream_holds_at_most_twice_the_bounds_plus_a_batch(floor) -> None:
+    """Memory stays within 2 x units x max_partitions x max_contributions plus one batch
+    (and the pending floor), whatever the stream's length: the pending rows are bounded
+    once they outnumber the bounded ones."""
+    units, l0, linf, batch = 20, 2, 3, 500
+    cap = units * l0 * linf
+    held = []
+    with mock.patch.object(_state, "_MIN_PENDING_ROWS", floor):
+        state = State.empty(["row"])
+        for i in range(300):  # 150k events, 250x the bounded state
+            state = state.absorb(
+                state_rows(batch, units, 4, seed=i), max_partitions=l0, max_contributions=linf
+            )
+            held.append(state.rows_held)
+            assert state.rows_held <= 2 * cap + batch + floor
+    assert len(state) <= cap
+    assert state.received == 300 * batch
+    assert state.rows_held == len(state)  # reading it bounded the pending rows
+    if floor > batch:
+        assert max(held) > 2 * cap  # pending rows did wait (absorb is lazy)

@@ -52,7 +52,7 @@ def test_sqlite_urls_relative_and_absolute() -> None:
     assert sqlite_path("sqlite:////abs/x.db") == "/abs/x.db"
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///x.db?mode=ro"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///x.db?mode=rw"])
 def test_malformed_sqlite_url_is_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match=r"sqlite:///relative\.db"):
         open_store(url)

@@ -344,3 +344,21 @@ def test_every_event_is_accounted_for_and_every_window_released_once(steps: list
 def _pending_drops(agg: tm.Aggregator) -> int:
     """Events of pending windows dropped by bounding so far (white-box)."""
     return sum(sum(state.dropped.values()) for state in agg._windows.values())
+
+
+def test_a_clock_far_ahead_costs_per_release_only(sqlite_url: str) -> None:
+    """start at the epoch, one-second windows, a clock in 2026: adding costs nothing per
+    window, and releasing stops where the ledger does (each empty window is one charge)."""
+    now = 1.8e9
+    agg = tm.Aggregator(
+        policy=POLICY, by="event", metrics=[tm.count()], window="1s", time="t", start=0
+    )
+    agg.add({"user": [1, 2], "event": ["a", "a"], "t": [now + 0.5, 5.0]}, now=now)
+    assert agg.accounting().pending == 1
+    assert agg.accounting().dropped["late"] == 1
+    ledger = tm.Ledger(sqlite_url, epsilon=3.0, delta=1e-5)
+    with pytest.raises(tm.BudgetExceededError, match=r"released 3 window\(s\)") as info:
+        agg.release_closed(1.0, 1e-6, ledger=ledger, now=now)
+    assert f"{int(now) - 4} later due window(s)" in str(info.value)
+    assert len(info.value.released) == len(ledger.charges()) == 3
+    ledger.close()

@@ -30,9 +30,10 @@ Bool = npt.NDArray[np.bool_]
 _ONE = np.uint64(1)
 
 
-def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, Bool]:
+def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
     """Order rows by (group, priority, position), exactly wherever a bottom-``k`` choice
-    depends on it; return the order and, in that order, where each group starts.
+    depends on it; return the order, the positions where groups start in it, and the
+    group of each position.
 
     A value sort is several times faster than an argsort, so each row is packed into one
     64-bit word: the top bits of its group, the top bits of its priority, and its position
@@ -45,48 +46,58 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, Bool]:
     n = group.size
     index_bits = max(1, (n - 1).bit_length())
     coarse_bits = 64 - index_bits
-    priority_bits = coarse_bits // 5  # 8 of the 40 coarse bits at 10M rows
-    group_bits = coarse_bits - priority_bits
+    priority_bits = np.uint64(coarse_bits // 5)  # 8 of the 40 coarse bits at 10M rows
+    group_bits = coarse_bits - int(priority_bits)
     index_bits_u = np.uint64(index_bits)
 
     packed = group >> np.uint64(64 - group_bits)
-    packed <<= np.uint64(priority_bits)
+    packed <<= priority_bits + index_bits_u
     if priority_bits:
-        packed |= priority >> np.uint64(64 - priority_bits)
-    packed <<= index_bits_u
+        part = priority >> (np.uint64(64) - priority_bits)
+        part <<= index_bits_u
+        packed |= part
+        del part
     packed |= np.arange(n, dtype=np.uint64)
     packed.sort()
-    order = (packed & ((_ONE << index_bits_u) - _ONE)).astype(np.int64)
+    order: I64 = (packed & ((_ONE << index_bits_u) - _ONE)).view(np.int64)
     coarse = packed
     coarse >>= index_bits_u  # sorted: (group prefix, priority prefix) of each position
-    prefix = coarse >> np.uint64(priority_bits)  # sorted group prefix of each position
     sorted_group = group[order]
-
-    start = np.empty(n, dtype=bool)
-    start[:1] = True
-    np.not_equal(sorted_group[1:], sorted_group[:-1], out=start[1:])
-    # (a) a group boundary inside a run of one prefix: re-sort the whole run exactly.
-    clash = np.flatnonzero(start[1:] & (prefix[1:] == prefix[:-1]))
-    exact = np.zeros(n, dtype=bool)
+    starts = _starts(sorted_group)
+    # (a) a group starting inside a run of its prefix: re-sort the whole run exactly.
+    later = starts[1:]
+    clash = later[(coarse[later] >> priority_bits) == (coarse[later - 1] >> priority_bits)]
+    exact = None
     if clash.size:
-        runs = np.unique(prefix[clash])
-        lo = np.searchsorted(prefix, runs, "left")
-        hi = np.searchsorted(prefix, runs, "right")
+        runs = np.unique(coarse[clash] >> priority_bits)
+        lo = np.searchsorted(coarse, runs << priority_bits, "left")
+        hi = np.searchsorted(coarse, (runs + _ONE) << priority_bits, "left")
         positions = _resort(order, lo, hi, group, priority)
-        exact[positions] = True
         sorted_group[positions] = group[order[positions]]
-        np.not_equal(sorted_group[1:], sorted_group[:-1], out=start[1:])
+        starts = _starts(sorted_group)
+        exact = np.zeros(n, dtype=bool)
+        exact[positions] = True
     # (b) outside re-sorted runs, a tie of (group, priority) prefixes across the k-th place:
     # re-sort the tied block (rows sharing that prefix pair; one group) exactly.
-    starts = np.flatnonzero(start)
     sizes = np.diff(np.append(starts, n))
     cut = starts[sizes > k] + k if k > 0 else starts[:0]
-    cut = cut[(coarse[cut] == coarse[cut - 1]) & ~exact[cut]]
+    tied = coarse[cut] == coarse[cut - 1]
+    if exact is not None:
+        tied &= ~exact[cut]
+    cut = cut[tied]
     if cut.size:
         lo = np.searchsorted(coarse, coarse[cut], "left")
         hi = np.searchsorted(coarse, coarse[cut], "right")
         _resort(order, lo, hi, group, priority)
-    return order, start
+    return order, starts, sorted_group
+
+
+def _starts(sorted_group: U64) -> I64:
+    """Positions where a new group starts in a grouped array."""
+    start = np.empty(sorted_group.size, dtype=bool)
+    start[:1] = True
+    np.not_equal(sorted_group[1:], sorted_group[:-1], out=start[1:])
+    return np.flatnonzero(start)
 
 
 def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
@@ -107,10 +118,21 @@ def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
     return positions
 
 
-def _rank(start: Bool) -> I64:
-    """Each position's rank within its group, from the group-start flags: O(rows)."""
-    positions = np.arange(start.size, dtype=np.int64)
-    return positions - np.maximum.accumulate(np.where(start, positions, 0))
+def _first_k(order: I64, starts: I64, k: int, groups_kept: Bool | None = None) -> Bool:
+    """Mask (in input order) of the rows among the first ``k`` of their (kept) group in
+    ``order``: position < group start + min(k, size), one comparison per row whatever
+    ``k`` is. The kept rows are sorted before they are flagged, so the writes run in order
+    (a scatter through ``order`` would jump around memory for every row)."""
+    n = order.size
+    sizes = np.diff(np.append(starts, n))
+    ends = starts + np.minimum(sizes, k)
+    if groups_kept is not None:
+        ends = np.where(groups_kept, ends, starts)
+    rows = order[np.arange(n, dtype=np.int64) < np.repeat(ends, sizes)]
+    rows.sort()
+    keep = np.zeros(n, dtype=bool)
+    keep[rows] = True
+    return keep
 
 
 def bottom_k(group: U64, priority: U64, k: int) -> Bool:
@@ -121,12 +143,11 @@ def bottom_k(group: U64, priority: U64, k: int) -> Bool:
     >>> bottom_k(g, p, 2).tolist()
     [False, True, True, True]
     """
-    keep = np.zeros(group.size, dtype=bool)
-    if group.size:
-        k = min(k, group.size)  # a group never holds more rows than the data
-        order, start = _sorted_groups(group, priority, k)
-        keep[order] = _rank(start) < k
-    return keep
+    if group.size == 0:
+        return np.zeros(0, dtype=bool)
+    k = min(k, group.size)  # a group never holds more rows than the data
+    order, starts, _ = _sorted_groups(group, priority, k)
+    return _first_k(order, starts, k)
 
 
 def bound_contributions(
@@ -149,25 +170,22 @@ def bound_contributions(
     [False, True, True, False, True]
     """
     n = unit_id.size
-    keep = np.zeros(n, dtype=bool)
     if n == 0:
-        return keep
+        return np.zeros(0, dtype=bool)
     max_contributions = min(max_contributions, n)
     # Linf: bottom-k events per pair.
-    order, start = _sorted_groups(pair_key, event_priority, max_contributions)
+    order, starts, sorted_pair = _sorted_groups(pair_key, event_priority, max_contributions)
     sorted_unit = unit_id[order]
-    if np.any((sorted_unit[1:] != sorted_unit[:-1]) & ~start[1:]):
+    same_pair = np.ones(n, dtype=bool)
+    same_pair[starts] = False
+    if np.any((sorted_unit[1:] != sorted_unit[:-1]) & same_pair[1:]):
         # Two units' pairs share a 64-bit key (~pairs^2 / 2^65 per call): bound each unit's
         # rows of that key on its own, so no unit can ever gain a slot from another. Every
         # row is compared with its neighbour, as the units of such a group interleave.
         return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
-    starts = np.flatnonzero(start)
     # L0: bottom-k pairs per unit, the pair key being the pair's priority.
-    pair_kept = bottom_k(sorted_unit[starts], pair_key[order[starts]], max_partitions)
-    keep[order] = (_rank(start) < max_contributions) & np.repeat(
-        pair_kept, np.diff(np.append(starts, n))
-    )
-    return keep
+    pair_kept = bottom_k(sorted_unit[starts], sorted_pair[starts], max_partitions)
+    return _first_k(order, starts, max_contributions, pair_kept)
 
 
 def _bound_exactly(
@@ -181,8 +199,4 @@ def _bound_exactly(
     start[1:] = (u[1:] != u[:-1]) | (p[1:] != p[:-1])
     starts = np.flatnonzero(start)
     pair_kept = bottom_k(u[starts], p[starts], max_partitions)
-    keep = np.zeros(n, dtype=bool)
-    keep[order] = (_rank(start) < max_contributions) & np.repeat(
-        pair_kept, np.diff(np.append(starts, n))
-    )
-    return keep
+    return _first_k(order, starts, max_contributions, pair_kept)

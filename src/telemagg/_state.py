@@ -3,17 +3,18 @@
 The state keeps, for each event that survives contribution bounding, its unit identity,
 partition, the two bottom-k priorities and the values the metrics read. Memory therefore
 grows with units x max_partitions x max_contributions, never with the number of events.
-``absorb`` (new events) and ``merge`` (another state) both concatenate rows and re-apply
-the bounding kernel, which is exact for bottom-k samples (see ``_bounding``), so
-``add``/``merge`` in any order and any batching give the same state for the same rows and
-priorities.
+``absorb`` (new events, or other states on merge) queues rows and bounds them together
+with the kept ones once they outnumber them (LSM-style), so a batch costs O(batch)
+amortised; bounding is exact for bottom-k samples (see ``_bounding``), so ``add``/``merge``
+in any order and any batching give the same state for the same rows and priorities.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -57,18 +58,57 @@ class SamplingKey:
             return mix64(z, inplace=True)
 
 
-@dataclass
-class State:
-    """Bounded rows plus the event accounting of everything absorbed so far."""
+# A state bounds its pending rows once they outnumber its bounded rows (and this floor), so
+# each bounding pass is paid for by at least as many new rows: ``absorb`` costs O(batch)
+# amortised, and memory stays within about twice the bounded state plus one batch.
+_MIN_PENDING_ROWS = 1 << 16
 
-    unit_id: U64
-    partition: I64
-    pair_key: U64
-    event_priority: U64
-    numeric: dict[str, F64]
-    categorical: dict[str, I64]
-    received: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
+
+class State:
+    """Bounded rows plus the event accounting of everything absorbed so far.
+
+    ``absorb`` is lazy, LSM-style: new rows wait in a pending list and are bounded together
+    with the bounded rows when they outnumber them, or when any column, ``len`` or
+    ``dropped`` is read. As bottom-k bounding of a union equals bounding the union of
+    bounded parts (see ``_bounding``), when that happens does not change the result.
+
+    >>> rows = State.empty(["v"])
+    >>> batch = State(
+    ...     unit_id=np.array([1, 1, 1], dtype=np.uint64),
+    ...     partition=np.array([0, 0, 0]),
+    ...     pair_key=np.array([5, 5, 5], dtype=np.uint64),
+    ...     event_priority=np.array([3, 1, 2], dtype=np.uint64),
+    ...     numeric={"v": np.array([30.0, 10.0, 20.0])},
+    ...     categorical={},
+    ...     received=3,
+    ... )
+    >>> state = rows.absorb(batch, max_partitions=1, max_contributions=2)
+    >>> state.numeric["v"].tolist(), state.received, dict(state.dropped)
+    ([10.0, 20.0], 3, {'contribution_bounds': 1})
+    """
+
+    def __init__(
+        self,
+        unit_id: U64,
+        partition: I64,
+        pair_key: U64,
+        event_priority: U64,
+        numeric: dict[str, F64],
+        categorical: dict[str, I64],
+        received: int = 0,
+        dropped: Counter[str] | None = None,
+    ) -> None:
+        self._unit_id = unit_id
+        self._partition = partition
+        self._pair_key = pair_key
+        self._event_priority = event_priority
+        self._numeric = numeric
+        self._categorical = categorical
+        self.received = received
+        self._dropped: Counter[str] = Counter() if dropped is None else dropped
+        self._pending: list[State] = []  # absorbed rows not bounded yet (each settled)
+        self._pending_rows = 0
+        self._limits = (1, 1)  # (max_partitions, max_contributions) of the pending rows
 
     @classmethod
     def empty(cls, numeric: Sequence[str], categorical: Sequence[str] = ()) -> State:
@@ -81,31 +121,118 @@ class State:
             categorical={c: np.zeros(0, np.int64) for c in categorical},
         )
 
+    # Reading rows or their accounting bounds the pending rows first.
+    @property
+    def unit_id(self) -> U64:
+        self._settle()
+        return self._unit_id
+
+    @property
+    def partition(self) -> I64:
+        self._settle()
+        return self._partition
+
+    @property
+    def pair_key(self) -> U64:
+        self._settle()
+        return self._pair_key
+
+    @property
+    def event_priority(self) -> U64:
+        self._settle()
+        return self._event_priority
+
+    @property
+    def numeric(self) -> dict[str, F64]:
+        self._settle()
+        return self._numeric
+
+    @property
+    def categorical(self) -> dict[str, I64]:
+        self._settle()
+        return self._categorical
+
+    @property
+    def dropped(self) -> Counter[str]:
+        self._settle()
+        return self._dropped
+
+    @dropped.setter
+    def dropped(self, value: Counter[str]) -> None:
+        self._settle()
+        self._dropped = value
+
     def __len__(self) -> int:
-        return int(self.unit_id.size)
+        self._settle()
+        return int(self._unit_id.size)
 
     @property
     def aggregated(self) -> int:
         return len(self)
 
+    @property
+    def rows_held(self) -> int:
+        """Rows in memory, bounded plus pending (reading it bounds nothing)."""
+        return int(self._unit_id.size) + self._pending_rows
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._settle()  # pickle (Dask, processes) the bounded rows only
+        return dict(self.__dict__)
+
+    def _settle(self) -> None:
+        """Bound the pending rows together with the bounded ones; count the evicted."""
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        parts = pending if self._unit_id.size == 0 else [self, *pending]
+        merged = parts[0] if len(parts) == 1 else State._stack(parts)
+        max_partitions, max_contributions = self._limits
+        keep = bound_contributions(
+            merged._unit_id,
+            merged._pair_key,
+            merged._event_priority,
+            max_partitions=max_partitions,
+            max_contributions=max_contributions,
+        )
+        evicted = int(keep.size - np.count_nonzero(keep))
+        kept = merged.select(keep) if evicted else merged
+        self._unit_id, self._partition = kept._unit_id, kept._partition
+        self._pair_key, self._event_priority = kept._pair_key, kept._event_priority
+        self._numeric, self._categorical = kept._numeric, kept._categorical
+        if evicted:
+            self._dropped[CONTRIBUTION_BOUNDS] += evicted
+
+    @staticmethod
+    def _stack(states: Sequence[State]) -> State:
+        """The rows of settled ``states`` in one state (no accounting)."""
+        first = states[0]
+        return State(
+            unit_id=np.concatenate([s._unit_id for s in states]),
+            partition=np.concatenate([s._partition for s in states]),
+            pair_key=np.concatenate([s._pair_key for s in states]),
+            event_priority=np.concatenate([s._event_priority for s in states]),
+            numeric={c: np.concatenate([s._numeric[c] for s in states]) for c in first._numeric},
+            categorical={
+                c: np.concatenate([s._categorical[c] for s in states]) for c in first._categorical
+            },
+        )
+
     @classmethod
     def concat(cls, states: Sequence[State]) -> State:
         """All rows of ``states`` (not bounded again), with their accounting summed."""
-        first = states[0]
+        for state in states:
+            state._settle()
         dropped: Counter[str] = Counter()
         for state in states:
-            dropped.update(state.dropped)
-        if len(states) == 1:
-            return cls(**{**vars(first), "dropped": dropped})
+            dropped.update(state._dropped)
+        rows = states[0] if len(states) == 1 else cls._stack(states)
         return cls(
-            unit_id=np.concatenate([s.unit_id for s in states]),
-            partition=np.concatenate([s.partition for s in states]),
-            pair_key=np.concatenate([s.pair_key for s in states]),
-            event_priority=np.concatenate([s.event_priority for s in states]),
-            numeric={c: np.concatenate([s.numeric[c] for s in states]) for c in first.numeric},
-            categorical={
-                c: np.concatenate([s.categorical[c] for s in states]) for c in first.categorical
-            },
+            unit_id=rows._unit_id,
+            partition=rows._partition,
+            pair_key=rows._pair_key,
+            event_priority=rows._event_priority,
+            numeric=dict(rows._numeric),
+            categorical=dict(rows._categorical),
             received=sum(s.received for s in states),
             dropped=dropped,
         )
@@ -118,37 +245,46 @@ class State:
         max_contributions: int,
         rows_bounded: bool = False,
     ) -> State:
-        """This state plus ``rows``, bounded again; evicted rows counted as dropped.
+        """This state plus ``rows``, bounded (lazily, see the class); evicted rows are
+        counted as dropped. ``self`` is left as it was.
 
         ``rows_bounded``: ``rows`` is one bounded state under the same sampling key, so
-        absorbing it into an empty state keeps every row and needs no sort.
+        absorbing it into an empty state keeps every row and needs no bounding.
         """
-        fresh = len(self) == 0 and self.received == 0 and not self.dropped
-        merged = rows if fresh else State.concat([self, rows])
         if rows_bounded and len(self) == 0:
-            return merged
-        keep = bound_contributions(
-            merged.unit_id,
-            merged.pair_key,
-            merged.event_priority,
-            max_partitions=max_partitions,
-            max_contributions=max_contributions,
+            return State.concat([self, rows])
+        limits = (max_partitions, max_contributions)
+        if self._limits != limits:
+            self._settle()
+        rows._settle()
+        out = State(
+            self._unit_id,
+            self._partition,
+            self._pair_key,
+            self._event_priority,
+            self._numeric,
+            self._categorical,
+            self.received + rows.received,
+            Counter(self._dropped),
         )
-        kept = merged.select(keep)
-        evicted = int(keep.size - np.count_nonzero(keep))
-        if evicted:
-            kept.dropped[CONTRIBUTION_BOUNDS] += evicted
-        return kept
+        out._dropped.update(rows._dropped)
+        out._pending = [*self._pending, rows]
+        out._pending_rows = self._pending_rows + int(rows._unit_id.size)
+        out._limits = limits
+        if out._pending_rows >= max(out._unit_id.size, _MIN_PENDING_ROWS):
+            out._settle()
+        return out
 
     def select(self, rows: npt.NDArray[np.bool_]) -> State:
         """The rows in ``rows`` (no accounting change)."""
+        self._settle()
         return State(
-            unit_id=self.unit_id[rows],
-            partition=self.partition[rows],
-            pair_key=self.pair_key[rows],
-            event_priority=self.event_priority[rows],
-            numeric={c: v[rows] for c, v in self.numeric.items()},
-            categorical={c: v[rows] for c, v in self.categorical.items()},
+            unit_id=self._unit_id[rows],
+            partition=self._partition[rows],
+            pair_key=self._pair_key[rows],
+            event_priority=self._event_priority[rows],
+            numeric={c: v[rows] for c, v in self._numeric.items()},
+            categorical={c: v[rows] for c, v in self._categorical.items()},
             received=self.received,
-            dropped=Counter(self.dropped),
+            dropped=Counter(self._dropped),
         )

@@ -5,7 +5,9 @@ A store is opened from a URL:
 * ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: stdlib :mod:`sqlite3`,
   WAL journal, ``synchronous=FULL`` (a committed write survives a crash or power loss), a busy
   timeout, and ``BEGIN IMMEDIATE`` write transactions. ``sqlite:///:memory:`` is refused:
-  a store that vanishes with the process cannot hold a privacy budget or consent.
+  a store that vanishes with the process cannot hold a privacy budget or consent. A file this
+  process cannot write, or a URL ending in ``?mode=ro``, is opened read-only
+  (:attr:`Store.read_only`): reads work, write transactions raise a LedgerError saying so.
 * ``postgresql://user:password@host:port/db`` (or ``postgres://``): psycopg 3, from the
   ``postgres`` extra. Write transactions take a transaction-scoped advisory lock
   (``pg_advisory_xact_lock``), released by commit, rollback, or the server when the client dies.
@@ -57,7 +59,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from telemagg.errors import ConfigError, LedgerError, require
 
@@ -347,6 +349,8 @@ class Store(ABC):
     """A connection to one store. Thread-safe; reconnects by itself in a forked child."""
 
     backend: Literal["sqlite", "postgresql"]
+    #: True when the store can only be read (a SQLite file this process cannot write).
+    read_only: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = redact_url(url)
@@ -409,6 +413,11 @@ class Store(ABC):
         with self._lock:
             if self._closed:
                 raise LedgerError(f"the store {self.url} is closed")
+            if write and self.read_only:
+                raise LedgerError(
+                    f"{self.url} is read-only (this process cannot write the file): it can be "
+                    "read but not written"
+                )
             if os.getpid() != self._pid:
                 # A connection must not be used (or closed: PostgreSQL would end the parent's
                 # session) in a forked child; keep the inherited object alive and reconnect.
@@ -419,15 +428,32 @@ class Store(ABC):
                 yield tx
 
     def ensure_schema(
-        self, component: str, version: int, tables: Sequence[Table], *, create: bool = True
+        self,
+        component: str,
+        version: int,
+        tables: Sequence[Table],
+        *,
+        create: bool = True,
+        migrate: Callable[[Transaction, int], None] | None = None,
     ) -> None:
         """Create ``component``'s tables unless they exist; check them if they do.
 
-        Idempotent and safe when several processes race to create the same store. Raises
-        LedgerError if tables of these names exist but telemagg did not create them (or with
-        other columns), if they were written by another schema version, or (``create=False``)
-        if the store holds no ``component`` yet.
+        Idempotent and safe when several processes race to create the same store. A store of
+        an older schema version is brought to ``version`` by ``migrate(tx, old_version)``
+        (inside the same serialised write transaction, which also records the new version)
+        when given. Raises LedgerError if tables of these names exist but telemagg did not
+        create them (or with other columns), if they were written by another schema version
+        that cannot be migrated, or (``create=False``) if the store holds no ``component`` yet.
+        A store that is already as it should be is only read (so read-only stores open).
         """
+        with self.transaction() as tx:
+            row = self._meta_row(tx, component, create=False)
+            if row is not None and int(row[0]) == version:
+                for table in tables:
+                    self._check_columns(tx, table, component)
+                return
+        if row is None and not create:
+            raise LedgerError(f"{self.url} holds no telemagg {component} store")
         with self.transaction(write=True, lock="telemagg_schema") as tx:
             row = self._meta_row(tx, component, create)
             if row is None:
@@ -445,13 +471,43 @@ class Store(ABC):
                     (component, version),
                 )
                 return
-            if int(row[0]) != version:
-                raise LedgerError(
-                    f"{self.url} holds a telemagg {component} store of schema version {row[0]}; "
-                    f"this telemagg reads version {version}"
+            stored = int(row[0])
+            if stored != version:
+                if migrate is None or stored > version:
+                    raise LedgerError(
+                        f"{self.url} holds a telemagg {component} store of schema version "
+                        f"{stored}; this telemagg reads version {version}"
+                    )
+                migrate(tx, stored)
+                tx.execute(
+                    f"UPDATE {_META_TABLE} SET schema_version = ? WHERE component = ?",
+                    (version, component),
                 )
             for table in tables:
                 self._check_columns(tx, table, component)
+
+    def add_column(self, tx: Transaction, table: str, column: Column, default: object) -> None:
+        """Add ``column`` to an existing ``table`` (a migration), filled with ``default``."""
+        literal = {"int": "0", "float": "0", "text": "''"}[column.type]
+        tx.execute(
+            f"ALTER TABLE {table} ADD COLUMN {column.name} {self._sql_type(column)} "
+            f"NOT NULL DEFAULT {literal}"
+        )
+        if default is not None:
+            tx.execute(f"UPDATE {table} SET {column.name} = ?", (default,))
+
+    def create_index(self, tx: Transaction, table: str, columns: tuple[str, ...]) -> None:
+        """Create an index on ``columns`` of ``table`` unless it exists (a migration)."""
+        name = f"{table}_{'_'.join(columns)}_idx"
+        tx.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})")
+
+    @abstractmethod
+    def hold(self, tx: Transaction, lock: str) -> None:
+        """Inside a write transaction, also hold the write lock named ``lock`` until it ends.
+
+        SQLite has one write lock per file, already held; PostgreSQL takes ``lock``'s
+        advisory lock.
+        """
 
     def close(self) -> None:
         """Close the connection; later transactions raise LedgerError."""
@@ -496,8 +552,7 @@ class Store(ABC):
         columns.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
         tx.execute(f"CREATE TABLE {table.name} ({', '.join(columns)})")
         for cols in table.indexes:
-            name = f"{table.name}_{'_'.join(cols)}_idx"
-            tx.execute(f"CREATE INDEX {name} ON {table.name} ({', '.join(cols)})")
+            self.create_index(tx, table.name, cols)
 
 
 class StoreOwner:
@@ -554,6 +609,9 @@ def open_store(url: str, *, create: bool = True) -> Store:
 # --------------------------------------------------------------------------- SQLite
 
 
+_READ_ONLY = "?mode=ro"
+
+
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite:///`` URL (relative after three slashes, absolute after four).
 
@@ -565,7 +623,8 @@ def sqlite_path(url: str) -> str:
     if not path or "?" in path or "#" in path:
         raise ConfigError(
             "a SQLite store URL must look like 'sqlite:///relative.db' or "
-            f"'sqlite:////absolute/path.db' (no query string); got {redact_url(url)!r}"
+            f"'sqlite:////absolute/path.db' (with at most '{_READ_ONLY}' after it); "
+            f"got {redact_url(url)!r}"
         )
     if path == ":memory:":
         raise ConfigError(
@@ -611,26 +670,40 @@ class SQLiteStore(Store):
     backend = "sqlite"
 
     def __init__(self, url: str, *, create: bool = True) -> None:
-        self.path = sqlite_path(url)
+        asked_read_only = url.endswith(_READ_ONLY)
+        self.path = sqlite_path(url.removesuffix(_READ_ONLY))
         super().__init__(url)
-        self._create_file = create
+        self._create_file = create and not asked_read_only
+        self._asked_read_only = asked_read_only
         self._conn: sqlite3.Connection | None = None
         self._connect()
 
     def _connect(self) -> None:
-        if not self._create_file and not os.path.isfile(self.path):
+        exists = os.path.isfile(self.path)
+        if not self._create_file and not exists:
             raise LedgerError(f"{self.url} does not exist (no file at {self.path!r})")
+        # A file this process cannot write (or a URL ending in ?mode=ro) is opened read-only:
+        # it can be read (budget show), and every write says it is read-only.
+        self.read_only = self._asked_read_only or (exists and not os.access(self.path, os.W_OK))
+        target = (
+            f"file:{quote(os.path.abspath(self.path))}?mode=ro" if self.read_only else self.path
+        )
         try:
             conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                target,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=self.read_only,
             )
         except sqlite3.Error as exc:
             raise self.error(exc, "opening") from None
         try:
             # Reading the header first turns "file is not a database" into a clear error.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            conn.execute("PRAGMA synchronous=FULL")
+            if not self.read_only:
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             conn.close()
@@ -663,6 +736,9 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             conn.rollback()
             raise self.error(exc, "committing to") from None
+
+    def hold(self, tx: Transaction, lock: str) -> None:
+        del tx, lock  # BEGIN IMMEDIATE already holds the file's one write lock
 
     def _close(self) -> None:
         self._live().close()
@@ -763,15 +839,19 @@ class PostgresStore(Store):
             with self._conn.transaction():
                 tx = _PostgresTransaction(self, self._conn)
                 if write:
-                    # Held until commit/rollback; the server drops it if the client dies.
-                    key = _advisory_key(f"telemagg:{self._schema}:{lock}")
-                    tx.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+                    self.hold(tx, lock)
                 yield tx
         except psycopg.Error as exc:
             failure = self.error(exc, "a transaction on")
         else:
             return
         raise failure  # outside the except: psycopg's message is not even the context
+
+    def hold(self, tx: Transaction, lock: str) -> None:
+        # Held until commit/rollback; the server drops it if the client dies.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(?)", (_advisory_key(f"telemagg:{self._schema}:{lock}"),)
+        )
 
     def _close(self) -> None:
         self._conn.close()

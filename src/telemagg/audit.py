@@ -32,7 +32,6 @@ The audit's releases are never charged to a ledger and never leave this module.
 
 from __future__ import annotations
 
-import inspect
 import math
 import secrets
 import time as _time
@@ -45,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg._aggregator import Aggregator, Randomness
-from telemagg.errors import ConfigError, SchemaError
+from telemagg.errors import ConfigError, SchemaError, UntrackedReleaseWarning
 from telemagg.policy import (
     Histogram,
     Metric,
@@ -60,17 +59,11 @@ from telemagg.testing import seeded
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Columns = dict[str, np.ndarray[Any, Any]]
-FeatureKey = tuple[Any, ...]
-_WINDOW_COLUMNS = ("window_start", "window_end")  # key-like columns of windowed releases
 
 __all__ = ["AuditResult", "Observation", "audit", "clopper_pearson"]
 
 CUT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 """Quantiles of the held-out values at which numeric outputs are cut into events."""
-
-# The window clock: releases run on the operator's clock once Aggregator takes now=/start=
-# (API.md); until then flush=True releases every window. The audit follows whichever exists.
-_CLOCK = "now" in inspect.signature(Aggregator.release_closed).parameters
 
 
 # --------------------------------------------------------------------------- result
@@ -146,9 +139,11 @@ class AuditResult:
         if self.events:
             lines.append("  strongest evidence:")
             lines += [f"    {e}" for e in self.events[:events]]
-        if self.delta_events:
-            lines.append("  seen on one side only (the delta side):")
-            lines += [f"    {e}" for e in self.delta_events[:events]]
+        shown = set(self.events[:events])
+        one_sided = [e for e in self.delta_events if e not in shown][:events]
+        if one_sided:
+            lines.append("  more events seen on one side only (the delta side):")
+            lines += [f"    {e}" for e in one_sided]
         lines.append("  A passing audit is evidence, not proof: it tries one neighbouring pair.")
         return "\n".join(lines)
 
@@ -251,6 +246,7 @@ def audit(
     noise: Literal["laplace", "gaussian"] = "laplace",
     shards: int = 1,
     max_events: int = 32,
+    metadata: bool = True,
     confidence: float = 0.95,
     seed: int | None = None,
     randomness: Callable[[int], Randomness | None] = seeded,
@@ -264,7 +260,9 @@ def audit(
     the release. ``neighbour`` is D' (any input form); by default D plus one heavy unit:
     ``max_contributions``-exceeding events in ``max_partitions`` partitions (a fresh one when
     partitions are chosen privately), values beyond the metrics' bounds, a fresh value for
-    ``top_k`` columns. ``runs`` releases are made on each side, each run's randomness from
+    ``top_k`` columns. Everything a release publishes is observed: its rows, their order
+    and values, and (``metadata=True``) every number and string of ``release.metadata``.
+    ``runs`` releases are made on each side, each run's randomness from
     ``randomness(seed_i)`` (default :func:`telemagg.testing.seeded`; ``lambda s: None``
     audits the production samplers, slower); per-run seeds derive from ``seed`` (fresh
     entropy if None). Keep D small: a few hundred events.
@@ -274,8 +272,9 @@ def audit(
     >>> result = audit(events, by="page", metrics=[tm.count()], epsilon=1.0,
     ...                policy=tm.Policy(privacy_unit="user"), partitions=["home", "docs"],
     ...                runs=200, seed=1)
-    >>> result.passed, result.epsilon_lower <= result.epsilon_claimed
-    (True, True)
+    >>> round(result.epsilon_claimed, 6), result.runs, result.passed == (
+    ...     result.epsilon_lower <= result.epsilon_claimed)
+    (1.0, 200, True)
     """
     started = _time.perf_counter()
     by = check_by(by)
@@ -284,6 +283,9 @@ def audit(
     _check_int(max_events, "max_events", 1, 10_000)
     if not (isinstance(confidence, float | int) and 0.0 < confidence < 1.0):
         raise ConfigError(f"confidence must be in (0, 1); got {confidence!r}")
+    data = _columns(events, "events")
+    # One operator clock for both sides, from D: the schedule must not follow D'.
+    clock = _window_clock(data, window, time) if window is not None else None
     query = _Query(
         by=by,
         metrics=tuple(metrics),
@@ -295,8 +297,8 @@ def audit(
         time=time,
         noise=noise,
         shards=shards,
+        clock=clock,
     )
-    data = _columns(events, "events")
     if neighbour is None:
         other, description = _heavy_neighbour(data, query)
     else:
@@ -309,9 +311,10 @@ def audit(
     composed = window is not None and neighbour is not None
     epsilon_claimed, delta_claimed = _claim(first, combine=composed)
 
-    features: list[dict[FeatureKey, float]] = [_features(first, query)]
-    features += [_features(query.run(data, randomness(s)), query) for s in run_seeds[1:runs]]
-    features += [_features(query.run(other, randomness(s)), query) for s in run_seeds[runs:]]
+    features = [_features(first, query, metadata)]
+    for i, s in enumerate(run_seeds[1:], start=1):
+        releases = query.run(data if i < runs else other, randomness(s))
+        features.append(_features(releases, query, metadata))
     return _evaluate(
         features,
         runs=runs,
@@ -351,14 +354,22 @@ class _Query:
     time: str | None
     noise: Literal["laplace", "gaussian"]
     shards: int
+    clock: tuple[float, float] | None  # the window grid's start and the operator's now
 
     def run(self, data: Columns, randomness: Randomness | None) -> list[Release]:
-        """One execution: add (to shards), merge, release; every window when windowed."""
+        """One execution: add (to shards), merge, release; every window when windowed.
+
+        The audit's releases are never charged nor handed on: no ledger, and the warning
+        that says so is silenced."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UntrackedReleaseWarning)
+            return self._run(data, randomness)
+
+    def _run(self, data: Columns, randomness: Randomness | None) -> list[Release]:
         options: dict[str, Any] = {}
         clock: dict[str, Any] = {}
-        if self.window is not None and _CLOCK:
-            start, now = _window_clock(data, self.window, self.time)
-            options["start"], clock["now"] = start, now
+        if self.clock is not None:
+            options["start"], clock["now"] = self.clock
         agg = Aggregator(
             policy=self.policy,
             by=self.by,
@@ -384,8 +395,9 @@ class _Query:
 
 def _window_clock(data: Columns, window: str, time: str | None) -> tuple[float, float]:
     """The grid start (the earliest event time floored to the window) and an operator clock
-    past every event, so that every window of the data is released once."""
-    assert time is not None
+    at the latest event, so that every window of the data is released once."""
+    if time is None or time not in data:
+        raise ConfigError(f"window={window!r} needs time=<an event-time column>; got {time!r}")
     seconds = _epoch_seconds(data[time])
     size = parse_duration(window, "window")
     return math.floor(float(seconds.min()) / size) * size, float(seconds.max())
@@ -574,55 +586,66 @@ def _finite(values: np.ndarray[Any, Any]) -> F64:
 # --------------------------------------------------------------------------- outputs
 
 
-def _features(releases: list[Release], query: _Query) -> dict[FeatureKey, float]:
-    """Everything one run published, as named numbers: row presence, released values,
-    histogram bins, top_k membership and counts, the number of rows (and releases)."""
-    out: dict[FeatureKey, float] = {}
-    if query.window is not None:
-        out[("releases",)] = float(len(releases))
-    top_names = {m.output_names[0]: m.output_names[1] for m in query.metrics if isinstance(m, TopK)}
-    top_counts = set(top_names.values())
+def _features(releases: list[Release], query: _Query, metadata: bool) -> dict[str, float]:
+    """Everything one run published, as named numbers: which rows, in which order, their
+    values (histogram bins, top_k items, ranks and counts one by one), the number of rows
+    and releases, and (``metadata``) every number and string of the metadata."""
+    out: dict[str, float] = {}
+    windowed = query.window is not None
+    if windowed:
+        out["number of releases"] = float(len(releases))
+    top = {m.output_names[0]: m.output_names[1] for m in query.metrics if isinstance(m, TopK)}
     for w, release in enumerate(releases):
+        where = f"window #{w} " if windowed else ""
         table = release.to_dict()
         keys = list(zip(*(table[c].tolist() for c in query.by), strict=True))
-        out[(w, "rows")] = float(len(keys))
+        out[f"{where}number of rows"] = float(len(keys))
         for i, key in enumerate(keys):
-            out[(w, key, "present")] = 1.0
+            row = repr(key[0] if len(key) == 1 else key)
+            out[f"{where}row {row}"] = 1.0
+            out[f"{where}position of row {row}"] = float(i)
             for column, values in table.items():
-                if column in query.by or column in top_counts or column in _WINDOW_COLUMNS:
+                if column in query.by or column in top.values() or column in _WINDOW_COLUMNS:
                     continue
                 value = values[i]
-                if column in top_names:
-                    counts = table[top_names[column]][i]
+                if column in top:
+                    counts = table[top[column]][i]
                     for rank, (item, number) in enumerate(zip(value, counts, strict=True)):
-                        out[(w, key, column, "has", item)] = 1.0
-                        out[(w, key, column, "rank", item)] = float(rank)
-                        out[(w, key, top_names[column], item)] = float(number)
+                        out[f"{where}{column}[{row}] item {item!r}"] = 1.0
+                        out[f"{where}{column}[{row}] rank of {item!r}"] = float(rank)
+                        out[f"{where}{top[column]}[{row}] of {item!r}"] = float(number)
                 elif isinstance(value, list | tuple | np.ndarray):
                     for b, number in enumerate(value):
-                        out[(w, key, column, b)] = float(number)
-                else:
-                    out[(w, key, column)] = float(value)
+                        out[f"{where}{column}[{row}][{b}]"] = float(number)
+                elif isinstance(value, bool | int | float | np.number):
+                    out[f"{where}{column}[{row}]"] = float(value)
+                else:  # e.g. a window's start and end: which value, as an indicator
+                    out[f"{where}{column}[{row}] = {value!r}"] = 1.0
+        if metadata:
+            _flatten(release.metadata, f"{where}metadata ", out)
     return out
 
 
-def _describe(feature: FeatureKey, windowed: bool) -> str:
-    if feature == ("releases",):
-        return "number of releases"
-    w, rest = feature[0], feature[1:]
-    where = f"window #{w} " if windowed else ""
-    if rest == ("rows",):
-        return f"{where}number of rows"
-    key = rest[0] if len(rest[0]) > 1 else rest[0][0]
-    if rest[1] == "present":
-        return f"{where}row {key!r}"
-    if len(rest) == 4 and rest[2] == "has":
-        return f"{where}{rest[1]}[{key!r}] lists {rest[3]!r}"
-    if len(rest) == 4 and rest[2] == "rank":
-        return f"{where}{rest[1]}[{key!r}] rank of {rest[3]!r}"
-    if len(rest) == 3:
-        return f"{where}{rest[1]}[{key!r}][{rest[2]!r}]"
-    return f"{where}{rest[1]}[{key!r}]"
+# window_start / window_end: key-like columns fixed by the schedule (its count is observed).
+_WINDOW_COLUMNS = frozenset({"window_start", "window_end"})
+
+# The creation time is the one metadata field that varies by itself (the operator's clock).
+_UNAUDITED_METADATA = frozenset({"created_at"})
+
+
+def _flatten(value: Any, path: str, out: dict[str, float]) -> None:
+    """Numbers (and booleans) of a JSON-like value as features; strings as indicators."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key not in _UNAUDITED_METADATA:
+                _flatten(item, f"{path}{'.' if path[-1] != ' ' else ''}{key}", out)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _flatten(item, f"{path}[{i}]", out)
+    elif isinstance(value, bool | int | float):
+        out[path] = float(value)
+    elif value is not None:
+        out[f"{path} = {value!r}"] = 1.0
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -649,14 +672,14 @@ class _Event:
 
     def describe(self, name: str) -> str:
         if self.kind == "present":
-            return f"{name} released"
+            return f"{name}: published"
         if self.kind == "absent":
-            return f"{name} not released"
+            return f"{name}: not published"
         return f"{name} {'>' if self.kind == 'gt' else '<='} {self.cut:.6g}"
 
 
 def _evaluate(
-    features: list[dict[FeatureKey, float]],
+    features: list[dict[str, float]],
     *,
     runs: int,
     delta: float,
@@ -668,7 +691,7 @@ def _evaluate(
 ) -> AuditResult:
     half = runs // 2
     select = [*range(half), *range(runs, runs + half)]
-    names: dict[FeatureKey, int] = {}
+    names: dict[str, int] = {}
     for i in select:
         for key in features[i]:
             names.setdefault(key, len(names))
@@ -687,8 +710,7 @@ def _evaluate(
 
     candidates = _candidates(d_sel, n_sel, with_score=score is not None)
     chosen = _choose(candidates, d_sel, n_sel, half, delta, max_events)
-    windowed = ("releases",) in names
-    labels = [*(_describe(k, windowed) for k in names), "combined score"]
+    labels = [*names, "combined score"]
     m = runs - half
     k_d = np.array([int(e.happened(d_eval).sum()) for e in chosen], dtype=np.int64)
     k_n = np.array([int(e.happened(n_eval).sum()) for e in chosen], dtype=np.int64)

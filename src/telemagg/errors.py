@@ -17,6 +17,9 @@ release is charged to no ledger.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 __all__ = [
     "BudgetExceededError",
     "ConfigError",
@@ -42,7 +45,13 @@ class SchemaError(TelemaggError, ValueError):
 
 
 class BudgetExceededError(TelemaggError):
-    """The privacy budget ledger cannot cover a release; nothing was recorded or released."""
+    """The privacy budget ledger cannot cover a release; nothing was recorded or released.
+
+    ``released``: from ``Aggregator.release_closed``, the windows released (and charged)
+    before the refused one; the refused window and later ones stay pending.
+    """
+
+    released: Sequence[Any] = ()
 
 
 class LedgerError(TelemaggError):

@@ -56,8 +56,8 @@ class Accounting:
     >>> acc = Accounting(received=10, aggregated=7, dropped={"consent": 3})
     >>> acc
     Accounting(received=10, aggregated=7, pending=0, dropped={'consent': 3})
-    >>> acc.to_dict()["dropped"]
-    {'consent': 3}
+    >>> acc.to_dict()["dropped"], acc["received"]  # acc[...]: the dict shape of API.md
+    ({'consent': 3}, 10)
     """
 
     received: int
@@ -79,6 +79,9 @@ class Accounting:
             f"Accounting(received={self.received}, aggregated={self.aggregated},"
             f" pending={self.pending}, dropped={dict(self.dropped)})"
         )
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (for logs and monitoring; not for publication)."""

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.provisional import domains
-from scrub_corpus import HARMLESS, PLANTED
+from scrub_corpus import HARMLESS, KINDS, PLANTED, UNDETECTED, load_labelled, score
 
 from telemagg.errors import SchemaError
 from telemagg.hygiene import scrub_pii
-from telemagg.hygiene._scrub import PLACEHOLDERS
+from telemagg.hygiene._scrub import PLACEHOLDERS, _replacements
 
 # ------------------------------------------------------------------ the hand-written corpus
 
@@ -47,6 +47,56 @@ def test_a_batch_scrubs_like_one_text_at_a_time() -> None:
 def test_scrubbing_is_idempotent_on_the_corpus() -> None:
     once = scrub_pii([raw for raw, _ in PLANTED])
     assert scrub_pii(once) == once
+
+
+# ------------------------------------------------------------------ the labelled corpus
+
+LABELLED = load_labelled()
+SCORES = score(LABELLED, _replacements)
+
+
+def test_the_labelled_corpus_is_large_and_plants_every_kind() -> None:
+    assert len(LABELLED) >= 300
+    assert {kind for line in LABELLED for *_, kind in line.spans} == set(KINDS)
+    assert sum(not line.spans for line in LABELLED) >= 100  # harmless look-alikes
+
+
+def test_recall_and_precision_on_the_labelled_corpus() -> None:
+    # benchmarks/README.md reports the numbers (bench_scrub.py --corpus). Overall, 279
+    # labelled spans: 0.95 allows 14 misses (7 today, each a documented limit: national phone
+    # formats, o'brien@ cut at the quote, unrecognised secret keys). Per kind the counts are
+    # 12 to 81 spans, so one miss moves a kind by up to 8 points: floors of 0.85 and 0.9.
+    overall = SCORES["all"]
+    assert overall.recall >= 0.95
+    assert overall.precision >= 0.95
+    for kind in KINDS:
+        if kind not in UNDETECTED:
+            assert SCORES[kind].recall >= 0.85, kind
+            assert SCORES[kind].precision >= 0.9, kind
+
+
+# Known false positives, kept visible: "token: <word>" reads as a key and its value.
+KNOWN_FALSE_POSITIVES = ("failed to fetch oauth token: unexpected status",)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(line.text, marks=pytest.mark.xfail(strict=True, reason="false positive"))
+        if any(known in line.text for known in KNOWN_FALSE_POSITIVES)
+        else line.text
+        for line in LABELLED
+        if not line.spans
+    ],
+    ids=lambda line: line[:40],
+)
+def test_harmless_lines_of_the_labelled_corpus_survive_unchanged(line: str) -> None:
+    assert scrub_pii(line) == line
+
+
+def test_the_labelled_corpus_scrubs_alike_in_one_batch() -> None:
+    texts = [line.text for line in LABELLED]
+    assert scrub_pii(texts) == [scrub_pii(text) for text in texts]
 
 
 # ------------------------------------------------------------------ generated PII
@@ -88,11 +138,14 @@ def test_any_rfc_email_loses_its_domain_and_the_local_part_next_to_the_at(
 
 
 def names_a_host(address: IPv4Address | IPv6Address) -> bool:
-    """Unspecified, loopback and broadcast addresses name no host and are kept."""
+    """Unspecified, loopback, multicast and broadcast addresses name no host: kept."""
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return not (
-        address.is_unspecified or address.is_loopback or address == IPv4Address("255.255.255.255")
+        address.is_unspecified
+        or address.is_loopback
+        or address.is_multicast
+        or address == IPv4Address("255.255.255.255")
     )
 
 
@@ -116,7 +169,8 @@ def test_ipv6_addresses_are_replaced(
 @given(
     st.one_of(
         st.integers(0x7F000000, 0x7FFFFFFF).map(lambda n: str(IPv4Address(n))),
-        st.sampled_from(["0.0.0.0", "255.255.255.255", "::1", "::ffff:127.0.0.1"]),
+        st.sampled_from(["0.0.0.0", "255.255.255.255", "::1", "::ffff:127.0.0.1", "ff02::1"]),
+        st.integers(0xE0000000, 0xEFFFFFFF).map(lambda n: str(IPv4Address(n))),  # multicast
         st.sampled_from([IPv6Address(1).exploded, IPv6Address(0).exploded]),
     ),
     st.sampled_from(["", ":8080", ":53"]),
@@ -232,7 +286,33 @@ def test_cloud_and_vendor_access_keys_are_replaced(key: str, before: str, after:
     assert_replaced(key, "<token>", before, after)
 
 
-secret_values = st.text(string.ascii_letters + string.digits + "!#$%*+-./:=?@^_~", min_size=1)
+# Values that say a secret is absent or hidden are diagnostics, not secrets, and are kept.
+NO_SECRET = {"yes", "no", "true", "false", "null", "none", "nil", "undefined", "empty", "n/a",
+             "hidden", "redacted", "filtered", "masked", "removed"}  # fmt: skip
+secret_values = st.text(
+    string.ascii_letters + string.digits + "!#$%*+-./:=?@^_~", min_size=1
+).filter(lambda value: value.lower() not in NO_SECRET and value.strip("*"))
+
+
+@given(
+    st.sampled_from(["password", "DB_PASSWORD", "api_key", "Passwort", "contraseña"]),
+    st.sampled_from(["=", ": ", '": "']),
+    st.sampled_from(sorted(NO_SECRET)).map(lambda v: v.upper() if len(v) % 2 else v),
+)
+def test_values_saying_there_is_no_secret_are_kept(key: str, sep: str, value: str) -> None:
+    # "Access denied for user 'app' (using password: YES)": MySQL's own words.
+    line = f"cfg {key}{sep}{value} done"
+    assert scrub_pii(line) == line
+
+
+@given(
+    st.sampled_from(["Passwort", "kennwort", "contraseña", "senha", "mot_de_passe", "wachtwoord"])
+    | st.sampled_from(["hasło", "пароль", "パスワード", "비밀번호"]),
+    st.sampled_from(["=", ": "]),
+    secret_values,
+)
+def test_password_keys_in_other_languages(key: str, sep: str, value: str) -> None:
+    assert scrub_pii(f"cfg {key}{sep}{value} done") == f"cfg {key}{sep}<secret> done"
 
 
 @given(

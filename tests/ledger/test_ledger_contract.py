@@ -329,7 +329,8 @@ def _three_charges(url: str) -> Ledger:
         ("UPDATE telemagg_ledger SET window_seconds = 1", "total or window was edited"),
         (
             "INSERT INTO telemagg_ledger_charges SELECT seq + 10, created_at, epsilon, delta, "
-            "approx_epsilon, approx_delta, rho, query, label, version, prev_hash, hash "
+            "approx_epsilon, approx_delta, rho, query, label, version, sum_epsilon, "
+            "sum_approx_epsilon, sum_approx_delta, sum_rho, sum_gaussian_delta, prev_hash, hash "
             "FROM telemagg_ledger_charges WHERE seq = 3",
             "#13 is where #4 should be",
         ),

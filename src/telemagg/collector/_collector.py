@@ -36,7 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from telemagg.errors import ConfigError, SchemaError, require
+from telemagg._storage import redact_url
+from telemagg.errors import ConfigError, SchemaError, TelemaggError, require
 from telemagg.hygiene import pseudonymize, scrub_pii
 from telemagg.ledger import Ledger
 
@@ -45,7 +46,7 @@ from ._config import CollectorConfig, load_config
 from ._decode import decode, project
 from ._engine import Engine, window_start
 from ._ops import Health, Metrics, serve_http
-from ._output import finish, window_path, write_pending
+from ._output import FILE_NAME, finish, window_path, write_pending
 from ._sources import Message, Source, open_source
 
 __all__ = ["Collector"]
@@ -88,6 +89,7 @@ class Collector:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._stop_requested = threading.Event()
+        self._waiting: list[Any] = []  # decoded tables not absorbed yet
 
     def __repr__(self) -> str:
         source = self.config.source
@@ -145,10 +147,24 @@ class Collector:
                 positions = checkpoint.positions
             self._released_ids = {w.window_start for w in self._store.released()}
             self._published = self._finish_committed()
+            self._check_output()
             source = open_source(
                 config.source, 10 * config.source.fetch_messages, config.aggregate.time
             )
-            await source.open(positions.get("source"))
+            try:
+                await source.open(positions.get("source"))
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                raise TelemaggError(
+                    f"source {config.source.kind} at {redact_url(config.source.server_url())}"
+                    f" is unreachable: {exc or type(exc).__name__}"
+                ) from None
+            except Exception as exc:
+                if type(exc).__module__.split(".")[0] not in ("nats", "redis"):
+                    raise
+                raise TelemaggError(
+                    f"source {config.source.kind} at {redact_url(config.source.server_url())}"
+                    f" failed: {type(exc).__name__}: {exc}"
+                ) from None
             self.source_address = getattr(source, "address", None)
             if config.http.listen:
                 server = serve_http(config.http.listen, self.metrics, self.health)
@@ -175,6 +191,23 @@ class Collector:
                 resource.close()
         log.info("collector stopped", extra={"state": config.state.name})
 
+    def _check_output(self) -> None:
+        """Refuse an output directory holding windows this state store never released: a
+        second collector writing there, or a lost state store, would release them again."""
+        directory = self.config.output.dir
+        found = {
+            p.parent.name.removeprefix("window_start=")
+            for p in directory.glob(f"window_start=*/{FILE_NAME}")
+        }
+        foreign = sorted(found - self._released_ids)
+        if foreign:
+            raise ConfigError(
+                f"output.dir {str(directory)!r} holds releases of windows this collector's"
+                f" state (state.name {self.config.state.name!r}) never released, e.g."
+                f" {foreign[0]}: another collector writes there, or the state store was lost;"
+                " use a fresh output.dir (re-releasing would publish a window twice)"
+            )
+
     def _finish_committed(self) -> list[str]:
         """Rename the pending files of windows committed before a crash."""
         done = []
@@ -198,10 +231,11 @@ class Collector:
         held_events = 0
         windows: list[WindowRecord] = []
         last_checkpoint = last_release = last_lag = time.monotonic()
+        checkpoint_s = 0.0
         while not self._stopping.is_set():
             messages = await source.fetch(config.source.fetch_messages, FETCH_TIMEOUT_S)
             if messages:
-                held_events += self._absorb(messages)
+                held_events += self._receive(messages)
                 held += messages
             now = time.monotonic()
             if now - last_release >= RELEASE_CHECK_S:
@@ -214,15 +248,21 @@ class Collector:
                         self.metrics.set("source_lag", lag)
                 last_lag = now
             self.metrics.set("held_events", held_events)
-            due = now - last_checkpoint >= interval and (held or self._published)
+            # Group commit: clients waiting for their checkpoint (OTLP) get one as soon as
+            # twice the last checkpoint's duration has passed, so checkpoints stay a bounded
+            # share of the time whatever the state's size.
+            wait = min(interval, 2 * checkpoint_s) if source.clients_wait else interval
+            due = now - last_checkpoint >= wait and (held or self._published)
             if windows or held_events >= config.state.checkpoint_events or due:
+                began = time.monotonic()
                 await self._checkpoint(source, held, windows)
                 held, held_events, windows = [], 0, []
                 last_checkpoint = time.monotonic()
+                checkpoint_s = last_checkpoint - began
         await self._checkpoint(source, held, windows)  # graceful stop: keep everything
 
-    def _absorb(self, messages: list[Message]) -> int:
-        """Decode and absorb messages; the number of events decoded."""
+    def _receive(self, messages: list[Message]) -> int:
+        """Decode messages into tables waiting to be absorbed; the number of events."""
         self.metrics.count("messages_received", len(messages))
         bodies = [m.body for m in messages if m.table is None]
         tables, malformed = decode(bodies, self.config.source.format)
@@ -230,21 +270,47 @@ class Collector:
         if malformed:
             self.metrics.count("messages_malformed", malformed)
             log.warning("malformed messages skipped", extra={"messages": malformed})
-        now = self._clock()
         total = 0
         for table in tables:
-            n = int(table.num_rows)
-            total += n
-            self.metrics.count("events_received", n)
+            total += int(table.num_rows)
+            self._waiting.append(self._clean(project(table, self._engine.columns)))
+        self.metrics.count("events_received", total)
+        return total
+
+    def _absorb(self) -> None:
+        """Absorb the waiting tables in ONE ``add`` (bounding re-sorts a window's state on
+        every call, so one large call is far cheaper than many small ones)."""
+        if not self._waiting:
+            return
+        pa: Any = require("pyarrow", "pyarrow")
+        waiting, self._waiting = self._waiting, []
+        try:
+            batch = pa.concat_tables(waiting, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column's type differs between them
+            self._absorb_each(waiting)
+            return
+        if len(waiting) > 1:
             try:
-                self._engine.add(self._clean(project(table, self._engine.columns)), now)
+                self._engine.add(batch, self._clock())
+            except (SchemaError, ConfigError):  # find the table that does not fit
+                self._absorb_each(waiting)
+                return
+            self.metrics.count("events_absorbed", int(batch.num_rows))
+        else:
+            self._absorb_each(waiting)
+
+    def _absorb_each(self, tables: list[Any]) -> None:
+        now = self._clock()
+        for table in tables:
+            n = int(table.num_rows)
+            try:
+                self._engine.add(table, now)
             except (SchemaError, ConfigError) as exc:
                 # The batch does not fit the query (a column of the wrong type): skip it.
                 self.metrics.count("events_dropped", n, reason="schema")
                 log.warning("batch skipped: %s", exc, extra={"events": n})
                 continue
             self.metrics.count("events_absorbed", n)
-        return total
 
     def _clean(self, table: Any) -> Any:
         """Hygiene: pseudonymise the privacy unit, scrub free-text columns."""
@@ -268,6 +334,7 @@ class Collector:
 
     def _release(self) -> list[WindowRecord]:
         """Release the windows due now; their files are written pending, not committed."""
+        self._absorb()  # every event received before the clock closes its window
         name = self.config.state.name
         result = self._engine.release_due(
             self._clock(), self._ledger, label=f"telemagg collector {name}"
@@ -298,6 +365,7 @@ class Collector:
     async def _checkpoint(
         self, source: Source, held: list[Message], windows: list[WindowRecord]
     ) -> None:
+        self._absorb()
         positions = {"source": source.positions(held)}
         self._store.save(self._engine.dumps(), positions, windows, self._published)
         self._published = []

@@ -16,12 +16,13 @@ True
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["Health", "Metrics", "serve_http"]
+__all__ = ["Health", "JsonFormatter", "Metrics", "serve_http"]
 
 _HELP = {
     "events_received": ("counter", "Events decoded from the source"),
@@ -134,3 +135,29 @@ def serve_http(listen: str, metrics: Metrics, health: Health) -> ThreadingHTTPSe
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="telemagg-http", daemon=True).start()
     return server
+
+
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and every ``extra=`` field.
+
+    >>> record = logging.makeLogRecord({"msg": "window released", "levelname": "INFO",
+    ...     "name": "telemagg.collector", "window_start": "2026-12-01T10:00:00+00:00"})
+    >>> line = json.loads(JsonFormatter().format(record))
+    >>> line["message"], line["window_start"]
+    ('window released', '2026-12-01T10:00:00+00:00')
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)

@@ -34,6 +34,9 @@ from telemagg.policy import parse_duration
 
 from ._config import SourceConfig
 
+#: Seconds the first connection to a source may take before the collector gives up.
+CONNECT_TIMEOUT_S = 10.0
+
 __all__ = ["Message", "NatsSource", "OtlpSource", "RedisSource", "Source", "open_source"]
 
 
@@ -51,6 +54,8 @@ class Source(ABC):
     """Where the collector's messages come from."""
 
     kind: str
+    #: Clients wait for the checkpoint (OTLP): checkpoint as soon as the last one allows.
+    clients_wait: bool = False
 
     @abstractmethod
     async def open(self, positions: Any) -> None:
@@ -135,8 +140,20 @@ class NatsSource(Source):
         if isinstance(positions, dict):
             self._done = [list(map(int, r)) for r in positions.get("done", [])]
             self._floor = int(positions.get("floor", 0))
-        self._nc = await nats.connect(
-            config.server_url(), connect_timeout=5, max_reconnect_attempts=-1
+
+        async def quiet(exc: Exception) -> None:
+            pass  # connection errors surface as exceptions or, once connected, reconnects
+
+        # Reconnect forever once connected, but fail the first connection after a while.
+        self._nc = await asyncio.wait_for(
+            nats.connect(
+                config.server_url(),
+                connect_timeout=2,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                error_cb=quiet,
+            ),
+            CONNECT_TIMEOUT_S,
         )
         self._js = self._nc.jetstream()
         try:
@@ -321,20 +338,22 @@ def _any_value(value: Any) -> Any:
     return None
 
 
-def otlp_events(body: bytes, content_type: str, time_column: str) -> list[dict[str, Any]]:
-    """The log records of an OTLP ExportLogsServiceRequest as events: each record's
-    attributes are its columns; the record's time (or observed time) fills ``time_column``
-    in epoch seconds when no attribute of that name is given.
+def otlp_columns(body: bytes, content_type: str, time_column: str) -> dict[str, list[Any]]:
+    """The log records of an OTLP ExportLogsServiceRequest as event columns: each record's
+    attributes are its columns (absent ones None); the record's time (or observed time)
+    fills ``time_column`` in epoch seconds when no attribute of that name is given.
 
     >>> from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ...     ExportLogsServiceRequest)
     >>> request = ExportLogsServiceRequest()
-    >>> record = request.resource_logs.add().scope_logs.add().log_records.add()
-    >>> record.time_unix_nano = 1_500_000_000
-    >>> attribute = record.attributes.add()
-    >>> attribute.key, attribute.value.string_value = "user_id", "u1"
-    >>> otlp_events(request.SerializeToString(), "application/x-protobuf", "ts")
-    [{'user_id': 'u1', 'ts': 1.5}]
+    >>> records = request.resource_logs.add().scope_logs.add().log_records
+    >>> for user in ("u1", "u2"):
+    ...     record = records.add()
+    ...     record.time_unix_nano = 1_500_000_000
+    ...     attribute = record.attributes.add()
+    ...     attribute.key, attribute.value.string_value = "user_id", user
+    >>> otlp_columns(request.SerializeToString(), "application/x-protobuf", "ts")
+    {'user_id': ['u1', 'u2'], 'ts': [1.5, 1.5]}
     """
     service: Any = require("opentelemetry.proto.collector.logs.v1.logs_service_pb2", "collector")
     request = service.ExportLogsServiceRequest()
@@ -343,16 +362,39 @@ def otlp_events(body: bytes, content_type: str, time_column: str) -> list[dict[s
         json_format.Parse(body, request, ignore_unknown_fields=True)
     else:
         request.ParseFromString(body)
-    events = []
-    for resource_logs in request.resource_logs:  # a loop over records: they arrive as objects
+    columns: dict[str, list[Any]] = {}
+    times: list[Any] = []
+    n = 0
+    for resource_logs in request.resource_logs:  # records arrive as objects: a loop over them
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
-                event = {kv.key: _any_value(kv.value) for kv in record.attributes}
-                if time_column not in event:
-                    nanos = record.time_unix_nano or record.observed_time_unix_nano
-                    event[time_column] = nanos / 1e9 if nanos else None
-                events.append(event)
-    return events
+                for kv in record.attributes:
+                    column = columns.get(kv.key)
+                    if column is None:
+                        column = columns[kv.key] = [None] * n
+                    if len(column) == n:  # a repeated key keeps its first value
+                        column.append(_any_value(kv.value))
+                nanos = record.time_unix_nano or record.observed_time_unix_nano
+                times.append(nanos / 1e9 if nanos else None)
+                n += 1
+                for column in columns.values():
+                    if len(column) < n:
+                        column.append(None)
+    if time_column not in columns:
+        columns[time_column] = times
+    return columns
+
+
+def _table(columns: dict[str, list[Any]]) -> Any:
+    """An Arrow table; a column mixing types becomes strings."""
+    pa: Any = require("pyarrow", "pyarrow")
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(arrays)
 
 
 class OtlpSource(Source):
@@ -367,6 +409,7 @@ class OtlpSource(Source):
     """
 
     kind = "otlp"
+    clients_wait = True
 
     def __init__(self, config: SourceConfig, time_column: str, max_requests: int) -> None:
         self.config = config
@@ -380,7 +423,6 @@ class OtlpSource(Source):
         self.address: tuple[str, int] | None = None
 
     async def open(self, positions: Any) -> None:
-        pa: Any = require("pyarrow", "pyarrow")
         source = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -394,14 +436,14 @@ class OtlpSource(Source):
                     body = gzip.decompress(body)
                 kind = self.headers.get("Content-Type", "application/x-protobuf")
                 try:
-                    events = otlp_events(body, kind, source.time_column)
+                    columns = otlp_columns(body, kind, source.time_column)
                 except Exception:
                     return self._reply(400, b"malformed OTLP logs request", "text/plain")
                 request = _Request()
                 with source._lock:
                     source._next += 1
                     position = source._next
-                table = pa.Table.from_pylist(events) if events else None
+                table = _table(columns) if columns[source.time_column] else None
                 try:
                     if source._closing:
                         raise queue.Full
