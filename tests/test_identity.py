@@ -282,7 +282,7 @@ EQUAL_KEYS = [
     (7, Decimal(7), 7.0, np.int64(7), np.uint8(7), Decimal("7.000")),
     (pd.Timestamp("2026-01-02 03:04:05"), dt.datetime(2026, 1, 2, 3, 4, 5),
      np.datetime64("2026-01-02T03:04:05")),
-    (pd.Timestamp("2026-01-02 03:04:05", tz="UTC"),
+    (pd.Timestamp("2026-01-02 03:04:05", tz="UTC"), pd.Timestamp("2026-01-02 03:04:05"),
      dt.datetime(2026, 1, 2, 4, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=1)))),
     ("x", np.str_("x")),
     (uuid.UUID(int=5), str(uuid.UUID(int=5))),
@@ -498,3 +498,20 @@ def test_released_key_values_do_not_depend_on_which_type_arrived_first(
         released.append(agg.release(epsilon=1.0, partitions=[equal[0]]).to_dict()["event"][0])
         assert agg._partitions.keys == [(released[-1],)]
     assert len({repr(r) for r in released}) == 1
+
+
+def test_timezone_aware_instants_are_one_key_in_every_input_form() -> None:
+    aware = pd.Series(pd.to_datetime(["2026-01-02 04:04:05+01:00"] * 2, utc=True))
+    forms = [
+        pd.DataFrame({"user": [1, 2], "event": aware, "value": [1.0, 1.0]}),
+        pl.DataFrame({"user": [1, 2], "event": aware.tolist(), "value": [1.0, 1.0]}),
+        pa.table({"user": [1, 2], "event": pa.array(aware), "value": [1.0, 1.0]}),
+        [{"user": u, "event": t, "value": 1.0} for u, t in zip([1, 2], aware, strict=True)],
+    ]
+    released = set()
+    for events in forms:
+        agg = aggregator()
+        agg.add(events)
+        assert len(agg._partitions) == 1, type(events)
+        released.add(agg._partitions.keys[0][0])
+    assert released == {pd.Timestamp("2026-01-02 03:04:05")}

@@ -25,8 +25,9 @@ vectorised, without building strings), BLAKE2b of the UTF-8 form otherwise.
 
 **Partition keys** (and categorical values) are compared by value, across types: equal
 numbers are one key whatever their type (``Decimal(7)``, ``7``, ``7.0``, ``np.int64(7)``),
-one instant is one key (``pd.Timestamp``, ``datetime``, ``np.datetime64``), a UUID is its
-string. Booleans stay booleans (``True`` is not the key ``1``). Each key part has a
+one instant is one key (``pd.Timestamp``, ``datetime``, ``np.datetime64``; timezone-aware
+values by their UTC time, naive ones read as UTC, the way timezone-aware columns are read),
+a UUID is its string. Booleans stay booleans (``True`` is not the key ``1``). Each key part has a
 canonical released value and an *identity* ``(rank, value)``; identities are hashed to 64
 bits for bounding, and :class:`KeyIndex` checks those hashes for collisions. Identities
 also give the canonical order of released rows (rank first, then value), which never
@@ -467,15 +468,14 @@ def _same(item: Any, value: Any) -> bool:
 # --------------------------------------------------------------------------- partition keys
 
 # Ranks order the kinds of key values in released rows (then each kind by value).
-_BOOL, _NUMBER, _TEXT, _BYTES, _DATE, _NAIVE_TIME, _UTC_TIME, _DURATION = range(8)
+_BOOL, _NUMBER, _TEXT, _BYTES, _DATE, _TIME, _DURATION = range(7)
 _RANK_TAGS = {
     _BOOL: b"?",
     _NUMBER: b"n",
     _TEXT: b"s",
     _BYTES: b"b",
     _DATE: b"d",
-    _NAIVE_TIME: b"t",
-    _UTC_TIME: b"z",
+    _TIME: b"t",
     _DURATION: b"r",
 }
 _NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
@@ -510,14 +510,14 @@ def _number(value: Any) -> tuple[Any, Identity] | None:
     return number, (_NUMBER, number)
 
 
-def _timestamp(ns: int, utc: bool) -> Any:
-    """The released value of an instant: a pandas Timestamp (UTC if aware) when pandas is
-    installed, else a datetime (microseconds)."""
+def _timestamp(ns: int) -> tuple[Any, Identity]:
+    """An instant (nanoseconds since the epoch, UTC) as a key part: released as a naive UTC
+    pandas Timestamp when pandas is loaded (else a datetime, microseconds), as columnar
+    inputs release timezone-aware columns."""
     pandas = sys.modules.get("pandas")
     if pandas is not None and INT64_MIN < ns <= INT64_MAX:
-        return pandas.Timestamp(ns, tz="UTC" if utc else None)
-    moment = _EPOCH + dt.timedelta(microseconds=ns // 1000)
-    return moment.replace(tzinfo=dt.UTC) if utc else moment
+        return pandas.Timestamp(ns), (_TIME, ns)
+    return _EPOCH + dt.timedelta(microseconds=ns // 1000), (_TIME, ns)
 
 
 def _key_part(value: Any) -> tuple[Any, Identity] | None:
@@ -553,7 +553,7 @@ def _key_part(value: Any) -> tuple[Any, Identity] | None:
         if unit not in _NS:
             raise _RefusedError(f"datetime64 keys in unit {unit!r} are not supported")
         ns = int(value.astype(np.int64)) * count * _NS[unit]
-        return _timestamp(ns, utc=False), (_NAIVE_TIME, ns)
+        return _timestamp(ns)
     if isinstance(value, np.timedelta64):
         if np.isnat(value):
             return None
@@ -566,11 +566,9 @@ def _key_part(value: Any) -> tuple[Any, Identity] | None:
             return None
         nanos = int(getattr(value, "nanosecond", 0))
         if value.tzinfo is not None and value.utcoffset() is not None:
-            delta = value.astimezone(dt.UTC).replace(tzinfo=None) - _EPOCH
-            ns = (delta // dt.timedelta(microseconds=1)) * 1000 + nanos
-            return _timestamp(ns, utc=True), (_UTC_TIME, ns)
-        ns = ((value.replace(tzinfo=None) - _EPOCH) // dt.timedelta(microseconds=1)) * 1000
-        return _timestamp(ns + nanos, utc=False), (_NAIVE_TIME, ns + nanos)
+            value = value.astimezone(dt.UTC)  # an aware instant: its UTC time
+        micros = (value.replace(tzinfo=None) - _EPOCH) // dt.timedelta(microseconds=1)
+        return _timestamp(micros * 1000 + nanos)
     if isinstance(value, dt.date):
         return value, (_DATE, value.toordinal())
     if isinstance(value, dt.timedelta):

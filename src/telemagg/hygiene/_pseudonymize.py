@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from telemagg._identity import factorize_ids
 from telemagg.errors import ConfigError
-from telemagg.hygiene._identifiers import factorize_ids
 
 __all__ = ["MIN_KEY_BYTES", "pseudonymize"]
 
@@ -35,7 +35,7 @@ def pseudonymize(ids: Iterable[Any] | npt.ArrayLike, key: bytes) -> npt.NDArray[
     """Replace each id by the hex HMAC-SHA256 of its canonical form under ``key``.
 
     ``ids`` may be a numpy array, a pandas Series or any sequence of ``str``/``int`` ids
-    (``42`` and ``"42"`` are the same id; see :mod:`telemagg.hygiene._identifiers`). The
+    (``42`` and ``"42"`` are the same id; see :mod:`telemagg._identity`). The
     result is a numpy object array of 64-character lowercase hex strings, one per id, with
     ``None`` where an id was missing (None, NaN, NA), so that the aggregator can still count
     those events as ``missing_privacy_unit``. Each distinct id is hashed once.
