@@ -8,27 +8,38 @@ lines without any PII, and lines that all carry PII. Each cell is the best of ``
 runs over ``--lines`` messages, passed as one list (the way a batch arrives); one row passes
 the messages one call at a time, for reference.
 
-The last rows are a design check, scanning only (no replacement): telemagg's scanners (one
-pattern per anchor character, numbers found by their shapes) against all the same kinds in
-one combined pattern with numbers anchored at their digits.
+A fourth mix has 15% of lines in other languages (German, French, Japanese, Chinese
+messages with their PII). The last rows are a design check, scanning only (no replacement):
+telemagg's scanners (one pattern per anchor character, numbers found by their shapes)
+against all the same kinds in one combined pattern with numbers anchored at their digits.
+
+``--baseline FILE`` times another version of ``_scrub.py`` (e.g. ``git show
+main:src/telemagg/hygiene/_scrub.py > /tmp/old.py``) on the same batches, interleaved run by
+run so that both see the same load on a shared machine. ``--corpus`` prints recall and
+precision per kind on the labelled corpus of the tests (tests/hygiene/scrub_labelled.txt),
+for telemagg and for the baseline.
 
 Run from the repository root with the project's venv active::
 
-    python benchmarks/bench_scrub.py
+    python benchmarks/bench_scrub.py [--baseline /tmp/old.py] [--corpus]
 
-Prints a markdown table for benchmarks/README.md.
+Prints markdown tables for benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import random
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -59,6 +70,16 @@ WORDS = ["cache", "media", "codec", "auth", "meeting", "billing", "sync", "uploa
 CLASSES = ["LruCache", "Encoder", "SessionManager", "OrderService", "RtpReceiver"]
 LIBS = ["kernel32.dll", "libGLESv2.so", "libssl.so.3", "CoreMedia", "ntdll.dll"]
 USERS = ["alice", "bob", "carol", "dave", "erin", "frank"]
+OTHER_LANGUAGES = [
+    "{ts} FEHLER Anmeldung fehlgeschlagen für {user}.{n}@beispiel.de von {ipv4} (Fehler E{code})",
+    "{ts} WARN Speicher fast voll: {d2} % belegt, Version {ver}, Größe {size} KiB",
+    "{ts} ERREUR virement refusé: solde insuffisant, réf. {code}, durée {ms} ms",
+    "{ts} INFO notification envoyée à émilie.{n}@exämple.fr (modèle welcome_v3)",
+    "{ts} エラー ログイン失敗: ユーザー {user}@example.co.jp エラーコード E{code}",
+    "{ts} 情報 サーバーは 0.0.0.0:{size} で待機中、応答時間 {ms} ms",
+    "{ts} 错误 数据库连接失败，重试 {n} 次，耗时 {ms} 毫秒",  # noqa: RUF001 (Chinese commas)
+    "{ts} 信息 版本 {ver} 已安装，构建号 {size}，端口 443",  # noqa: RUF001
+]
 
 
 def fields(rng: random.Random) -> dict[str, object]:
@@ -92,12 +113,89 @@ def fields(rng: random.Random) -> dict[str, object]:
     }
 
 
-def lines(count: int, share_with_pii: float, seed: int = 7) -> list[str]:
+def lines(count: int, share_with_pii: float, seed: int = 7, share_other: float = 0.0) -> list[str]:
     rng = random.Random(seed)
-    return [
-        rng.choice(WITH_PII if rng.random() < share_with_pii else CLEAN).format(**fields(rng))
-        for _ in range(count)
-    ]
+
+    def templates() -> list[str]:
+        if rng.random() < share_other:
+            return OTHER_LANGUAGES
+        return WITH_PII if rng.random() < share_with_pii else CLEAN
+
+    return [rng.choice(templates()).format(**fields(rng)) for _ in range(count)]
+
+
+def load_module(path: str) -> ModuleType:
+    """Another version of ``_scrub.py``, imported under its own name."""
+    spec = importlib.util.spec_from_file_location("baseline_scrub", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def corpus_table(versions: dict[str, ModuleType]) -> None:
+    """Recall and precision per kind on the labelled corpus of the tests."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hygiene"))
+    from scrub_corpus import KINDS, load_labelled, score
+
+    corpus = load_labelled()
+    spans = sum(len(line.spans) for line in corpus)
+    print(f"\nLabelled corpus: {len(corpus)} lines, {spans} labelled spans\n")
+    scores = {name: score(corpus, replacements(module)) for name, module in versions.items()}
+    header = " | ".join(f"{name}: recall | {name}: precision" for name in versions)
+    print(f"| kind | labelled | {header} |")
+    print("|---|---:|" + "---:|---:|" * len(versions))
+    for kind in (*KINDS, "all"):
+        cells = " | ".join(
+            f"{s[kind].recall:.3f} ({s[kind].found}) | {s[kind].precision:.3f} ({s[kind].detected})"
+            for s in scores.values()
+        )
+        print(f"| {kind} | {next(iter(scores.values()))[kind].labelled} | {cells} |")
+    for name, module in versions.items():
+        exact = sum(module.scrub_pii(line.text) == line.expected() for line in corpus)
+        print(f"\n{name}: {exact} of {len(corpus)} lines exactly as labelled")
+
+
+_PLACEHOLDER = re.compile(r"<(?:email|ip|mac|phone|card|iban|token|secret|user)>")
+
+
+def replacements(module: ModuleType) -> Callable[[str], list[tuple[int, int, str]]]:
+    """``module``'s replaced regions, read off its output (so that any version compares):
+    each placeholder matches the shortest run of the input between the kept pieces."""
+
+    def regions(text: str) -> list[tuple[int, int, str]]:
+        scrubbed = module.scrub_pii(text)
+        placeholders = list(_PLACEHOLDER.finditer(scrubbed))
+        if not placeholders:
+            return []
+        pattern, done = [], 0
+        for placeholder in placeholders:
+            pattern += (re.escape(scrubbed[done : placeholder.start()]), "(.+?)")
+            done = placeholder.end()
+        pattern.append(re.escape(scrubbed[done:]))
+        match = re.fullmatch("".join(pattern), text, re.DOTALL)
+        assert match is not None, (text, scrubbed)
+        return [
+            (match.start(i + 1), match.end(i + 1), placeholder.group())
+            for i, placeholder in enumerate(placeholders)
+        ]
+
+    return regions
+
+
+def interleaved(runs: list[Callable[[], object]], count: int, repeats: int) -> list[str]:
+    """Like :func:`best_rates` for several runs, taking turns so they share the load."""
+    wall = [float("inf")] * len(runs)
+    cpu = [float("inf")] * len(runs)
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            wall[i] = min(wall[i], time.perf_counter() - start)
+            cpu[i] = min(cpu[i], time.process_time() - start_cpu)
+    return [f"{count / w:,.0f} | {count / c:,.0f}" for w, c in zip(wall, cpu, strict=True)]
 
 
 def best_rates(run: Callable[[], object], count: int, repeats: int) -> str:
@@ -143,18 +241,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", help="another _scrub.py to compare with")
+    parser.add_argument("--corpus", action="store_true", help="recall/precision per kind")
     args = parser.parse_args()
     count, repeats = args.lines, args.repeats
+    versions: dict[str, ModuleType] = {"telemagg": scrub_module}
+    if args.baseline:
+        versions["baseline"] = load_module(args.baseline)
+    if args.corpus:
+        corpus_table(versions)
+        return
 
     print(f"Machine: {machine()}\n")
-    print("| input | messages/s (wall) | messages/s (CPU) | mean length |")
-    print("|---|---:|---:|---:|")
-    mixes = {"typical: 15% of lines with PII": 0.15, "no PII": 0.0, "every line with PII": 1.0}
-    for name, share in mixes.items():
-        batch = lines(count, share)
-        rates = best_rates(lambda batch=batch: scrub_pii(batch), count, repeats)
+    columns = " | ".join(f"{name}: messages/s (wall) | (CPU)" for name in versions)
+    print(f"| input | {columns} | mean length |")
+    print("|---|" + "---:|---:|" * len(versions) + "---:|")
+    mixes = {
+        "typical: 15% of lines with PII": (0.15, 0.0),
+        "no PII": (0.0, 0.0),
+        "every line with PII": (1.0, 0.0),
+        "typical, 15% of lines in other languages": (0.15, 0.15),
+    }
+    for name, (share, other) in mixes.items():
+        batch = lines(count, share, share_other=other)
+        rates = interleaved(
+            [lambda batch=batch, m=m: m.scrub_pii(batch) for m in versions.values()],
+            count,
+            repeats,
+        )
         mean = sum(map(len, batch)) / count
-        print(f"| {name}, one list | {rates} | {mean:.0f} |")
+        print(f"| {name}, one list | {' | '.join(rates)} | {mean:.0f} |")
     typical = lines(count, 0.15)
     one_by_one = best_rates(lambda: [scrub_pii(line) for line in typical], count, repeats)
     print(f"| typical, one call per message | {one_by_one} | |")

@@ -123,8 +123,7 @@ def run(n_events: int, batch_size: int, n_users: int, seed: int) -> str:
     release = agg.release(epsilon=1.0, delta=1e-6)
     releasing = time.perf_counter() - t
     peak = peak_rss_bytes()
-    events = release.metadata["events"]
-    assert events["received"] == n_events, events
+    assert release.accounting.received == n_events, release.accounting
     return report(
         n_events, batch_size, n_users, baseline, peak, steps, adding, loop, releasing, len(release)
     )

@@ -46,3 +46,7 @@ def colliding_rows(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         prio_low, dtype=np.uint64
     )
     return unit, pair, prio
+
+
+ID_CHARACTERS = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))
+"""Characters an identifier may hold: NUL and lone surrogates are refused (telemagg._identity)."""

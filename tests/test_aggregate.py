@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.releases import published
 from tests.strategies import event_rows
 
 import telemagg as tm
@@ -57,7 +59,7 @@ def test_public_partitions_are_released_in_order_with_absent_ones_as_noisy_zeros
     assert table["event"].tolist() == ["share", "open", "never-seen"]
     assert list(table.columns) == ["event", "count", "unit_count", "sum_value"]
     assert table.loc[2, "count"] < 60  # noisy zero: Laplace scale 6 / 0.33 = 18 stddev ~25
-    dropped = release.metadata["events"]["dropped"]
+    dropped = release.accounting.dropped
     assert dropped["not_public_partition"] > 0  # the unlisted "save" events
 
 
@@ -153,12 +155,12 @@ def test_every_event_is_aggregated_or_dropped_under_a_reason() -> None:
         delta=1e-6,
         randomness=seeded(4),
     )
-    acc = release.metadata["events"]
-    assert acc["received"] == data["user"].size
-    assert acc["received"] == acc["aggregated"] + sum(acc["dropped"].values())
-    assert acc["dropped"]["missing_privacy_unit"] == 7
-    assert acc["dropped"]["non_finite_value"] == 6
-    assert acc["dropped"]["contribution_bounds"] > 0
+    acc = release.accounting
+    assert acc.received == data["user"].size
+    assert acc.received == acc.aggregated + sum(acc.dropped.values())
+    assert acc.dropped["missing_privacy_unit"] == 7
+    assert acc.dropped["non_finite_value"] == 6
+    assert acc.dropped["contribution_bounds"] > 0
     assert not release.to_pandas().isna().any().any()
 
 
@@ -336,9 +338,10 @@ def test_empty_input() -> None:
         randomness=seeded(1),
     )
     assert public.to_pandas()["event"].tolist() == ["open"]
-    assert public.metadata["events"] == {
+    assert public.accounting.to_dict() == {
         "received": 0,
         "aggregated": 0,
+        "pending": 0,
         "dropped": {
             "contribution_bounds": 0,
             "missing_privacy_unit": 0,
@@ -359,7 +362,7 @@ def test_string_units_and_missing_partition_keys() -> None:
         partitions=["a", "b"],
         randomness=seeded(1),
     )
-    dropped = release.metadata["events"]["dropped"]
+    dropped = release.accounting.dropped
     assert dropped["missing_privacy_unit"] == 1
     assert dropped["missing_partition_key"] == 1
 
@@ -489,7 +492,7 @@ def test_public_partitions_known_up_front_are_filtered_before_bounding() -> None
     kept = {k: v for k, v in exact_counts(agg).items() if v}
     assert kept == {("open",): 50.0}  # every unit kept its "open" event
     release = agg.release(1.0)
-    assert release.metadata["events"]["dropped"]["not_public_partition"] == 150
+    assert release.accounting.dropped["not_public_partition"] == 150
     with pytest.raises(tm.ConfigError, match="among the Aggregator's partitions"):
         agg.release(1.0, partitions=["x"])
 
@@ -527,12 +530,12 @@ def test_opted_out_unit_has_no_influence_on_the_release(sqlite_url) -> None:
             **kwargs,
         )
         pd.testing.assert_frame_equal(released.to_pandas(), without.to_pandas())
-    assert released.metadata["events"]["dropped"]["consent"] == 4000
+    assert released.accounting.dropped["consent"] == 4000
     registry.opt_in(777_777, purpose="model_training")  # opting back in restores the unit
     restored = tm.aggregate(
         with_heavy, consent=registry, purpose="model_training", randomness=seeded(0), **kwargs
     )
-    assert restored.metadata["events"]["dropped"]["consent"] == 0
+    assert restored.accounting.dropped["consent"] == 0
 
 
 def test_content_columns_need_an_opt_in_purpose(sqlite_url) -> None:
@@ -561,7 +564,7 @@ def test_content_columns_need_an_opt_in_purpose(sqlite_url) -> None:
         partitions=["open"],
         randomness=seeded(1),
     )
-    assert release.metadata["events"]["dropped"]["consent"] == 15  # users 0, 3, 4
+    assert release.accounting.dropped["consent"] == 15  # users 0, 3, 4
 
 
 def test_metrics_with_nearby_bounds_never_share_a_measurement() -> None:
@@ -583,3 +586,176 @@ def test_metrics_with_nearby_bounds_never_share_a_measurement() -> None:
     assert a.measurement != b.measurement
     assert (a.sensitivity, b.sensitivity) == (2 * 3 * 1_234_567, 2 * 3 * 1_234_568)
     assert math.isclose(a.epsilon, 0.5, rel_tol=1e-9)  # two measurements, not one
+
+
+# --------------------------------------------------------------------------- publishable
+
+
+def one_unit(unit: int, n: int, event: str) -> dict[str, np.ndarray]:
+    return {
+        "user": np.full(n, unit),
+        "event": np.full(n, event, dtype=object),
+        "os": np.full(n, "linux", dtype=object),
+        "value": np.full(n, 99.0),
+    }
+
+
+def plus(base: dict[str, np.ndarray], extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([base[k], extra[k]]) for k in base}
+
+
+NEIGHBOURS = {
+    # D' = D + one unit with 7 events, public partitions
+    "seven_events": ({"partitions": ["open", "save", "share"]}, one_unit(10**6, 7, "open")),
+    # D' = D + one unit alone in its partition: private selection must not reveal it
+    "lone_partition": ({"delta": 1e-6}, one_unit(10**6, 7, "lonely")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEIGHBOURS))
+def test_neighbouring_inputs_publish_the_same_metadata(case: str, tmp_path) -> None:
+    """D and D' = D + one unit: metadata, every export's metadata, repr, str and the
+    schema are identical (the values differ only by calibrated noise); only the
+    operator-side accounting tells them apart."""
+    kwargs, extra = NEIGHBOURS[case]
+    base = events()
+    query = {"by": "event", "metrics": METRICS, "policy": POLICY, "epsilon": 1.0, **kwargs}
+    d = tm.aggregate(base, randomness=seeded(3), **query)
+    d_prime = tm.aggregate(plus(base, extra), randomness=seeded(3), **query)
+    assert published(d, tmp_path) == published(d_prime, tmp_path)
+    assert d_prime.accounting.received == d.accounting.received + 7
+    if case == "lone_partition":
+        assert "lonely" not in d_prime.to_pandas()["event"].tolist()
+        selected_out = d_prime.accounting.dropped["partition_selection"]
+        kept = POLICY.max_contributions  # the rest of its 7 events went to bounding
+        assert selected_out == d.accounting.dropped["partition_selection"] + kept
+    for text in (d_prime.metadata_json(), repr(d_prime)):
+        assert "received" not in text
+        assert "dropped" not in text
+
+
+def test_merged_shards_of_neighbouring_inputs_publish_the_same_metadata(tmp_path) -> None:
+    """The same neighbouring pair through spawn + pickle + merge (D' has one more unit,
+    alone in its partition, on a shard of its own)."""
+
+    def sharded(extra: bool) -> tm.Release:
+        agg = tm.Aggregator(policy=POLICY, by="event", metrics=METRICS, randomness=seeded(6))
+        shard = agg.spawn()
+        agg.add(events(n_users=200))
+        shard.add(events(n_users=200, seed=1))
+        if extra:
+            shard.add(one_unit(10**6, 7, "lonely"))
+        agg.merge(pickle.loads(pickle.dumps(shard)))
+        return agg.release(1.0, 1e-6)
+
+    d, d_prime = sharded(extra=False), sharded(extra=True)
+    assert published(d, tmp_path) == published(d_prime, tmp_path)
+    assert d_prime.accounting.received == d.accounting.received + 7
+
+
+def test_an_opted_out_unit_leaves_no_trace_in_what_is_published(sqlite_url, tmp_path) -> None:
+    registry = tm.ConsentRegistry(sqlite_url)
+    registry.opt_out(10**6, purpose="model_training")
+    query = {
+        "by": "event",
+        "metrics": METRICS,
+        "policy": POLICY,
+        "epsilon": 1.0,
+        "partitions": ["open", "save"],
+        "consent": registry,
+        "purpose": "model_training",
+    }
+    base = events()
+    d = tm.aggregate(base, randomness=seeded(4), **query)
+    d_prime = tm.aggregate(plus(base, one_unit(10**6, 13, "open")), randomness=seeded(4), **query)
+    assert published(d, tmp_path) == published(d_prime, tmp_path)
+    pd.testing.assert_frame_equal(d.to_pandas(), d_prime.to_pandas())
+    assert (d.accounting.dropped["consent"], d_prime.accounting.dropped["consent"]) == (0, 13)
+
+
+def test_accounting_is_operator_side_and_adds_up() -> None:
+    from telemagg.release import Accounting
+
+    release = tm.aggregate(
+        events(), by="event", metrics=METRICS, policy=POLICY, epsilon=1.0, delta=1e-6
+    )
+    acc = release.accounting
+    assert isinstance(acc, Accounting)
+    assert acc.pending == 0
+    assert acc.received == acc.aggregated + sum(acc.dropped.values()) == 1500
+    with pytest.raises(tm.TelemaggError, match="does not add up"):
+        Accounting(received=3, aggregated=1, dropped={"consent": 1})
+    agg = tm.Aggregator(policy=POLICY, by="event", metrics=METRICS)
+    agg.add(events())
+    held = agg.accounting()
+    assert held.received == 1500
+    assert held.aggregated == 0
+    assert held.pending + held.dropped["contribution_bounds"] == 1500
+    released = agg.release(1.0, 1e-6).accounting  # a release reads every pending event
+    assert released.received == held.received
+    assert released.aggregated + released.dropped["partition_selection"] == held.pending
+
+
+# --------------------------------------------------------------------------- ledger=, consent=
+
+
+def test_ledger_and_consent_may_be_urls(sqlite_url, tmp_path) -> None:
+    tm.Ledger(sqlite_url, epsilon=3.0, delta=1e-5).close()
+    consent_url = f"sqlite:///{tmp_path / 'consent.db'}"
+    registry = tm.ConsentRegistry(consent_url)
+    registry.opt_out([0, 1], purpose="model_training")
+    registry.close()
+    release = tm.aggregate(
+        events(n_users=20),
+        by="event",
+        metrics=[tm.count()],
+        policy=POLICY,
+        epsilon=1.0,
+        partitions=["open"],
+        ledger=sqlite_url,
+        consent=consent_url,
+        purpose="model_training",
+    )
+    assert release.accounting.dropped["consent"] == 10
+    assert release.metadata["ledger"]["charge"] == 1
+    reopened = tm.Ledger.open(sqlite_url)
+    assert reopened.spent[0] == pytest.approx(release.epsilon)
+    reopened.close()
+
+
+def test_bad_ledger_or_consent_fails_before_reading_any_event(tmp_path) -> None:
+    unreadable = {"user": [1], "event": ["a"], "value": ["not a number"]}  # SchemaError if read
+    query = {"by": "event", "metrics": METRICS, "policy": POLICY, "epsilon": 1.0}
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    with pytest.raises(tm.ConfigError, match=r"ledger \(a URL string\) must name an existing"):
+        tm.aggregate(unreadable, partitions=["a"], ledger=missing, **query)
+    with pytest.raises(tm.ConfigError, match=r"ledger must be a tm.Ledger.* got int"):
+        tm.aggregate(unreadable, partitions=["a"], ledger=42, **query)
+    with pytest.raises(tm.ConfigError, match=r"consent must be a tm.ConsentRegistry.* got int"):
+        tm.aggregate(unreadable, partitions=["a"], consent=42, purpose="x", **query)
+    with pytest.raises(tm.ConfigError, match=r"consent \(a URL string\) cannot be opened"):
+        tm.aggregate(unreadable, partitions=["a"], consent="mysql://db/x", purpose="x", **query)
+
+
+def test_a_release_without_a_ledger_warns_once_per_aggregator(sqlite_url) -> None:
+    from telemagg.errors import UntrackedReleaseWarning
+
+    agg = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()])
+    agg.add(events(n_users=20))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        agg.release(1.0, partitions=["open"])
+        agg.release(1.0, partitions=["open"])
+    assert [w.category for w in caught] == [UntrackedReleaseWarning]
+    assert "charged to no ledger" in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the caller's release()
+    tracked = tm.Aggregator(policy=POLICY, by="event", metrics=[tm.count()])
+    seeded_agg = tm.Aggregator(
+        policy=POLICY, by="event", metrics=[tm.count()], randomness=seeded(1)
+    )
+    ledger = tm.Ledger(sqlite_url, epsilon=2.0, delta=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrackedReleaseWarning)
+        tracked.release(1.0, partitions=["open"], ledger=ledger)
+        seeded_agg.release(1.0, partitions=["open"])  # test noise: no ledger would take it
+    ledger.close()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tests.releases import published
 
 import telemagg as tm
 from telemagg._ingest import hash_value
@@ -90,15 +91,19 @@ def test_same_partitions_counts_and_accounting_as_the_local_engine(
     dask_table = on_dask.to_pandas().set_index("event")
     assert sorted(local_table.index) == sorted(released)
     assert list(dask_table.index) == list(local_table.index)
-    assert on_dask.metadata["events"] == local.metadata["events"]
-    assert on_dask.metadata["events"]["dropped"]["missing_privacy_unit"] == 9
+    assert on_dask.accounting == local.accounting
+    assert on_dask.accounting.dropped["missing_privacy_unit"] == 9
     for column in ("count", "unit_count", "sum_value"):
         # two independent draws differ by at most 6 stddevs of one (seeded: deterministic)
         stddev = on_dask.metrics[column].stddev
         diff = (dask_table[column] - local_table[column]).abs()
         assert (diff <= 6 * np.sqrt(2) * stddev).all(), (column, diff.tolist(), stddev)
     assert on_dask.epsilon == local.epsilon
-    assert on_dask.metadata["query"] == local.metadata["query"]
+
+    def publishable(release: tm.Release) -> dict[str, Any]:
+        return {k: v for k, v in release.metadata.items() if k != "created_at"}
+
+    assert publishable(on_dask) == publishable(local)
 
 
 def test_every_metric_kind_reads_its_columns_on_the_workers(client: Any) -> None:
@@ -141,9 +146,9 @@ def test_public_partitions_with_empty_dask_partitions(client: Any) -> None:
     # 3 units over 4 partitions: after the shuffle some partitions are empty
     release = tm_dask.aggregate(dd.from_pandas(frame, npartitions=4), shuffle_by_unit=True, **query)
     assert release.to_pandas()["event"].tolist() == ["save", "open", "absent"]
-    events = release.metadata["events"]
-    assert events["received"] == events["aggregated"] == 4
-    assert events == tm.aggregate(frame, **query).metadata["events"]
+    accounting = release.accounting
+    assert accounting.received == accounting.aggregated == 4
+    assert accounting == tm.aggregate(frame, **query).accounting
 
 
 def test_real_randomness_charges_the_ledger_once_on_the_client(
@@ -175,9 +180,22 @@ def test_consent_is_checked_on_the_workers(client: Any, sqlite_url: str) -> None
     )
     query = {**QUERY, "consent": registry, "purpose": "model_training", "randomness": seeded(3)}
     on_dask = tm_dask.aggregate(dd.from_pandas(frame, npartitions=4), **query)
-    assert on_dask.metadata["events"]["dropped"]["consent"] == 400
-    assert on_dask.metadata["events"] == tm.aggregate(frame, **query).metadata["events"]
+    assert on_dask.accounting.dropped["consent"] == 400
+    assert on_dask.accounting == tm.aggregate(frame, **query).accounting
     registry.close()
+
+
+def test_neighbouring_inputs_publish_the_same_metadata_on_dask(client: Any, tmp_path) -> None:
+    """D and D' = D + one unit with 7 events in a partition of its own: the Dask engine
+    publishes the same metadata and exports for both; only the accounting differs."""
+    frame = workload(n_users=600, seed=4)
+    lone = pd.DataFrame({"user": [10.0**6] * 7, "event": ["lonely"] * 7, "value": [50.0] * 7})
+    neighbour = pd.concat([frame, lone], ignore_index=True)
+    query = {**QUERY, "randomness": seeded(8)}
+    d = tm_dask.aggregate(dd.from_pandas(frame, npartitions=3), **query)
+    d_prime = tm_dask.aggregate(dd.from_pandas(neighbour, npartitions=3), **query)
+    assert published(d, tmp_path) == published(d_prime, tmp_path)
+    assert d_prime.accounting.received == d.accounting.received + 7
 
 
 # --------------------------------------------------------------------------- bounding

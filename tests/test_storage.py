@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
 import sys
 import threading
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from conftest import POSTGRES_ENV
+from conftest import POSTGRES_ENV, _postgres_base_url
 from telemagg import _storage
 from telemagg._storage import Column, Table, open_store, redact_url, sqlite_path
-from telemagg.errors import ConfigError, LedgerError, MissingDependencyError
+from telemagg.errors import ConfigError, LedgerError, MissingDependencyError, TelemaggError
 
 ITEMS = Table(
     "test_items",
@@ -46,7 +52,7 @@ def test_sqlite_urls_relative_and_absolute() -> None:
     assert sqlite_path("sqlite:////abs/x.db") == "/abs/x.db"
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///x.db?mode=ro"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///x.db?mode=rw"])
 def test_malformed_sqlite_url_is_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match=r"sqlite:///relative\.db"):
         open_store(url)
@@ -264,3 +270,114 @@ def test_lost_postgres_connection_reconnects(postgres_url: str) -> None:
         tx.fetchall("SELECT 1")
     with store.transaction() as tx:
         assert tx.fetchall("SELECT 1") == [(1,)]
+
+
+# --------------------------------------------------------------------------- secrets, any shape
+
+# Characters that break naive URL parsing, plus non-ASCII; a password is wrapped in markers so
+# that finding it in any output cannot be a coincidence.
+_SPECIALS = "#?/@:%&= []'\"\\é€🙂ß"
+passwords = st.text(
+    alphabet=st.sampled_from(_SPECIALS) | st.characters(codec="utf-8", categories=("L", "N")),
+    min_size=1,
+    max_size=16,
+).map(lambda core: f"Zq{core}9X")
+
+UNREACHABLE_SHAPES = [
+    "postgresql://postgres:{pw}@127.0.0.1:1/db",
+    "postgres://app:{pw}@127.0.0.1:1/db?sslmode=disable",
+    "postgresql://postgres:{pw}@[::1:5432/db",  # unparsable: libpq quotes the whole URI
+    "postgresql://postgres@127.0.0.1:1/db?password={pw}",
+    "postgresql://postgres@127.0.0.1:1/db?sslmode=disable&sslpassword={pw}&application_name=x",
+    "postgresql://postgres@127.0.0.1:1/db?options=-c%20password%3D{pw}",
+    "postgresql://:{pw}@127.0.0.1:1/db",
+    "root:{pw}@127.0.0.1/db",  # no scheme
+    "mysql://u:{pw}@h/db",
+    "sqlite://u:{pw}@/x.db",
+    "host=127.0.0.1 port=1 password={pw}",
+]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _all_logs() -> Iterator[list[str]]:
+    handler, root = _Records(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler.messages
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _texts(error: BaseException) -> list[str]:
+    """Everything an error can show: message, repr, the chained errors, the full traceback."""
+    texts = ["".join(traceback.format_exception(error))]
+    seen: BaseException | None = error
+    while seen is not None:
+        texts += [str(seen), repr(seen), *map(str, seen.args)]
+        seen = seen.__cause__ or seen.__context__
+    return texts
+
+
+def _assert_hidden(password: str, texts: list[str]) -> None:
+    for secret in {password, unquote(password)}:
+        leaks = [text for text in texts if secret in text]
+        assert not leaks, f"{secret!r} shown in {leaks}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(password=passwords, shape=st.sampled_from(UNREACHABLE_SHAPES))
+def test_no_shape_of_url_shows_its_password(password: str, shape: str) -> None:
+    url = shape.format(pw=password)
+    texts = [redact_url(url)]
+    with _all_logs() as logs:
+        try:
+            store = open_store(url)
+        except TelemaggError as error:
+            texts += _texts(error)
+        else:  # pragma: no cover - every shape above is unreachable or invalid
+            texts += [repr(store), store.url]
+            store.close()
+    _assert_hidden(password, texts + logs)
+
+
+@pytest.mark.postgres
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(password=passwords)
+def test_a_real_connection_with_a_special_password_shows_it_nowhere(password: str) -> None:
+    """The local server trusts every connection, so any password connects: it must still be
+    hidden from the repr, ``.url``, query errors and logs of the open store."""
+    url = with_password(_postgres_base_url(), password)
+    with _all_logs() as logs:
+        store = open_store(url)
+        texts = [repr(store), store.url, str(store)]
+        try:
+            with store.transaction() as tx:
+                tx.fetchall("SELECT * FROM no_such_table_anywhere")
+        except LedgerError as error:
+            texts += _texts(error)
+        store.close()
+    assert store.url.startswith("postgresql://postgres:***@")
+    _assert_hidden(password, texts + logs)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("password", ["Zq#?/@:%20 é🙂9X", "Zq%zz@[::1]/a?b=c#d9X"])
+def test_a_missing_host_shows_no_password(password: str) -> None:
+    _postgres_base_url()  # skips without a server configured, as the other PostgreSQL tests
+    url = f"postgresql://postgres:{password}@nonexistent-host.invalid:5432/test"
+    with _all_logs() as logs, pytest.raises(LedgerError, match="connecting to") as info:
+        open_store(url)
+    assert "postgres:***@nonexistent-host.invalid" in str(info.value)
+    _assert_hidden(password, _texts(info.value) + logs)

@@ -8,6 +8,7 @@
 
 from telemagg._aggregator import Aggregator, aggregate
 from telemagg._version import library_version
+from telemagg.collector import Collector
 from telemagg.consent import ConsentChange, ConsentRegistry
 from telemagg.errors import (
     BudgetExceededError,
@@ -50,6 +51,7 @@ __all__ = [
     "Aggregator",
     "BudgetExceededError",
     "Charge",
+    "Collector",
     "ConfigError",
     "ConsentChange",
     "ConsentRegistry",

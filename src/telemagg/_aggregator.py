@@ -9,18 +9,20 @@ packages a :class:`~telemagg.release.Release`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import math
 import secrets
+import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
+from telemagg._identity import KeyIndex, canonical_key, key_identity, key_order, unit_hash
 from telemagg._ingest import (
     MISSING_PRIVACY_UNIT,
     NON_FINITE_VALUE,
@@ -36,10 +38,16 @@ from telemagg._plan import (
     noisy_value_counts,
     select_partitions,
 )
-from telemagg._state import CONTRIBUTION_BOUNDS, KeyIndex, SamplingKey, State
-from telemagg._version import library_version
-from telemagg.errors import BudgetExceededError, ConfigError, TelemaggError
-from telemagg.ledger import Charge
+from telemagg._state import CONTRIBUTION_BOUNDS, SamplingKey, State
+from telemagg._windows import FUTURE, LATE, Grid, Schedule, by_window, instant_ms
+from telemagg.consent import ConsentRegistry
+from telemagg.errors import (
+    BudgetExceededError,
+    ConfigError,
+    TelemaggError,
+    UntrackedReleaseWarning,
+)
+from telemagg.ledger import Charge, Ledger
 from telemagg.policy import (
     Metric,
     Policy,
@@ -49,14 +57,13 @@ from telemagg.policy import (
     format_duration,
     parse_duration,
 )
-from telemagg.release import MetricReport, Release
+from telemagg.release import Accounting, Release, metric_reports, release_metadata
 
 I64 = npt.NDArray[np.int64]
 
 CONSENT = "consent"
 PARTITION_SELECTION = "partition_selection"
 NOT_PUBLIC_PARTITION = "not_public_partition"
-LATE = "late"
 ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, NON_FINITE_VALUE, CONTRIBUTION_BOUNDS)
 
 
@@ -127,7 +134,7 @@ class Aggregator:
     >>> release = agg.release(epsilon=1.0, partitions=["open", "save", "quit"])
     >>> list(release.to_dict()["event"])
     ['open', 'save', 'quit']
-    >>> release.metadata["events"]["received"], release.metadata["events"]["aggregated"]
+    >>> release.accounting.received, release.accounting.aggregated  # operator side, exact
     (3, 2)
     """
 
@@ -137,11 +144,13 @@ class Aggregator:
         policy: Policy,
         by: str | Sequence[str],
         metrics: Sequence[Metric],
-        consent: ConsentSource | None = None,
+        consent: ConsentSource | str | None = None,
         purpose: str | None = None,
         window: str | None = None,
         time: str | None = None,
         allowed_lateness: str = "0s",
+        start: Any = None,
+        max_clock_skew: str = "5m",
         partitions: Any = None,
         randomness: Randomness | None = None,
     ) -> None:
@@ -163,15 +172,16 @@ class Aggregator:
             policy, self.by, (*self._numeric, *self._categorical), consent, purpose
         )
         self.window, self.time = _check_window(window, time)
-        lateness_s = parse_duration(allowed_lateness, "allowed_lateness", allow_zero=True)
-        self.allowed_lateness = format_duration(lateness_s)
-        self._window_ms = parse_duration(window, "window") * 1000 if window else 0
-        self._lateness_ms = lateness_s * 1000
+        self._grid = _grid(window, allowed_lateness, start, max_clock_skew)
+        self.allowed_lateness = format_duration(self._grid.lateness_ms // 1000 if self._grid else 0)
+        self.max_clock_skew = format_duration(self._grid.skew_ms // 1000 if self._grid else 0)
+        self.start = None if self._grid is None else _datetime(self._grid.start_ms)
         # Public partitions known up front: other partitions' events are dropped before
         # bounding, so no unit spends its max_partitions on keys that will not be released.
         self.partitions = None if partitions is None else self._public_keys(partitions)
         self._public_set = None if self.partitions is None else set(self.partitions)
         self._randomness = randomness or Randomness.system()
+        self._warned_untracked = False
         self._reset()
 
     def _reset(self) -> None:
@@ -179,12 +189,15 @@ class Aggregator:
         self._partitions = KeyIndex()
         self._categories = {c: KeyIndex() for c in self._categorical}  # values, global ids
         self._state = self._empty_state()
-        self._windows: dict[int, State] = {}
-        self._watermark_ms: int | None = None
-        self._released_through: int | None = None  # highest window index released
+        self._windows: dict[int, State] = {}  # pending windows that received events
+        self._schedule = None if self._grid is None else Schedule(self._grid)
         self._received_total = 0
-        self._released_events = 0
-        self._outside_windows: Counter[str] = Counter()  # see accounting()
+        self._aggregated = 0  # events in the tables of released windows
+        self._outside_windows: Counter[str] = Counter()  # dropped outside pending windows
+        # Consent: the registry's history position before the earliest check of held events
+        # and what silence meant then (see _honour_consent_changes).
+        self._consent_position: int | None = None
+        self._consent_opt_in: bool | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -195,19 +208,25 @@ class Aggregator:
         return tuple(dict.fromkeys(names))
 
     def __repr__(self) -> str:
-        states = self._windows.values() if self.window else [self._state]
-        kept = sum(len(s) for s in states)
-        received = self._received_total if self.window else self._state.received
+        accounting = self.accounting()  # an Aggregator stays with the operator
         return (
             f"Aggregator(by={list(self.by)}, metrics={[m.name for m in self.metrics]},"
-            f" privacy_unit={self.policy.privacy_unit!r}, events_received={received},"
-            f" events_kept={kept})"
+            f" privacy_unit={self.policy.privacy_unit!r}, events_received={accounting.received},"
+            f" events_pending={accounting.pending})"
         )
 
     # ------------------------------------------------------------------ add / merge
 
-    def add(self, events: Any) -> None:
-        """Absorb a batch of events (any input form :func:`aggregate` takes)."""
+    def add(self, events: Any, now: Any = None) -> None:
+        """Absorb a batch of events (any input form :func:`aggregate` takes).
+
+        ``now`` (windowed Aggregators): the operator's processing time, a timezone-aware
+        datetime or epoch seconds; default the wall clock. Events after ``now +
+        max_clock_skew`` are dropped as ``future``; events before ``start``, in a window
+        already released, or in one closed at ``now`` are dropped as ``late``. Without a
+        window ``now`` is checked and unused.
+        """
+        now_ms = instant_ms(now, "now")  # checked before any data is read
         batch = ingest(
             events,
             unit=self.policy.privacy_unit,
@@ -218,6 +237,7 @@ class Aggregator:
         )
         if self.consent is not None and len(batch):
             assert self.purpose is not None
+            self._mark_consent(self.consent, self.purpose)
             allowed = np.asarray(self.consent.allowed(batch.unit.uniques, self.purpose), dtype=bool)
             batch = batch.take(allowed[batch.unit.codes], CONSENT)
         if self._public_set is not None and len(batch):
@@ -232,7 +252,7 @@ class Aggregator:
             self._state = self._absorb(self._state, rows)
         else:
             assert batch.time_ms is not None
-            self._add_to_windows(rows, batch.time_ms)
+            self._add_to_windows(rows, batch.time_ms, now_ms)
 
     def _absorb(self, state: State, rows: State, *, rows_bounded: bool = False) -> State:
         return state.absorb(
@@ -244,64 +264,61 @@ class Aggregator:
 
     # ------------------------------------------------------------------ windows
 
-    def _closed(self, index: I64 | int, watermark: int | None) -> Any:
-        """Whether window ``index`` has closed: the watermark (latest event time seen) has
-        passed its end by the allowed lateness."""
-        if watermark is None:
-            return np.zeros(np.shape(index), dtype=bool)
-        return (np.asarray(index) + 1) * self._window_ms + self._lateness_ms <= watermark
+    def _add_to_windows(self, rows: State, time_ms: I64, now_ms: int) -> None:
+        """Split rows over the windows of the grid; future and late events are dropped.
 
-    def _add_to_windows(self, rows: State, time_ms: I64) -> None:
-        """Split rows over tumbling windows; events of closed windows are dropped as late.
-
-        Events that never reach a window (no time, no unit, no consent, or late for a window
-        already released) are counted in :meth:`accounting`; each window's release accounts
-        for the events placed in it, late ones included.
+        The clock is ``now``, never the events: see :mod:`telemagg._windows`. Events that
+        reach no window are counted in :meth:`accounting`; each window's release accounts
+        for the events placed in it.
         """
+        assert self._schedule is not None
         self._received_total += rows.received
         self._outside_windows.update(rows.dropped)
-        index = time_ms // self._window_ms
-        late = self._closed(index, self._watermark_ms)
-        for w in np.unique(index).tolist():  # a loop over windows, not events
-            in_window = index == w
-            n_in = int(np.count_nonzero(in_window))
-            if self._released_through is not None and w <= self._released_through:
-                self._outside_windows[LATE] += n_in
-                continue
-            part = rows.select(in_window & ~late)
-            n_late = n_in - len(part)
-            part.received, part.dropped = n_in, Counter({LATE: n_late} if n_late else {})
+        index, future, late = self._schedule.classify(time_ms, now_ms)
+        self._outside_windows[FUTURE] += int(np.count_nonzero(future))
+        self._outside_windows[LATE] += int(np.count_nonzero(late))
+        for w, positions in by_window(index, ~(future | late)):  # a loop over windows
+            part = rows.select(cast(npt.NDArray[np.bool_], positions))  # positions index too
+            part.received, part.dropped = len(positions), Counter()
             self._windows[w] = self._absorb(self._windows.get(w, self._empty_state()), part)
-        if time_ms.size:
-            latest = int(time_ms.max())
-            self._watermark_ms = (
-                latest if self._watermark_ms is None else max(latest, self._watermark_ms)
-            )
 
     def _empty_state(self) -> State:
         return State.empty(self._numeric, self._categorical)
 
-    def accounting(self) -> dict[str, Any]:
-        """Where every event received by a windowed aggregator is now.
+    def accounting(self) -> Accounting:
+        """Where every event this Aggregator received is now: operator side, exact, and NOT
+        differentially private (see :class:`~telemagg.release.Accounting`).
 
-        ``received == pending + released + sum(dropped.values())``: ``pending`` events sit
-        in open windows, ``released`` ones belonged to windows already released (whose
-        metadata details them), ``dropped`` ones never reached a window, by reason.
+        ``pending`` events are held for a coming release (all bounded events of an
+        Aggregator without windows: each ``release`` reads them all); ``aggregated`` ones
+        reached the table of a released window; ``dropped`` ones, by reason, never will.
 
         >>> import telemagg as tm
         >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="u"), by="e",
-        ...     metrics=[tm.count()], window="1h", time="t")
-        >>> agg.add({"u": [1, 2, None], "e": ["a", "a", "a"], "t": [0, 10, 20]})
-        >>> agg.accounting()
-        {'received': 3, 'pending': 2, 'released': 0, 'dropped': {'missing_privacy_unit': 1}}
+        ...     metrics=[tm.count()], window="1h", time="t", start=0)
+        >>> agg.add({"u": [1, 2, None, 3], "e": ["a", "a", "a", "a"], "t": [0, 10, 20, 9e9]},
+        ...         now=60)
+        >>> agg.accounting()  # doctest: +NORMALIZE_WHITESPACE
+        Accounting(received=4, aggregated=0, pending=2, dropped={'contribution_bounds': 0,
+                   'future': 1, 'late': 0, 'missing_privacy_unit': 1, 'non_finite_value': 0})
         """
-        pending = sum(s.received for s in self._windows.values())
-        return {
-            "received": self._received_total,
-            "pending": pending,
-            "released": self._released_events,
-            "dropped": dict(self._outside_windows),
-        }
+        dropped = self._reported_reasons()
+        if self.window is None:
+            dropped.update(self._state.dropped)
+            state = self._state
+            return Accounting(
+                received=state.received, aggregated=0, pending=len(state), dropped=dropped
+            )
+        dropped.update({LATE: 0, FUTURE: 0})
+        dropped.update(self._outside_windows)
+        for state in self._windows.values():
+            dropped.update(state.dropped)
+        return Accounting(
+            received=self._received_total,
+            aggregated=self._aggregated,
+            pending=sum(len(s) for s in self._windows.values()),
+            dropped=dropped,
+        )
 
     def _rows(self, batch: Batch) -> State:
         partition = self._partitions.remap(batch.partition_codes, batch.partition_keys)
@@ -340,6 +357,7 @@ class Aggregator:
         other.__dict__.update(self.__dict__)
         other._randomness = self._randomness.spawn()
         other._reset()
+        other._schedule = self._schedule  # immutable: windows released here are late there
         return other
 
     def merge(self, *others: Aggregator) -> None:
@@ -356,6 +374,12 @@ class Aggregator:
             self._check_mergeable(other)
         if not others:
             return
+        marks = [a._consent_position for a in (self, *others) if a._consent_position is not None]
+        if marks:  # the earliest check of any held event is where re-checking starts
+            self._consent_position = min(marks)
+            self._consent_opt_in = next(
+                a._consent_opt_in for a in (self, *others) if a._consent_opt_in is not None
+            )
         if self.window is None:
             adopted = [self._adopt(other, other._state) for other in others]
             same_key = all(
@@ -379,6 +403,8 @@ class Aggregator:
             "window",
             "time",
             "allowed_lateness",
+            "start",
+            "max_clock_skew",
             "partitions",
         )
         for name in config:
@@ -389,24 +415,26 @@ class Aggregator:
                 )
 
     def _merge_windows(self, other: Aggregator) -> None:
+        """Merge per window; the other's events in windows released here count as late."""
+        assert self._schedule is not None
         self._received_total += other._received_total
-        self._released_events += other._released_events
+        self._aggregated += other._aggregated
         self._outside_windows.update(other._outside_windows)
         for w, theirs in other._windows.items():
-            if self._released_through is not None and w <= self._released_through:
-                self._outside_windows[LATE] += theirs.received
+            if w <= self._schedule.released_through:
+                self._outside_windows[LATE] += len(theirs)
+                self._outside_windows.update(theirs.dropped)
                 continue
             mine = self._windows.get(w, self._empty_state())
             self._windows[w] = self._absorb(mine, self._adopt(other, theirs))
-        marks = [m for m in (self._watermark_ms, other._watermark_ms) if m is not None]
-        self._watermark_ms = max(marks) if marks else None
 
     def _adopt(self, other: Aggregator, theirs: State) -> State:
         """Another aggregator's state in this one's partition ids and sampling key."""
         partition = self._partitions.remap(theirs.partition, other._partitions.keys)
-        pair_key = theirs.pair_key
-        if other._randomness.sampling_key != self._randomness.sampling_key:
-            pair_key = self._pair_keys(theirs.unit_id, partition)
+        # Pair keys always come from THIS index: the shard's index may hash a key otherwise
+        # (another type of the same value seen first, a collision resolved the other way),
+        # and one (unit, partition) pair must have one pair key here (issue 9, hole 5).
+        pair_key = self._pair_keys(theirs.unit_id, partition)
         return State(
             unit_id=theirs.unit_id,
             partition=partition,
@@ -428,7 +456,7 @@ class Aggregator:
         epsilon: float,
         delta: float = 0.0,
         partitions: Any = None,
-        ledger: LedgerLike | None = None,
+        ledger: LedgerLike | str | None = None,
         *,
         noise: Literal["laplace", "gaussian"] = "laplace",
         label: str | None = None,
@@ -437,8 +465,10 @@ class Aggregator:
 
         ``partitions=None`` selects partitions privately (needs ``delta > 0``); a sequence
         of keys (tuples for several ``by`` columns) or a DataFrame of key columns releases
-        exactly those, absent ones as noisy zeros. With a ``ledger`` the loss is charged
-        atomically before any noise is drawn; if it does not fit, nothing is released.
+        exactly those, absent ones as noisy zeros. With a ``ledger`` (a :class:`tm.Ledger
+        <telemagg.Ledger>` or the URL of an existing one) the loss is charged atomically
+        before any noise is drawn; if it does not fit, nothing is released. Without one,
+        the first release of this Aggregator warns (``UntrackedReleaseWarning``).
         """
         if self.window is not None:
             raise ConfigError(
@@ -446,43 +476,139 @@ class Aggregator:
                 " release_closed(...)"
             )
         public, params, plan = self._plan(epsilon, delta, partitions, noise)
-        return self._release(self._state, plan, params, public, ledger, label, None)
+        self._honour_consent_changes()
+        with open_ledger(ledger) as charged:
+            return self._release(self._state, plan, params, public, charged, label, None)
 
     def release_closed(
         self,
         epsilon: float,
         delta: float = 0.0,
         partitions: Any = None,
-        ledger: LedgerLike | None = None,
+        ledger: LedgerLike | str | None = None,
         *,
         noise: Literal["laplace", "gaussian"] = "laplace",
         label: str | None = None,
         flush: bool = False,
+        now: Any = None,
     ) -> list[Release]:
-        """Release every closed window (all open ones too with ``flush=True``), oldest first.
+        """Release every window closed at ``now``, oldest first, each exactly once.
 
-        Each window is its own release with its own (epsilon, delta), charged to the ledger
-        separately; a unit active in k windows is protected by k releases' composed loss,
-        which the ledger adds up. If the ledger refuses a window, the windows released
-        before it are attached to the error as ``error.released`` and the rest stay open.
+        A window closes when ``now`` (the operator's clock: a timezone-aware datetime or
+        epoch seconds, default the wall clock) reaches its end plus ``allowed_lateness``;
+        ``flush=True`` also releases the window containing ``now``. Windows that received no
+        event are released too (public partitions as noisy zeros, private selection as an
+        empty table), so which releases exist never depends on the data. Each costs its
+        (epsilon, delta) and one ledger charge, empty or not: a clock far ahead of the last
+        release (or an early ``start``) releases, and charges, every window in between.
+
+        Each window is its own release, charged to the ledger separately; a unit active in
+        k windows is protected by k releases' composed loss, which the ledger adds up. If
+        the ledger refuses window k, the windows released before it stay released (they are
+        on the error, ``error.released``, and were charged) while window k and the later
+        ones stay pending: a later call releases them when the budget allows.
+
+        >>> import telemagg as tm
+        >>> from telemagg.testing import seeded
+        >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="u"), by="e",
+        ...     metrics=[tm.count()], window="1h", time="t", start=0, randomness=seeded(0))
+        >>> agg.add({"u": [1, 2], "e": ["a", "a"], "t": [60, 4000]}, now=4000)
+        >>> releases = agg.release_closed(1.0, partitions=["a"], now=3 * 3600)  # epoch seconds
+        >>> [r.metadata["window"]["start"][11:16] for r in releases]  # hour 2 had no event
+        ['00:00', '01:00', '02:00']
+        >>> agg.release_closed(1.0, partitions=["a"], now=3 * 3600)  # each window once
+        []
         """
-        if self.window is None:
+        if self._schedule is None:
             raise ConfigError(
                 "release_closed needs an Aggregator made with window=...; use release"
             )
+        now_ms = instant_ms(now, "now")
         public, params, plan = self._plan(epsilon, delta, partitions, noise)
-        closed = sorted(w for w in self._windows if flush or self._closed(w, self._watermark_ms))
+        self._honour_consent_changes()
+        due = self._schedule.due(now_ms, flush=flush)
         released: list[Release] = []
-        for w in closed:
-            try:
-                release = self._release(self._windows[w], plan, params, public, ledger, label, w)
-            except BudgetExceededError as exc:
-                exc.released = released  # type: ignore[attr-defined]
-                raise
-            self._released_events += self._windows.pop(w).received
-            self._released_through = max(w, self._released_through or w)
-            released.append(release)
+        with open_ledger(ledger) as charged:
+            for w in due:
+                state = self._windows.get(w)
+                if state is None:  # no event: released all the same (the schedule's choice)
+                    state = self._empty_state()
+                try:
+                    release = self._release(state, plan, params, public, charged, label, w)
+                except TelemaggError as exc:
+                    raise self._partial_failure(exc, released, due, w) from exc
+                self._windows.pop(w, None)
+                self._schedule = self._schedule.released(w)
+                self._aggregated += release.accounting.aggregated
+                self._outside_windows.update(release.accounting.dropped)
+                released.append(release)
         return released
+
+    # ------------------------------------------------------------------ consent
+
+    def _mark_consent(self, consent: ConsentSource, purpose: str) -> None:
+        """Bookmark the registry's history before the first consent check of held events."""
+        if self._consent_position is None and isinstance(consent, ConsentRegistry):
+            self._consent_position = consent.position()
+            self._consent_opt_in = consent.is_opt_in(purpose)
+
+    def _honour_consent_changes(self) -> None:
+        """Forget the held events of units that withdrew consent after they were absorbed.
+
+        Consent is checked when events arrive; a unit that opts out later (or whose purpose
+        became opt-in without its opt-in) must not be released either. Before every release
+        the registry is asked which units changed their choice since the earliest check of
+        the held events (:meth:`ConsentRegistry.changed_since`, a loop over changed units,
+        never over events); those no longer allowed are removed from every held state and
+        counted as dropped for ``consent`` (operator accounting). Removing all of a unit's
+        rows leaves every other unit's bounded rows as they were: bounding is per unit.
+        Raises before any charge if the registry cannot answer.
+        """
+        consent, purpose = self.consent, self.purpose
+        if not isinstance(consent, ConsentRegistry) or self._consent_position is None:
+            return
+        assert purpose is not None
+        opt_in = consent.is_opt_in(purpose)
+        if opt_in != self._consent_opt_in:
+            raise ConfigError(
+                f"purpose {purpose!r} was declared opt-in after this Aggregator absorbed events"
+                " under its opt-out default: the silence of those units no longer allows them,"
+                " and their events cannot be told apart; discard this Aggregator"
+            )
+        position, changed = consent.changed_since(self._consent_position, purpose)
+        self._consent_position = position
+        if not changed:
+            return
+        allowed = np.asarray(consent.allowed(changed, purpose), dtype=bool)
+        withdrawn = [unit for unit, ok in zip(changed, allowed.tolist(), strict=True) if not ok]
+        if not withdrawn:
+            return
+        ids = np.fromiter((unit_hash(u) for u in withdrawn), np.uint64, len(withdrawn))
+        self._state = _without_units(self._state, ids)
+        self._windows = {w: _without_units(s, ids) for w, s in self._windows.items()}
+
+    def _partial_failure(
+        self, exc: TelemaggError, released: list[Release], due: range, refused: int
+    ) -> TelemaggError:
+        """The error of a release_closed stopped at window ``refused``, telling the truth
+        about what was released before it (those releases ride on ``error.released``)."""
+        assert self._grid is not None
+        bounds = self._grid.describe(refused)
+        later = due.stop - refused - 1
+        story = (
+            f"release_closed released {len(released)} window(s) before this error (on"
+            f" error.released, charged to the ledger); window {bounds['start']} to"
+            f" {bounds['end']} was not released and stays pending with {later} later due"
+            " window(s): call release_closed again"
+        )
+        error: TelemaggError
+        if isinstance(exc, BudgetExceededError):
+            error = BudgetExceededError(f"{exc}; {story}")
+        else:  # another failure (a ledger outage, ...): same error, the story as a note
+            error = exc
+            error.add_note(story)
+        error.released = released  # type: ignore[attr-defined]  # any error: for the caller
+        return error
 
     def query(self, params: ReleaseParams | None = None) -> dict[str, Any]:
         """JSON-serialisable description of the query (for metadata and ledgers)."""
@@ -523,11 +649,12 @@ class Aggregator:
 
     def _public_keys(self, partitions: Any) -> list[tuple[Any, ...]]:
         keys = _partition_keys(partitions, self.by)
-        seen: set[tuple[Any, ...]] = set()
+        seen: set[Any] = set()
         for key in keys:
-            if key in seen:
+            identity = key_identity(key)
+            if identity in seen:
                 raise ConfigError(f"partitions must be unique; {key!r} is listed twice")
-            seen.add(key)
+            seen.add(identity)
         return keys
 
     def _release(
@@ -543,7 +670,8 @@ class Aggregator:
         """Charge the ledger, then select partitions, add noise and package the release."""
         query = self.query(params)
         if window is not None:
-            query["window"] = self._window_bounds(window)
+            assert self._grid is not None
+            query["window"] = self._grid.describe(window)
         charge = None
         if ledger is not None:
             if self._randomness.seeded:
@@ -552,6 +680,14 @@ class Aggregator:
                     " drop randomness= to release for real"
                 )
             charge = ledger.charge(plan.loss, query=query, label=label)
+        elif not self._randomness.seeded and not self._warned_untracked:
+            self._warned_untracked = True  # once per Aggregator
+            warnings.warn(
+                "this release is charged to no ledger: its privacy loss is recorded nowhere"
+                " (pass ledger=tm.Ledger(...) or a ledger URL)",
+                UntrackedReleaseWarning,
+                stacklevel=3,
+            )
         index = self._partitions.copy()  # public keys never seen are added to the copy only
         noise = self._randomness.noise
         noisy: dict[str, npt.NDArray[np.float64]] = {}
@@ -585,123 +721,81 @@ class Aggregator:
 
         keys = [index.keys[i] for i in released]
         key_columns = {c: _column([k[j] for k in keys]) for j, c in enumerate(self.by)}
-        reports = self._reports(plan)
-        in_released = np.isin(state.partition, released)
-        aggregated = int(np.count_nonzero(in_released))
-        dropped = Counter(dict.fromkeys(ALWAYS_REPORTED, 0))
-        if self.consent is not None:
-            dropped[CONSENT] += 0
-        dropped.update(state.dropped)
-        dropped[reason] += len(state) - aggregated
-        metadata = self._metadata(plan, params, query, reports, len(keys), charge)
-        if window is not None:
-            metadata["window"] = query["window"]
-        metadata["events"] = {
-            "received": state.received,
-            "aggregated": aggregated,
-            "dropped": dict(sorted(dropped.items())),
-        }
-        if state.received != aggregated + sum(dropped.values()):
-            raise TelemaggError("internal: event accounting does not add up")
+        reports = metric_reports(self.metrics, plan, self.policy.max_partitions)
+        accounting = self._release_accounting(state, released, reason)
+        metadata = release_metadata(
+            plan=plan,
+            params=params,
+            query=query,
+            reports=reports,
+            n_released=len(keys),
+            charge=charge,
+            seeded=self._randomness.seeded,
+        )
+        if window is not None:  # window_start, window_end first: key-like, from the grid
+            assert self._grid is not None
+            key_columns = {**self._grid.key_columns(window, len(keys)), **key_columns}
         return Release(
-            keys=key_columns, columns=columns, metrics=reports, loss=plan.loss, metadata=metadata
+            keys=key_columns,
+            columns=columns,
+            metrics=reports,
+            loss=plan.loss,
+            metadata=metadata,
+            accounting=accounting,
         )
 
-    def _window_bounds(self, window: int) -> dict[str, str]:
-        start = dt.datetime.fromtimestamp(window * self._window_ms / 1000, dt.UTC)
-        end = start + dt.timedelta(milliseconds=self._window_ms)
-        return {
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "size": str(self.window),
-            "allowed_lateness": self.allowed_lateness,
-        }
+    def _release_accounting(self, state: State, released: I64, reason: str) -> Accounting:
+        """Exact fate of the events of ``state`` in a release of partitions ``released``:
+        events of other partitions are dropped under ``reason`` (operator side only)."""
+        aggregated = int(np.count_nonzero(np.isin(state.partition, released)))
+        dropped = self._reported_reasons()
+        dropped.update(state.dropped)
+        dropped[reason] += len(state) - aggregated
+        return Accounting(received=state.received, aggregated=aggregated, dropped=dropped)
 
-    def _reports(self, plan: Plan) -> dict[str, MetricReport]:
-        reports = {}
-        for metric in self.metrics:
-            components = []
-            for key in plan.metric_measurements[metric.name]:
-                if key in plan.measurements:
-                    components.append(plan.measurements[key].report())
-                elif key in plan.value_thresholds:  # top_k
-                    components.append(plan.value_thresholds[key].report())
-                else:  # unit_count released by the partition selection itself
-                    selection = plan.selection_report
-                    assert selection is not None
-                    components.append(
-                        {
-                            **selection,
-                            "measurement": key,
-                            "rho": 0.0,
-                            "sensitivity": 1.0 * self.policy.max_partitions,
-                        }
-                    )
-            main = components[-1]
-            report = MetricReport(
-                mechanism=str(main["mechanism"]),
-                epsilon=math.fsum(float(c["epsilon"]) for c in components),
-                delta=math.fsum(float(c["delta"]) for c in components),
-                rho=math.fsum(float(c["rho"]) for c in components),
-                sensitivity=main["sensitivity"],
-                stddev=float(main["stddev"]),
-                measurement=str(main["measurement"]),
-                components=tuple(components),
-            )
-            for column in metric.output_names:  # release.metrics[column], as documented
-                reports[column] = report
-        return reports
-
-    def _metadata(
-        self,
-        plan: Plan,
-        params: ReleaseParams,
-        query: dict[str, Any],
-        reports: dict[str, MetricReport],
-        n_released: int,
-        charge: Charge | None,
-    ) -> dict[str, Any]:
-        loss = plan.loss
-        out: dict[str, Any] = {
-            "telemagg_version": library_version(),
-            "created_at": dt.datetime.now(dt.UTC).isoformat(),
-            "epsilon": loss.epsilon,  # the release's total loss, as release.epsilon/.delta
-            "delta": loss.delta,
-            "policy": self.policy.model_dump(mode="json"),
-            "query": query,
-            "privacy": {
-                "epsilon": loss.epsilon,
-                "delta": loss.delta,
-                "approx_epsilon": loss.approx_epsilon,
-                "approx_delta": loss.approx_delta,
-                "rho": loss.rho,
-                "requested_epsilon": params.epsilon,
-                "requested_delta": params.delta,
-                "neighbouring": "add or remove all events of one privacy unit",
-            },
-            "partitions": {
-                "selection": "private" if plan.selection is not None else "public",
-                "released": n_released,
-                **({"mechanism": plan.selection_report} if plan.selection is not None else {}),
-            },
-            "metrics": {name: r.to_dict() for name, r in reports.items()},
-            "seeded": self._randomness.seeded,
-        }
-        if charge is not None:
-            out["ledger"] = {"charge": charge.seq, "hash": charge.hash}
-        return out
+    def _reported_reasons(self) -> Counter[str]:
+        """Drop reasons every accounting lists, at zero when nothing was dropped for them."""
+        reasons = (*ALWAYS_REPORTED, *((CONSENT,) if self.consent is not None else ()))
+        return Counter(dict.fromkeys(reasons, 0))
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _without_units(state: State, unit_ids: npt.NDArray[np.uint64]) -> State:
+    """``state`` without the rows of ``unit_ids``, counted as dropped for consent."""
+    if len(state) == 0:
+        return state
+    gone = np.isin(state.unit_id, unit_ids)
+    removed = int(np.count_nonzero(gone))
+    if removed == 0:
+        return state
+    kept = state.select(~gone)
+    kept.dropped[CONSENT] += removed
+    return kept
 
 
 def _check_consent(
     policy: Policy,
     by: tuple[str, ...],
     numeric: tuple[str, ...],
-    consent: ConsentSource | None,
+    consent: ConsentSource | str | None,
     purpose: str | None,
 ) -> tuple[ConsentSource | None, str | None]:
+    if isinstance(consent, str):
+        try:
+            consent = ConsentRegistry(consent)
+        except TelemaggError as exc:
+            raise ConfigError(
+                f"consent (a URL string) cannot be opened as a consent registry: {exc}"
+            ) from exc
+    elif consent is not None and not (
+        callable(getattr(consent, "allowed", None))
+        and callable(getattr(consent, "is_opt_in", None))
+    ):
+        raise ConfigError(
+            f"consent must be a tm.ConsentRegistry, its URL or None; got {type(consent).__name__}"
+        )
     if consent is not None and not purpose:
         raise ConfigError(
             "purpose must name what the release is for when consent is given; got None"
@@ -724,6 +818,30 @@ def _check_consent(
     return consent, purpose
 
 
+@contextlib.contextmanager
+def open_ledger(ledger: LedgerLike | str | None) -> Iterator[LedgerLike | None]:
+    """``ledger=`` as given, or the existing ledger at a URL (opened with its own total and
+    closed after use); anything else is a ConfigError naming the parameter."""
+    if isinstance(ledger, str):
+        try:
+            opened = Ledger.open(ledger)
+        except TelemaggError as exc:
+            raise ConfigError(
+                f"ledger (a URL string) must name an existing ledger: {exc}; create one with"
+                " tm.Ledger(url, epsilon=..., delta=...)"
+            ) from exc
+        try:
+            yield opened
+        finally:
+            opened.close()
+        return
+    if ledger is not None and not callable(getattr(ledger, "charge", None)):
+        raise ConfigError(
+            f"ledger must be a tm.Ledger, the URL of one, or None; got {type(ledger).__name__}"
+        )
+    yield ledger
+
+
 def _check_window(window: str | None, time: str | None) -> tuple[str | None, str | None]:
     if window is None:
         if time is not None:
@@ -735,44 +853,83 @@ def _check_window(window: str | None, time: str | None) -> tuple[str | None, str
     return format_duration(seconds), time
 
 
-def _python(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+def _grid(
+    window: str | None, allowed_lateness: str, start: Any, max_clock_skew: str
+) -> Grid | None:
+    """The window grid from the constructor's parameters (None without a window)."""
+    lateness_s = parse_duration(allowed_lateness, "allowed_lateness", allow_zero=True)
+    skew_s = parse_duration(max_clock_skew, "max_clock_skew", allow_zero=True)
+    if window is None:
+        if start is not None:
+            raise ConfigError(f"start={start!r} is only used with window=...; got window=None")
+        return None
+    length_ms = parse_duration(window, "window") * 1000
+    if start is None:  # creation time floored to the window length
+        start_ms = instant_ms(None, "start") // length_ms * length_ms
+    else:
+        start_ms = instant_ms(start, "start")
+    return Grid(
+        start_ms=start_ms, length_ms=length_ms, lateness_ms=lateness_s * 1000, skew_ms=skew_s * 1000
+    )
+
+
+def _datetime(ms: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
 
 
 def _partition_keys(partitions: Any, by: tuple[str, ...]) -> list[tuple[Any, ...]]:
-    """Public partitions in any accepted form -> key tuples."""
+    """Public partitions in any accepted form -> canonical key tuples (validated here, in
+    the planning step, before any charge)."""
     if hasattr(partitions, "columns") or isinstance(partitions, Mapping):
         columns = [c for c in by if c not in partitions]
         if columns:
             raise ConfigError(f"partitions has no key column {columns[0]!r}")
-        values = [np.asarray(partitions[c]).tolist() for c in by]
-        return [tuple(map(_python, row)) for row in zip(*values, strict=True)]
-    if isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
+        values = [_key_values(partitions[c]) for c in by]
+        if len({len(v) for v in values}) > 1:
+            raise ConfigError("partitions' key columns must have equal lengths")
+        rows = list(zip(*values, strict=True))
+    elif isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
         raise ConfigError(f"partitions must be None or a sequence of keys; got {partitions!r}")
+    else:
+        rows = [tuple(key) if isinstance(key, tuple | list) else (key,) for key in partitions]
     keys = []
-    for key in partitions:
-        key = tuple(map(_python, key)) if isinstance(key, tuple | list) else (_python(key),)
+    for key in rows:
         if len(key) != len(by):
             raise ConfigError(
                 f"partitions must have one value per by column {list(by)}; got {key!r}"
             )
-        keys.append(key)
+        canonical = tuple(
+            canonical_key(part, column=f"partitions[{column!r}]", error=ConfigError)
+            for part, column in zip(key, by, strict=True)
+        )
+        if any(part is None for part in canonical):
+            raise ConfigError(f"partitions must not hold missing keys; got {key!r}")
+        keys.append(canonical)
     return keys
 
 
+def _key_values(column: Any) -> list[Any]:
+    """One key column of a partitions table as Python/numpy scalars (full precision)."""
+    if hasattr(column, "to_list"):  # pandas / polars Series
+        return list(column.to_list())
+    if hasattr(column, "to_pylist"):  # pyarrow
+        return list(column.to_pylist())
+    array = np.asarray(column)
+    return list(array) if array.dtype.kind in "mM" else list(array.tolist())
+
+
 def _key_order(ids: I64, keys: list[Any]) -> I64:
-    """Positions of ``ids`` ordered by their keys (first-seen order if keys don't compare)."""
-    positions = list(range(ids.size))
-    try:
-        positions.sort(key=lambda p: keys[int(ids[p])])
-    except TypeError:
-        positions.sort(key=lambda p: int(ids[p]))
-    return np.asarray(positions, dtype=np.int64)
+    """Positions of ``ids`` in the canonical order of their keys (never arrival order)."""
+    return key_order([keys[int(i)] for i in ids])
 
 
 def _column(values: list[Any]) -> np.ndarray[Any, Any]:
-    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.asarray(values, dtype=np.int64)
+    """Released key values as a column: int64 (or uint64) when every value is an integer
+    that fits, objects otherwise."""
+    if values and all(type(v) is int for v in values):
+        for dtype in (np.int64, np.uint64):
+            if min(values) >= np.iinfo(dtype).min and max(values) <= np.iinfo(dtype).max:
+                return np.asarray(values, dtype=dtype)
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array
@@ -787,16 +944,19 @@ def aggregate(
     epsilon: float,
     delta: float = 0.0,
     partitions: Any = None,
-    ledger: LedgerLike | None = None,
+    ledger: LedgerLike | str | None = None,
     noise: Literal["laplace", "gaussian"] = "laplace",
-    consent: ConsentSource | None = None,
+    consent: ConsentSource | str | None = None,
     purpose: str | None = None,
     label: str | None = None,
     randomness: Randomness | None = None,
 ) -> Release:
     """Aggregate events into a differentially private release, in one call.
 
-    Exactly ``Aggregator(...)`` + one ``add`` + ``release``.
+    Exactly ``Aggregator(...)`` + one ``add`` + ``release``. ``ledger`` and ``consent`` may be
+    given as URLs (an existing ledger; a consent registry); they are opened, and checked,
+    before any event is read. ``release.metadata`` is what may be published with the table;
+    ``release.accounting`` is the exact fate of every event, for the operator only.
 
     >>> import telemagg as tm
     >>> from telemagg.testing import seeded
@@ -818,5 +978,6 @@ def aggregate(
         partitions=partitions,
         randomness=randomness,
     )
-    agg.add(events)
-    return agg.release(epsilon, delta, ledger=ledger, noise=noise, label=label)
+    with open_ledger(ledger) as charged:  # a bad ledger= fails before any data is read
+        agg.add(events)
+        return agg.release(epsilon, delta, ledger=charged, noise=noise, label=label)

@@ -11,15 +11,24 @@ missing (``non_finite_value``).
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from telemagg._identity import (
+    canonical_keys,
+    int_unit_ids,
+    mix64,
+    unit_hash,
+    unit_hashes,
+)
 from telemagg.errors import SchemaError
+
+__all__ = ["Batch", "Encoded", "factorize", "hash_value", "ingest", "mix64"]
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -81,63 +90,8 @@ class Batch:
 
 # --------------------------------------------------------------------------- hashing
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def mix64(x: U64, *, inplace: bool = False) -> U64:
-    """SplitMix64 finalizer: a bijective, well-mixing map on 64-bit integers (vectorised).
-
-    Works in place (``inplace=True`` overwrites ``x``) with one scratch array: on large
-    batches fresh memory, not arithmetic, is the cost.
-
-    >>> int(mix64(np.array([0], dtype=np.uint64))[0]) != 0
-    True
-    """
-    with np.errstate(over="ignore"):
-        z = np.add(x, _GOLDEN, out=x if inplace else None, dtype=np.uint64)
-        t = np.empty_like(z)
-        for shift, multiplier in ((30, _MIX1), (27, _MIX2)):
-            np.right_shift(z, np.uint64(shift), out=t)
-            np.bitwise_xor(z, t, out=z)
-            np.multiply(z, multiplier, out=z)
-        np.right_shift(z, np.uint64(31), out=t)
-        np.bitwise_xor(z, t, out=z)
-        return z
-
-
-def hash_value(value: Any) -> int:
-    """A stable 64-bit identity of one key or identifier value (type-tagged, unkeyed).
-
-    Integers hash as :func:`mix64` of their value, so the vectorised integer path and this
-    one agree; other values by BLAKE2b of a type-tagged encoding.
-
-    >>> hash_value(42) == int(mix64(np.array([42], dtype=np.uint64))[0])
-    True
-    >>> hash_value("42") != hash_value(42)
-    True
-    """
-    if isinstance(value, (bool, np.bool_)):
-        value = int(value)
-    if isinstance(value, (int, np.integer)):
-        return int(mix64(np.array([int(value) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0])
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return hash_value(int(value))
-    if isinstance(value, bytes):
-        data = b"b:" + value
-    elif isinstance(value, str):
-        data = b"s:" + value.encode("utf-8", "surrogatepass")
-    else:
-        data = b"r:" + repr(value).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
-def hash_uniques(uniques: np.ndarray[Any, Any]) -> U64:
-    """:func:`hash_value` of each distinct value; vectorised for integer arrays."""
-    if uniques.dtype.kind in "iub":
-        return mix64(uniques.astype(np.int64).view(np.uint64))
-    return np.fromiter((hash_value(v) for v in uniques), dtype=np.uint64, count=uniques.size)
+hash_value = unit_hash
+"""The bounding identity of one unit id (see :func:`telemagg._identity.unit_hash`)."""
 
 
 # --------------------------------------------------------------------------- columns
@@ -149,34 +103,43 @@ def _missing_column(name: str, available: Iterable[str]) -> SchemaError:
     return SchemaError(f"column {name!r} is not in the events (columns: {shown})")
 
 
+def _check_columns(names: Sequence[str], available: Sequence[Any]) -> None:
+    """Every needed column present, and present once (a duplicated name is ambiguous)."""
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise _missing_column(missing[0], available)
+    counts = Counter(c for c in available if isinstance(c, str | int) and c in set(names))
+    duplicated = [n for n in names if counts[n] > 1]
+    if duplicated:
+        raise SchemaError(
+            f"column {duplicated[0]!r} appears {counts[duplicated[0]]} times in the events;"
+            " column names must be unique"
+        )
+
+
 def _raw_columns(events: Any, names: Sequence[str]) -> tuple[dict[str, Any], int]:
     """The needed columns in their source library's form, and the number of events."""
     module = type(events).__module__.split(".")[0]
     if module == "pandas" and hasattr(events, "columns"):
-        missing = [n for n in names if n not in events.columns]
-        if missing:
-            raise _missing_column(missing[0], events.columns)
+        _check_columns(names, list(events.columns))
         return {n: events[n] for n in names}, len(events)
     if module == "polars" and hasattr(events, "columns"):
         if hasattr(events, "collect"):  # a LazyFrame
             events = events.collect()
-        missing = [n for n in names if n not in events.columns]
-        if missing:
-            raise _missing_column(missing[0], events.columns)
+        _check_columns(names, events.columns)
         return {n: events.get_column(n) for n in names}, events.height
     if module == "pyarrow" and hasattr(events, "column_names"):
-        missing = [n for n in names if n not in events.column_names]
-        if missing:
-            raise _missing_column(missing[0], events.column_names)
+        _check_columns(names, events.column_names)
         return {n: events.column(n) for n in names}, events.num_rows
     if isinstance(events, Mapping):
         missing = [n for n in names if n not in events]
         if missing:
             raise _missing_column(missing[0], events.keys())
         columns = {n: _as_array(events[n], n) for n in names}
-        lengths = {c.shape[0] for c in columns.values()}
+        lengths = {_length(c) for c in columns.values()}
         if len(lengths) > 1:
-            raise SchemaError(f"columns must have equal lengths; got {dict(_lengths(columns))}")
+            shown = {k: _length(v) for k, v in columns.items()}
+            raise SchemaError(f"columns must have equal lengths; got {shown}")
         return columns, lengths.pop() if lengths else 0
     if isinstance(events, Iterable) and not isinstance(events, (str, bytes)):
         return _rows_to_columns(events, names)
@@ -186,14 +149,37 @@ def _raw_columns(events: Any, names: Sequence[str]) -> tuple[dict[str, Any], int
     )
 
 
-def _lengths(columns: Mapping[str, np.ndarray[Any, Any]]) -> Iterable[tuple[str, int]]:
-    return ((k, int(v.shape[0])) for k, v in columns.items())
+def _length(column: Any) -> int:
+    return len(column)
 
 
-def _as_array(values: Any, name: str) -> np.ndarray[Any, Any]:
-    array = np.asarray(values)
+def _as_array(values: Any, name: str) -> Any:
+    """A mapping's column: Series and Arrow arrays stay as they are (their converters know
+    their nulls), anything else becomes a one-dimensional numpy array."""
+    module = type(values).__module__.split(".")[0]
+    if module in ("pandas", "polars", "pyarrow") and hasattr(values, "__len__"):
+        if getattr(values, "ndim", 1) != 1:
+            raise SchemaError(f"column {name!r} must be one-dimensional")
+        return values
+    if isinstance(values, list | tuple):  # numpy would coerce [1, "a"] to strings
+        array = _narrow(_objects(list(values)))
+    else:
+        try:
+            array = np.asarray(values)
+        except (ValueError, TypeError, OverflowError):  # ragged nested lists, huge ints...
+            array = _objects(list(values))
+        if array.dtype.kind == "O":
+            array = _narrow(array)
+    if isinstance(array, Masked):
+        return array
     if array.ndim != 1:
         raise SchemaError(f"column {name!r} must be one-dimensional; got shape {array.shape}")
+    return array
+
+
+def _objects(values: list[Any]) -> ObjArray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
     return array
 
 
@@ -212,61 +198,151 @@ def _rows_to_columns(events: Iterable[Any], names: Sequence[str]) -> tuple[dict[
         for n in names:
             if all(v is None for v in lists[n]):
                 raise SchemaError(f"column {n!r} is not in the events")
-    columns = {}
-    for n, values in lists.items():
-        array = np.empty(len(values), dtype=object)
-        array[:] = values
-        columns[n] = _narrow(array)
-    return columns, n_rows
+    return {n: _narrow(_objects(values)) for n, values in lists.items()}, n_rows
 
 
-def _narrow(array: ObjArray) -> np.ndarray[Any, Any]:
-    """Object array -> numeric dtype when every non-missing value is a number."""
-    present = [v for v in array if v is not None]
-    if present and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present
-    ):
-        if len(present) == array.size:
-            return array.astype(np.int64)
-        return array
-    if present and all(isinstance(v, (int, float, np.number)) for v in present):
+def _narrow(array: ObjArray) -> np.ndarray[Any, Any] | Masked:
+    """Object array -> integer (with a mask where values are missing) or float array when
+    every non-missing value is a number; integers never pass through float64."""
+    sample = next((v for v in array if v is not None), None)
+    if sample is None or not isinstance(sample, int | float | np.number):
+        return array  # strings, dates, ...: factorized as they are
+    present_mask = np.fromiter((v is not None for v in array), bool, array.size)
+    present = array[present_mask].tolist()
+    integer = [isinstance(v, int | np.integer) and not isinstance(v, bool) for v in present]
+    if all(integer):
+        present = [int(v) for v in present]  # numpy scalars would be cast, possibly wrapping
+        for dtype in (np.int64, np.uint64):
+            try:
+                values = np.zeros(array.size, dtype=dtype)
+                values[present_mask] = present
+            except OverflowError:
+                continue
+            return values if len(present) == array.size else Masked(values, ~present_mask)
+        return array  # beyond 64 bits: Python ints, handled by canonical forms
+    if all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in present):
+        if any(i and not -(2**53) < int(v) < 2**53 for i, v in zip(integer, present, strict=True)):
+            return array  # exact integers beyond a float's precision: keep them exact
         return np.array([np.nan if v is None else v for v in array], dtype=np.float64)
     return array
 
 
-def _to_numpy(column: Any) -> np.ndarray[Any, Any] | Encoded:
-    """Source column -> numpy array, or codes directly where the source is dictionary-encoded."""
+@dataclass(frozen=True)
+class Masked:
+    """An integer column with missing values: ``values`` (0 where missing) and the mask.
+
+    Nullable integer columns arrive like this instead of as float64, which would merge
+    distinct ids beyond 2**53.
+    """
+
+    values: np.ndarray[Any, Any]
+    missing: Bool
+
+    def __len__(self) -> int:
+        return int(self.values.size)
+
+
+Column = np.ndarray[Any, Any] | Encoded | Masked
+
+
+def _to_numpy(column: Any, name: str) -> Column:
+    """Source column -> numpy array, an integer array with a missing mask, or codes directly
+    where the source is dictionary-encoded."""
     module = type(column).__module__.split(".")[0]
     if module == "pandas":
-        dtype = column.dtype
-        if dtype.kind in "iufb":
-            if column.hasnans:  # nullable extension dtypes (Int64, Float64, boolean) with NA
-                return np.asarray(column.to_numpy(dtype=np.float64, na_value=np.nan))
-            return np.asarray(column.to_numpy())
-        if dtype.kind == "M":
-            if getattr(dtype, "tz", None) is not None:
-                column = column.dt.tz_convert("UTC").dt.tz_localize(None)
-            return np.asarray(column.to_numpy())
-        # strings (object, pandas' Arrow-backed str), categoricals: hash-factorized in place,
-        # without first copying every value into a Python object array
-        return factorize(column)
+        return _from_pandas(column, name)
     if module == "polars":
-        if str(column.dtype).startswith(("Categorical", "Enum")):
-            codes = column.to_physical().fill_null(-1).to_numpy().astype(np.int64)
-            return Encoded(codes, np.asarray(column.cat.get_categories().to_list(), dtype=object))
-        return np.asarray(column.to_numpy())
+        return _from_polars(column, name)
     if module == "pyarrow":
-        import pyarrow as pa
-
-        combined = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-        if pa.types.is_dictionary(combined.type):
-            codes = combined.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-            return Encoded(codes, np.asarray(combined.dictionary.to_pylist(), dtype=object))
-        return np.asarray(combined.to_numpy(zero_copy_only=False))
-    return np.asarray(column)
+        return _from_arrow(column, name)
+    if isinstance(column, np.ndarray) and column.dtype.kind == "O":
+        return _narrow(column)
+    return column if isinstance(column, np.ndarray | Masked) else np.asarray(column)
 
 
-def factorize(values: Any) -> Encoded:
+def _from_pandas(column: Any, name: str) -> Column:
+    dtype = column.dtype
+    numpy_dtype = getattr(dtype, "numpy_dtype", dtype)  # of nullable extension dtypes
+    if dtype.kind in "iu":
+        if column.hasnans:  # nullable extension dtypes (Int64, UInt64) with NA
+            values = column.to_numpy(dtype=numpy_dtype, na_value=0)
+            return Masked(np.asarray(values), np.asarray(column.isna().to_numpy()))
+        return np.asarray(column.to_numpy())
+    if dtype.kind == "b" and column.hasnans:  # nullable boolean: True/False/None
+        return np.asarray(column.to_numpy(dtype=object, na_value=None))
+    if dtype.kind in "fb":
+        if dtype is numpy_dtype:  # plain numpy-backed: no NA to replace, no copy
+            return np.asarray(column.to_numpy())
+        return np.asarray(column.to_numpy(dtype=numpy_dtype, na_value=np.nan))
+    if dtype.kind == "M":
+        if getattr(dtype, "tz", None) is not None:
+            column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+        return np.asarray(column.to_numpy())
+    # strings (object, pandas' Arrow-backed str), categoricals: hash-factorized in place,
+    # without first copying every value into a Python object array
+    return factorize(column, name)
+
+
+def _from_polars(column: Any, name: str) -> Column:
+    import polars as pl
+
+    dtype = column.dtype
+    if isinstance(dtype, pl.Categorical | pl.Enum) or dtype in (pl.Categorical, pl.Enum):
+        # Codes and categories of the values present; works on polars 1.x and 2.x (2.x
+        # removed ``cat.get_categories``).
+        present = column.drop_nulls().unique()
+        physical = present.to_physical().to_numpy().astype(np.int64)
+        order = np.argsort(physical)
+        labels = np.asarray(present.cast(pl.String).to_list(), dtype=object)[order]
+        all_codes = column.to_physical().fill_null(-1).to_numpy().astype(np.int64)
+        codes = np.searchsorted(physical[order], all_codes)
+        return Encoded(np.where(all_codes < 0, -1, codes).astype(np.int64), labels)
+    if dtype.is_integer():
+        if dtype in (pl.Int128, getattr(pl, "UInt128", pl.Int128)):
+            return _narrow(_objects(column.to_list()))
+        if column.null_count():
+            values = column.fill_null(0).to_numpy()
+            return Masked(np.asarray(values), np.asarray(column.is_null().to_numpy()))
+        return np.asarray(column.to_numpy())
+    if dtype.is_nested() or dtype == pl.Object:
+        raise _unsupported(name, str(dtype))
+    return np.asarray(column.to_numpy())
+
+
+def _from_arrow(column: Any, name: str) -> Column:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        if pa.types.is_dictionary(column.type):
+            column = column.unify_dictionaries()
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if isinstance(column, pa.ChunkedArray):  # an empty ChunkedArray
+            column = pa.array([], type=column.type)
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        dictionary = column.dictionary.to_numpy(zero_copy_only=False)
+        return Encoded(codes, np.asarray(dictionary))
+    if pa.types.is_integer(kind) and column.null_count:
+        values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
+        return Masked(
+            np.asarray(values), np.asarray(column.is_null().to_numpy(zero_copy_only=False))
+        )
+    if pa.types.is_nested(kind):
+        raise _unsupported(name, str(kind))
+    array = np.asarray(column.to_numpy(zero_copy_only=False))
+    return _narrow(array) if array.dtype.kind == "O" else array
+
+
+def _unsupported(name: str, dtype: str) -> SchemaError:
+    return SchemaError(
+        f"column {name!r} has type {dtype}: nested values (structs, lists) are not supported;"
+        " select or flatten the fields you need first"
+    )
+
+
+def factorize(values: Any, name: str = "values") -> Encoded:
     """Codes and distinct values of a column (a numpy array or a pandas Series); None/NaN
     get code -1.
 
@@ -282,12 +358,23 @@ def factorize(values: Any) -> Encoded:
     try:
         import pandas as pd
     except ImportError:
-        return _factorize_numpy(values)
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+        return _factorize_numpy(values, name)
+    try:
+        codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    except TypeError:  # unhashable values (lists, dicts)
+        raise _unhashable(name, values) from None
     return Encoded(np.asarray(codes, dtype=np.int64), np.asarray(uniques))
 
 
-def _factorize_numpy(values: np.ndarray[Any, Any]) -> Encoded:
+def _unhashable(name: str, values: Any) -> SchemaError:
+    bad = next((v for v in values if not isinstance(v, Hashable)), None)
+    return SchemaError(
+        f"column {name!r} holds a {type(bad).__name__}: values must be scalars"
+        " (numbers, strings, dates), not containers"
+    )
+
+
+def _factorize_numpy(values: np.ndarray[Any, Any], name: str) -> Encoded:
     if values.dtype.kind == "f":
         missing = np.isnan(values)
     elif values.dtype.kind == "O":
@@ -301,6 +388,8 @@ def _factorize_numpy(values: np.ndarray[Any, Any]) -> Encoded:
     try:
         uniques, inverse = np.unique(present, return_inverse=True)
     except TypeError:  # mixed types: order them by their repr
+        if not all(isinstance(v, Hashable) for v in present):
+            raise _unhashable(name, present) from None
         as_text = np.array([f"{type(v).__name__}:{v!r}" for v in present], dtype=object)
         text_uniques, first, inverse = np.unique(as_text, return_index=True, return_inverse=True)
         uniques = present[first]
@@ -309,31 +398,63 @@ def _factorize_numpy(values: np.ndarray[Any, Any]) -> Encoded:
     return Encoded(codes, uniques)
 
 
-def _encode(column: Any) -> Encoded:
-    data = _to_numpy(column)
-    return data if isinstance(data, Encoded) else factorize(data)
+def _encode(column: Any, name: str) -> Encoded:
+    """A column factorized; missing values (None, NaN, null) get code -1."""
+    data = _to_numpy(column, name)
+    if isinstance(data, Encoded):
+        return data
+    if isinstance(data, Masked):
+        encoded = factorize(data.values, name)
+        return Encoded(np.where(data.missing, -1, encoded.codes), encoded.uniques)
+    if data.dtype.kind not in "iufbOUSmM":
+        raise SchemaError(f"column {name!r} has values of unsupported dtype {data.dtype}")
+    return factorize(data, name)
+
+
+def _encode_keys(column: Any, name: str) -> Encoded:
+    """A key (or categorical) column factorized, its distinct values in canonical form
+    (:func:`telemagg._identity.canonical_keys`); equal values of different types may still
+    hold two codes: :class:`~telemagg._identity.KeyIndex` makes them one id."""
+    encoded = _encode(column, name)
+    values, missing = canonical_keys(encoded.uniques, column=name)
+    if not missing.any():
+        return Encoded(encoded.codes, _objects(values))
+    # distinct values that are missing after all (NaN in a dictionary, NaT, NA): code -1
+    renumbered = np.append(np.where(missing, -1, np.cumsum(~missing) - 1), -1)
+    present = [v for v, m in zip(values, missing.tolist(), strict=True) if not m]
+    return Encoded(renumbered[encoded.codes], _objects(present))
 
 
 def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:
-    """64-bit identities of privacy units, and where the unit is missing.
+    """64-bit identities of privacy units (:func:`telemagg._identity.unit_hash`), and where
+    the unit is missing.
 
-    Integer ids are hashed directly (vectorised, no factorization); anything else is
-    factorized and each distinct id hashed once.
+    Integer ids are hashed directly (vectorised, no factorization, nulls by a mask);
+    anything else is factorized and each distinct id hashed once.
     """
-    data = _to_numpy(column)
+    data = _to_numpy(column, name)
+    if isinstance(data, np.ndarray) and data.dtype.kind == "f":
+        missing = np.isnan(data)
+        ids, _ = unit_hashes(data, column=name)  # refuses non-integral or huge floats
+        data = Masked(np.where(missing, 0, data).astype(np.int64), missing)
+        return ids, Encoded(np.arange(ids.size, dtype=np.int64), data.values), missing
+    if isinstance(data, Masked):
+        ids = int_unit_ids(data.values)
+        return ids, Encoded(np.arange(ids.size, dtype=np.int64), data.values), data.missing
     if isinstance(data, np.ndarray) and data.dtype.kind in "iu":
-        ids = mix64(data.astype(np.int64).view(np.uint64), inplace=True)
         # codes index the raw ids themselves: uniques[codes] is the column, as for strings
+        ids = int_unit_ids(data)
         return ids, Encoded(np.arange(data.size, dtype=np.int64), data), np.zeros(data.size, bool)
-    if isinstance(data, np.ndarray) and data.dtype.kind == "f" and _integral(data):
-        return _unit_ids(data.astype(np.int64), name)
-    if isinstance(data, np.ndarray) and data.dtype.kind not in "OUSf":
+    if isinstance(data, np.ndarray) and data.dtype.kind not in "OU":
         raise SchemaError(
-            f"column {name!r} (the privacy unit) must hold integers or strings; got {data.dtype}"
+            f"column {name!r} (the privacy unit) must hold integers, strings or UUIDs;"
+            f" got {data.dtype}"
         )
-    encoded = data if isinstance(data, Encoded) else factorize(data)
-    hashes = hash_uniques(encoded.uniques)
+    encoded = data if isinstance(data, Encoded) else factorize(data, name)
+    hashes, missing_unique = unit_hashes(encoded.uniques, column=name)
     missing = encoded.codes < 0
+    if missing_unique.any():
+        missing |= np.append(missing_unique, True)[encoded.codes]
     ids = (
         hashes[np.where(missing, 0, encoded.codes)]
         if hashes.size
@@ -342,15 +463,13 @@ def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:
     return ids, encoded, missing
 
 
-def _integral(values: F64) -> bool:
-    return bool(np.isfinite(values).all() and np.array_equal(values, np.floor(values)))
-
-
 def _numeric(column: Any, name: str) -> F64:
-    data = _to_numpy(column)
+    data = _to_numpy(column, name)
+    if isinstance(data, Masked):
+        return np.where(data.missing, np.nan, data.values.astype(np.float64))
     if isinstance(data, Encoded):  # e.g. numbers in a pandas object column
         uniques = data.uniques
-        if not all(isinstance(v, int | float | np.number) for v in uniques.tolist()):
+        if not all(_is_number(v) for v in uniques.tolist()):
             raise SchemaError(
                 f"column {name!r} must be numeric; got values such as {_example(uniques)}"
             )
@@ -359,16 +478,20 @@ def _numeric(column: Any, name: str) -> F64:
     if data.dtype.kind in "iufb":
         return data.astype(np.float64, copy=False)
     if data.dtype.kind == "O":
-        try:
-            return np.array([np.nan if v is None else v for v in data], dtype=np.float64)
-        except (TypeError, ValueError):
-            pass
+        values = data.tolist()
+        if all(v is None or _is_number(v) for v in values):
+            return np.array([np.nan if v is None else float(v) for v in values], np.float64)
+        raise SchemaError(f"column {name!r} must be numeric; got values such as {_example(data)}")
     raise SchemaError(f"column {name!r} must be numeric; got values of dtype {data.dtype}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, np.datetime64)
 
 
 def _example(uniques: np.ndarray[Any, Any]) -> str:
     """One non-numeric value, shortened, to name in an error."""
-    bad = next(v for v in uniques.tolist() if not isinstance(v, int | float | np.number))
+    bad = next(v for v in uniques.tolist() if not (v is None or _is_number(v)))
     return repr(bad)[:40]
 
 
@@ -378,17 +501,21 @@ def _times_ms(column: Any, name: str) -> tuple[I64, Bool]:
     datetime64 / timestamp columns of any unit (timezone-aware ones as UTC) or numbers of
     seconds since the epoch.
     """
-    data = _to_numpy(column)
+    data = _to_numpy(column, name)
+    if isinstance(data, Masked):
+        data = np.where(data.missing, np.nan, data.values.astype(np.float64))
     if isinstance(data, Encoded):
         data = data.uniques[np.maximum(data.codes, 0)]
     if data.dtype.kind in "iuf":
         seconds = data.astype(np.float64)
-        missing = ~np.isfinite(seconds)
-        return np.where(missing, 0, np.floor(seconds * 1000.0)).astype(np.int64), missing
+        missing = ~np.isfinite(seconds) | ~(np.abs(seconds) < 1e14)  # beyond year 3 million
+        return np.where(missing, 0, np.floor(np.where(missing, 0, seconds) * 1000.0)).astype(
+            np.int64
+        ), missing
     if data.dtype.kind != "M":
         try:
             data = data.astype("datetime64[ms]")
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise SchemaError(
                 f"column {name!r} (the event time) must hold datetimes or epoch seconds;"
                 f" got values of dtype {data.dtype}"
@@ -406,7 +533,7 @@ def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]]]:
         missing |= enc.codes < 0
     if len(encoded) == 1:
         uniques = encoded[0].uniques
-        return encoded[0].codes, [(_python(v),) for v in uniques]
+        return encoded[0].codes, [(v,) for v in uniques.tolist()]
     combined = np.zeros(missing.size, dtype=np.int64)
     for enc in encoded:
         combined = combined * max(len(enc.uniques), 1) + np.maximum(enc.codes, 0)
@@ -416,14 +543,9 @@ def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]]]:
         parts = []
         for enc in reversed(encoded):
             flat, code = divmod(int(flat), max(len(enc.uniques), 1))
-            parts.append(_python(enc.uniques[code]))
+            parts.append(enc.uniques[code])
         keys.append(tuple(reversed(parts)))
     return np.where(missing, -1, present.codes), keys
-
-
-def _python(value: Any) -> Any:
-    """numpy scalars -> plain Python values (keys must be JSON- and dict-friendly)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def ingest(
@@ -444,14 +566,14 @@ def ingest(
     names = list(dict.fromkeys([unit, *by, *numeric, *categorical, *([time] if time else [])]))
     raw, n_events = _raw_columns(events, names)
     unit_id, unit_encoded, unit_missing = _unit_ids(raw[unit], unit)
-    keys_encoded = [_encode(raw[c]) for c in by]
+    keys_encoded = [_encode_keys(raw[c], c) for c in by]
     if n_events == 0:
         codes = np.zeros(0, np.int64)
         keys: list[tuple[Any, ...]] = []
     else:
         codes, keys = _combine_keys(keys_encoded)
     values = {c: _numeric(raw[c], c) for c in numeric}
-    cats = {c: _encode(raw[c]) for c in categorical}
+    cats = {c: _encode_keys(raw[c], c) for c in categorical}
     batch = Batch(n_events, unit_id, unit_encoded, codes, keys, values, cats)
     # Each dropped event is counted once, under the first reason that applies.
     reasons: list[tuple[str, Bool]] = [(MISSING_PRIVACY_UNIT, unit_missing)]

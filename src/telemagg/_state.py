@@ -12,7 +12,7 @@ in any order and any batching give the same state for the same rows and prioriti
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,81 +20,15 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg._bounding import bound_contributions
-from telemagg._ingest import hash_value, mix64
+from telemagg._identity import KeyIndex, mix64
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
+__all__ = ["CONTRIBUTION_BOUNDS", "KeyIndex", "SamplingKey", "State"]
+
 CONTRIBUTION_BOUNDS = "contribution_bounds"
-
-
-class KeyIndex:
-    """Dense integer ids for hashable keys (partition key tuples, categorical values).
-
-    >>> index = KeyIndex()
-    >>> index.ids([("a",), ("b",), ("a",)]).tolist()
-    [0, 1, 0]
-    >>> index.keys
-    [('a',), ('b',)]
-    """
-
-    def __init__(self) -> None:
-        self.keys: list[Any] = []
-        self._ids: dict[Hashable, int] = {}
-        self._hashes: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def ids(self, keys: Iterable[Hashable]) -> I64:
-        """Ids of ``keys`` (a loop over distinct keys, never over events), adding new ones."""
-        out = []
-        for key in keys:
-            found = self._ids.get(key)
-            if found is None:
-                found = self._ids[key] = len(self.keys)
-                self.keys.append(key)
-                self._hashes.append(_key_hash(key))
-            out.append(found)
-        return np.asarray(out, dtype=np.int64)
-
-    def copy(self) -> KeyIndex:
-        """An independent index with the same ids (new keys added to it stay there)."""
-        other = KeyIndex()
-        other.keys, other._ids, other._hashes = list(self.keys), dict(self._ids), list(self._hashes)
-        return other
-
-    def find(self, key: Hashable) -> int | None:
-        return self._ids.get(key)
-
-    def remap(self, codes: I64, keys: Sequence[Hashable]) -> I64:
-        """Ids of ``keys[codes]`` in this index (adding new keys); code -1 (missing) stays -1.
-
-        This is how categorical columns get codes that are global across ``add`` and
-        ``merge``: each batch or shard codes its values locally, the index makes them one.
-
-        >>> index = KeyIndex()
-        >>> index.ids(["a"]).tolist()  # seen first, in another batch
-        [0]
-        >>> index.remap(np.array([1, -1, 0]), ["b", "a"]).tolist()  # a, missing, b
-        [0, -1, 1]
-        """
-        # One gather: code -1 reads the appended -1 (this runs on every event of a batch).
-        return np.append(self.ids(keys), np.int64(-1))[codes]
-
-    @property
-    def hashes(self) -> U64:
-        """A stable 64-bit hash of each key, independent of insertion order."""
-        return np.asarray(self._hashes, dtype=np.uint64)
-
-
-def _key_hash(key: Any) -> int:
-    parts = key if isinstance(key, tuple) else (key,)
-    h = np.uint64(len(parts))
-    for part in parts:
-        h = mix64(np.array([h ^ np.uint64(hash_value(part))], dtype=np.uint64))[0]
-    return int(h)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ A store is opened from a URL:
 * ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: stdlib :mod:`sqlite3`,
   WAL journal, ``synchronous=FULL`` (a committed write survives a crash or power loss), a busy
   timeout, and ``BEGIN IMMEDIATE`` write transactions. ``sqlite:///:memory:`` is refused:
-  a store that vanishes with the process cannot hold a privacy budget or consent.
+  a store that vanishes with the process cannot hold a privacy budget or consent. A file this
+  process cannot write, or a URL ending in ``?mode=ro``, is opened read-only
+  (:attr:`Store.read_only`): reads work, write transactions raise a LedgerError saying so.
 * ``postgresql://user:password@host:port/db`` (or ``postgres://``): psycopg 3, from the
   ``postgres`` extra. Write transactions take a transaction-scoped advisory lock
   (``pg_advisory_xact_lock``), released by commit, rollback, or the server when the client dies.
@@ -54,9 +56,10 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
 from telemagg.errors import ConfigError, LedgerError, require
 
@@ -66,8 +69,11 @@ __all__ = [
     "StoreOwner",
     "Table",
     "Transaction",
+    "format_time",
     "open_store",
+    "parse_time",
     "redact_url",
+    "storable_text",
 ]
 
 ColumnType = Literal["int", "float", "text"]
@@ -79,57 +85,204 @@ BUSY_TIMEOUT_S = 60.0
 
 _META_TABLE = "telemagg_meta"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-_SECRET_PARAMS = frozenset({"password", "passwd", "pass", "sslpassword"})
+
+#: How stores write times: UTC, fixed width, so that text order is time order in both backends.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def format_time(time: datetime) -> str:
+    """A UTC time as stored: fixed-width text whose order is time order.
+
+    >>> format_time(datetime(2030, 1, 2, 3, 4, 5, 60, tzinfo=UTC))
+    '2030-01-02T03:04:05.000060Z'
+    """
+    return time.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text: object) -> datetime:
+    """A stored time back as an aware UTC datetime; ValueError if ``text`` is not one.
+
+    >>> parse_time("2030-01-02T03:04:05.000060Z")
+    datetime.datetime(2030, 1, 2, 3, 4, 5, 60, tzinfo=datetime.timezone.utc)
+    """
+    if not isinstance(text, str) or len(text) != 27:
+        raise ValueError(f"not a stored time: {text!r}")
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- URLs and secrets
+#
+# Secrets are found by telemagg's own reading of a URL, never by urllib's (which splits the
+# user info at the FIRST '@' or '/' and so shows the rest of a password holding '@', '/', '?'
+# or '#'). The reading below is deliberately pessimistic: the user info runs from '://' to the
+# LAST '@' (a password may hold any character; an unencoded '@' elsewhere only hides more),
+# and a query is hidden from its first secret-looking parameter to its end. libpq never sees a
+# password inside a URL either: it is passed beside it (see :class:`PostgresStore`), so none of
+# libpq's messages quoting a URL or a token of it can carry one.
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+# Characters a user name may show (RFC 3986 userinfo without ':'); anything else: hide it too.
+_SHOWN_USER = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%\-]*")
+# A key or value that names a secret: password, passwd, pass, sslpassword, passfile, secret...
+_SECRET_WORD = re.compile(r"pass|secret|token", re.IGNORECASE)
+# key=value settings inside a conninfo string or an ``options`` value.
+_SECRET_SETTING = re.compile(
+    r"([\w.\-]*(?:pass|secret|token)[\w.\-]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE
+)
+_SECRET_KWARGS = ("password", "sslpassword")
+
+
+@dataclass(frozen=True)
+class _URLParts:
+    """A store URL as telemagg reads it (see the comment above)."""
+
+    prefix: str  # "postgresql://", or "" when there is no scheme
+    user: str | None  # None: no user info
+    password: str | None  # raw (not percent-decoded); None: no password in the user info
+    rest: str  # host, port, path, query, fragment: everything after the user info
+
+    @classmethod
+    def read(cls, url: str) -> _URLParts:
+        scheme = _SCHEME.match(url)
+        prefix = url[: scheme.end()] if scheme else ""
+        body = url[len(prefix) :]
+        before, at, rest = body.rpartition("@")
+        if not at:
+            return cls(prefix, None, None, body)
+        user, colon, password = before.partition(":")
+        if not colon and _SHOWN_USER.fullmatch(user) is None:
+            # No ':' and characters no user name has ('/', '?', '#'): the '@' may be in a
+            # path or query, or the whole of it a password. Unsure: all of it is secret.
+            return cls(prefix, "", before, rest)
+        return cls(prefix, user, password if colon else None, rest)
+
+    def query_items(self) -> list[tuple[str, str]]:
+        """The query's raw (key, value) pairs, up to a fragment."""
+        query = self.rest.partition("#")[0].partition("?")[2]
+        return [
+            (key, value)
+            for key, _, value in (item.partition("=") for item in query.split("&") if item)
+        ]
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password (in the user info or a query parameter) replaced by ``***``.
+    """The URL with every secret replaced by ``***``: the password of its user info, the
+    query from its first secret-looking parameter on, any fragment.
 
     >>> redact_url("postgresql://alice:s3cret@db.example:5432/telemetry")
     'postgresql://alice:***@db.example:5432/telemetry'
-    >>> redact_url("postgresql://db/x?user=bob&password=s3cret")
+    >>> redact_url("postgresql://alice:p@ss/w#rd?@db/x?options=-csearch_path%3Dp")
+    'postgresql://alice:***@db/x?options=-csearch_path%3Dp'
+    >>> redact_url("postgresql://db/x?user=bob&password=s3cret&sslmode=require")
     'postgresql://db/x?user=bob&password=***'
+    >>> redact_url("root:s3cret@127.0.0.1/db"), redact_url("host=db password='s 3'")
+    ('root:***@127.0.0.1/db', 'host=db password=***')
     >>> redact_url("sqlite:///privacy.db")
     'sqlite:///privacy.db'
     """
-    try:
-        parts = urlsplit(url)
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if parts.password is None and not any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-            return url
-        userinfo, at, hostinfo = parts.netloc.rpartition("@")
-        if parts.password is not None:
-            userinfo = userinfo.partition(":")[0] + ":***"
-        query = urlencode(
-            [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*"
-        )
-        return urlunsplit(
-            (parts.scheme, userinfo + at + hostinfo, parts.path, query, parts.fragment)
-        )
-    except ValueError:
-        # An unparsable URL may hold a secret anywhere: show only its scheme.
-        return url.partition(":")[0] + "://***"
+    parts = _URLParts.read(url)
+    shown = parts.prefix
+    if parts.user is not None:
+        user_shown = _SHOWN_USER.fullmatch(parts.user) is not None and parts.password is None
+        if parts.password is None:
+            shown += f"{parts.user}@" if user_shown else "***@"
+        elif parts.user and _SHOWN_USER.fullmatch(parts.user):
+            shown += f"{parts.user}:***@"
+        else:
+            shown += "***@"
+    shown += _redact_rest(parts.rest)
+    # Keyword/value conninfo ("host=db password=x") and anything the URL reading missed.
+    return _SECRET_SETTING.sub(lambda m: f"{m.group(1)}{m.group(2)}***", shown)
+
+
+def _redact_rest(rest: str) -> str:
+    """Host, path and query with the query hidden from its first secret on, fragments hidden."""
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    head, tail = rest[:cut], rest[cut:]
+    if tail.startswith("#"):
+        return head + "#***"
+    query, hash_, _ = tail[1:].partition("#")
+    kept: list[str] = []
+    for item in query.split("&"):
+        key, equals, value = item.partition("=")
+        if _SECRET_WORD.search(unquote(key)) or _SECRET_WORD.search(unquote(value)):
+            kept.append(f"{key}=***" if equals else "***")
+            return f"{head}?{'&'.join(kept)}"  # everything after it may belong to it
+        kept.append(item)
+    return f"{head}{'?' if tail else ''}{'&'.join(kept)}{'#***' if hash_ else ''}"
 
 
 def _secrets(url: str) -> list[str]:
-    """Every secret string that must never be shown (raw and percent-decoded forms)."""
-    found: list[str] = []
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(url)
-        if parts.password:
-            found += [parts.password, unquote(parts.password)]
-        found += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_PARAMS and v]
-        found += [unquote(v) for v in list(found)]
-    return sorted({s for s in found if s}, key=len, reverse=True)
+    """Every secret string of ``url`` (raw and percent-decoded), longest first.
+
+    From the first secret-looking query parameter on, every piece of the query counts too: an
+    unencoded '&' or '#' in a password splits it, and no piece of a password may be shown.
+    """
+    parts = _URLParts.read(url)
+    found = [parts.password or ""]
+    query = parts.rest.partition("?")[2]
+    for key, value in parts.query_items():
+        if _SECRET_WORD.search(unquote(key)) or _SECRET_WORD.search(unquote(value)):
+            remainder = query[query.find(f"{key}={value}") + len(key) + 1 :]
+            found += [remainder, *(p for p in re.split("[&#=]", remainder) if len(p) >= 3)]
+            found += [m.group(3).strip("'") for m in _SECRET_SETTING.finditer(unquote(value))]
+            break
+    found += [m.group(3).strip("'") for m in _SECRET_SETTING.finditer(url)]
+    found += [unquote(secret) for secret in found]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def _connection_arguments(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its passwords (nor fragment), and the passwords as libpq keywords.
+
+    >>> _connection_arguments("postgresql://u:p%40ss#1@db/x?sslmode=require")
+    ('postgresql://u@db/x?sslmode=require', {'password': 'p@ss#1'})
+    >>> _connection_arguments("postgresql://db/x?password=p&sslmode=require")
+    ('postgresql://db/x?sslmode=require', {'password': 'p'})
+    """
+    parts = _URLParts.read(url)
+    if parts.user == "" and parts.password is not None:
+        return url, {}  # an '@' telemagg cannot place: libpq reads it; messages are scrubbed
+    kwargs: dict[str, str] = {}
+    if parts.password is not None:
+        kwargs["password"] = unquote(parts.password)
+    head, _, query = parts.rest.partition("#")[0].partition("?")
+    items = [item for item in query.split("&") if item]
+    kwargs.update(
+        {key: unquote(value) for key, value in parts.query_items() if key in _SECRET_KWARGS}
+    )
+    kept = [item for item in items if item.partition("=")[0] not in _SECRET_KWARGS]
+    userinfo = f"{parts.user}@" if parts.user is not None else ""
+    return parts.prefix + userinfo + head + ("?" + "&".join(kept) if kept else ""), kwargs
 
 
 def _scrub(message: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         message = message.replace(secret, "***")
     return message
+
+
+def storable_text(text: str, parameter: str) -> str:
+    r"""``text`` if both backends can store it (UTF-8: no lone surrogate, no NUL), else ConfigError.
+
+    >>> storable_text("crash rates", "label")
+    'crash rates'
+    >>> storable_text("a\ud800", "label")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: label must be valid Unicode text (...) to be stored; got 'a\ud800'
+    """
+    try:
+        text.encode("utf-8")
+        valid = "\x00" not in text
+    except UnicodeEncodeError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"{parameter} must be valid Unicode text (no lone surrogate such as '\\ud800', "
+            f"no NUL) to be stored; got {text!r}"
+        )
+    return text
 
 
 # --------------------------------------------------------------------------- schema description
@@ -183,11 +336,21 @@ class Transaction(ABC):
         rows = self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    @abstractmethod
+    def now(self) -> datetime:
+        """The database server's UTC clock, read now (not at the start of the transaction).
+
+        Inside a write transaction it is read after the write lock was acquired, so a time
+        taken here is never earlier than a time committed by the writer before.
+        """
+
 
 class Store(ABC):
     """A connection to one store. Thread-safe; reconnects by itself in a forked child."""
 
     backend: Literal["sqlite", "postgresql"]
+    #: True when the store can only be read (a SQLite file this process cannot write).
+    read_only: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = redact_url(url)
@@ -250,6 +413,11 @@ class Store(ABC):
         with self._lock:
             if self._closed:
                 raise LedgerError(f"the store {self.url} is closed")
+            if write and self.read_only:
+                raise LedgerError(
+                    f"{self.url} is read-only (this process cannot write the file): it can be "
+                    "read but not written"
+                )
             if os.getpid() != self._pid:
                 # A connection must not be used (or closed: PostgreSQL would end the parent's
                 # session) in a forked child; keep the inherited object alive and reconnect.
@@ -260,15 +428,32 @@ class Store(ABC):
                 yield tx
 
     def ensure_schema(
-        self, component: str, version: int, tables: Sequence[Table], *, create: bool = True
+        self,
+        component: str,
+        version: int,
+        tables: Sequence[Table],
+        *,
+        create: bool = True,
+        migrate: Callable[[Transaction, int], None] | None = None,
     ) -> None:
         """Create ``component``'s tables unless they exist; check them if they do.
 
-        Idempotent and safe when several processes race to create the same store. Raises
-        LedgerError if tables of these names exist but telemagg did not create them (or with
-        other columns), if they were written by another schema version, or (``create=False``)
-        if the store holds no ``component`` yet.
+        Idempotent and safe when several processes race to create the same store. A store of
+        an older schema version is brought to ``version`` by ``migrate(tx, old_version)``
+        (inside the same serialised write transaction, which also records the new version)
+        when given. Raises LedgerError if tables of these names exist but telemagg did not
+        create them (or with other columns), if they were written by another schema version
+        that cannot be migrated, or (``create=False``) if the store holds no ``component`` yet.
+        A store that is already as it should be is only read (so read-only stores open).
         """
+        with self.transaction() as tx:
+            row = self._meta_row(tx, component, create=False)
+            if row is not None and int(row[0]) == version:
+                for table in tables:
+                    self._check_columns(tx, table, component)
+                return
+        if row is None and not create:
+            raise LedgerError(f"{self.url} holds no telemagg {component} store")
         with self.transaction(write=True, lock="telemagg_schema") as tx:
             row = self._meta_row(tx, component, create)
             if row is None:
@@ -286,13 +471,43 @@ class Store(ABC):
                     (component, version),
                 )
                 return
-            if int(row[0]) != version:
-                raise LedgerError(
-                    f"{self.url} holds a telemagg {component} store of schema version {row[0]}; "
-                    f"this telemagg reads version {version}"
+            stored = int(row[0])
+            if stored != version:
+                if migrate is None or stored > version:
+                    raise LedgerError(
+                        f"{self.url} holds a telemagg {component} store of schema version "
+                        f"{stored}; this telemagg reads version {version}"
+                    )
+                migrate(tx, stored)
+                tx.execute(
+                    f"UPDATE {_META_TABLE} SET schema_version = ? WHERE component = ?",
+                    (version, component),
                 )
             for table in tables:
                 self._check_columns(tx, table, component)
+
+    def add_column(self, tx: Transaction, table: str, column: Column, default: object) -> None:
+        """Add ``column`` to an existing ``table`` (a migration), filled with ``default``."""
+        literal = {"int": "0", "float": "0", "text": "''"}[column.type]
+        tx.execute(
+            f"ALTER TABLE {table} ADD COLUMN {column.name} {self._sql_type(column)} "
+            f"NOT NULL DEFAULT {literal}"
+        )
+        if default is not None:
+            tx.execute(f"UPDATE {table} SET {column.name} = ?", (default,))
+
+    def create_index(self, tx: Transaction, table: str, columns: tuple[str, ...]) -> None:
+        """Create an index on ``columns`` of ``table`` unless it exists (a migration)."""
+        name = f"{table}_{'_'.join(columns)}_idx"
+        tx.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})")
+
+    @abstractmethod
+    def hold(self, tx: Transaction, lock: str) -> None:
+        """Inside a write transaction, also hold the write lock named ``lock`` until it ends.
+
+        SQLite has one write lock per file, already held; PostgreSQL takes ``lock``'s
+        advisory lock.
+        """
 
     def close(self) -> None:
         """Close the connection; later transactions raise LedgerError."""
@@ -337,8 +552,7 @@ class Store(ABC):
         columns.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
         tx.execute(f"CREATE TABLE {table.name} ({', '.join(columns)})")
         for cols in table.indexes:
-            name = f"{table.name}_{'_'.join(cols)}_idx"
-            tx.execute(f"CREATE INDEX {name} ON {table.name} ({', '.join(cols)})")
+            self.create_index(tx, table.name, cols)
 
 
 class StoreOwner:
@@ -379,7 +593,9 @@ def open_store(url: str, *, create: bool = True) -> Store:
     telemagg.errors.ConfigError: store URL scheme must be 'sqlite' or 'postgresql'; got 'mysql' in 'mysql://db/x'
     """
     if not isinstance(url, str):
-        raise ConfigError(f"store URL must be a string like 'sqlite:///path.db'; got {url!r}")
+        raise ConfigError(
+            f"store URL must be a string like 'sqlite:///path.db'; got {type(url).__name__}"
+        )
     scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         return SQLiteStore(url, create=create)
@@ -393,6 +609,9 @@ def open_store(url: str, *, create: bool = True) -> Store:
 # --------------------------------------------------------------------------- SQLite
 
 
+_READ_ONLY = "?mode=ro"
+
+
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite:///`` URL (relative after three slashes, absolute after four).
 
@@ -404,7 +623,8 @@ def sqlite_path(url: str) -> str:
     if not path or "?" in path or "#" in path:
         raise ConfigError(
             "a SQLite store URL must look like 'sqlite:///relative.db' or "
-            f"'sqlite:////absolute/path.db' (no query string); got {url!r}"
+            f"'sqlite:////absolute/path.db' (with at most '{_READ_ONLY}' after it); "
+            f"got {redact_url(url)!r}"
         )
     if path == ":memory:":
         raise ConfigError(
@@ -428,6 +648,12 @@ class _SQLiteTransaction(Transaction):
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self._run(lambda: self._connection.execute(sql, tuple(params)).fetchall())
 
+    def now(self) -> datetime:
+        # SQLite's clock is the machine's; strftime's %f gives milliseconds.
+        row = self.fetchone("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+        assert row is not None
+        return datetime.strptime(str(row[0]), TIME_FORMAT).replace(tzinfo=UTC)
+
     def _run(self, call: Callable[[], _T]) -> _T:
         try:
             return call()
@@ -444,26 +670,40 @@ class SQLiteStore(Store):
     backend = "sqlite"
 
     def __init__(self, url: str, *, create: bool = True) -> None:
-        self.path = sqlite_path(url)
+        asked_read_only = url.endswith(_READ_ONLY)
+        self.path = sqlite_path(url.removesuffix(_READ_ONLY))
         super().__init__(url)
-        self._create_file = create
+        self._create_file = create and not asked_read_only
+        self._asked_read_only = asked_read_only
         self._conn: sqlite3.Connection | None = None
         self._connect()
 
     def _connect(self) -> None:
-        if not self._create_file and not os.path.isfile(self.path):
+        exists = os.path.isfile(self.path)
+        if not self._create_file and not exists:
             raise LedgerError(f"{self.url} does not exist (no file at {self.path!r})")
+        # A file this process cannot write (or a URL ending in ?mode=ro) is opened read-only:
+        # it can be read (budget show), and every write says it is read-only.
+        self.read_only = self._asked_read_only or (exists and not os.access(self.path, os.W_OK))
+        target = (
+            f"file:{quote(os.path.abspath(self.path))}?mode=ro" if self.read_only else self.path
+        )
         try:
             conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                target,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=self.read_only,
             )
         except sqlite3.Error as exc:
             raise self.error(exc, "opening") from None
         try:
             # Reading the header first turns "file is not a database" into a clear error.
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            conn.execute("PRAGMA synchronous=FULL")
+            if not self.read_only:
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             conn.close()
@@ -497,6 +737,9 @@ class SQLiteStore(Store):
             conn.rollback()
             raise self.error(exc, "committing to") from None
 
+    def hold(self, tx: Transaction, lock: str) -> None:
+        del tx, lock  # BEGIN IMMEDIATE already holds the file's one write lock
+
     def _close(self) -> None:
         self._live().close()
 
@@ -527,13 +770,22 @@ class _PostgresTransaction(Transaction):
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self._run(lambda cur: list(cur.execute(_pg(sql), tuple(params)).fetchall()))
 
+    def now(self) -> datetime:
+        # clock_timestamp(), unlike now(), is the time of the call, not of BEGIN: a charge that
+        # waited for the advisory lock is not stamped before the charge it waited for.
+        row = self.fetchone("SELECT clock_timestamp()")
+        assert row is not None
+        assert isinstance(row[0], datetime)
+        return row[0].astimezone(UTC)
+
     def _run(self, call: Callable[[Any], _T]) -> _T:
         psycopg: Any = require("psycopg", "postgres")
         try:
             with self._connection.cursor() as cursor:
                 return call(cursor)
         except psycopg.Error as exc:
-            raise self._store.error(exc, "a query on") from None
+            failure = self._store.error(exc, "a query on")
+        raise failure  # outside the except: psycopg's error is not even the context
 
 
 def _pg(sql: str) -> str:
@@ -562,11 +814,15 @@ class PostgresStore(Store):
 
     def _connect(self) -> None:
         psycopg: Any = require("psycopg", "postgres")
+        conninfo, passwords = _connection_arguments(self._raw_url)
+        failure: LedgerError | None = None
         try:
-            self._conn = psycopg.connect(self._raw_url, autocommit=True, connect_timeout=10)
+            self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10, **passwords)
             row = self._conn.execute("SELECT current_schema()").fetchone()
         except psycopg.Error as exc:
-            raise self.error(exc, "connecting to") from None
+            failure = self.error(exc, "connecting to")
+        if failure is not None:
+            raise failure  # outside the except: psycopg's message is not even the context
         if row is None or row[0] is None:
             raise LedgerError(f"{self.url} has no schema to write to (check search_path)")
         self._schema = str(row[0])
@@ -583,12 +839,19 @@ class PostgresStore(Store):
             with self._conn.transaction():
                 tx = _PostgresTransaction(self, self._conn)
                 if write:
-                    # Held until commit/rollback; the server drops it if the client dies.
-                    key = _advisory_key(f"telemagg:{self._schema}:{lock}")
-                    tx.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+                    self.hold(tx, lock)
                 yield tx
         except psycopg.Error as exc:
-            raise self.error(exc, "a transaction on") from None
+            failure = self.error(exc, "a transaction on")
+        else:
+            return
+        raise failure  # outside the except: psycopg's message is not even the context
+
+    def hold(self, tx: Transaction, lock: str) -> None:
+        # Held until commit/rollback; the server drops it if the client dies.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(?)", (_advisory_key(f"telemagg:{self._schema}:{lock}"),)
+        )
 
     def _close(self) -> None:
         self._conn.close()

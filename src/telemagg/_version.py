@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 
 
+@functools.cache  # read once: every release records it, and a lookup costs ~2 ms
 def library_version() -> str:
     """The installed distribution's version; ``0+unknown`` when run from a bare source tree.
 

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 import telemagg as tm
+from telemagg._metric_spec import METRIC_SYNTAX, parse_metrics
 from telemagg.datasets import telemetry_events
+from telemagg.errors import require
 from telemagg.ledger import Ledger
 from telemagg.ledger._cli import register as register_budget
 
@@ -107,10 +109,10 @@ def demo(n_events: int, epsilon: float, ledger_url: str | None) -> int:
             f"Ledger {ledger.url}: spent epsilon={spent[0]:.3f} of 10,"
             f" remaining epsilon={remaining[0]:.3f}"
         )
-        accounting = release.metadata["events"]
-        received, aggregated = accounting["received"], accounting["aggregated"]
-        print(f"\nEvents: {received:,} received, {aggregated:,} aggregated")
-        for reason, n in accounting["dropped"].items():
+        accounting = release.accounting  # exact, operator side: never published
+        received, aggregated = accounting.received, accounting.aggregated
+        print(f"\nEvents: {received:,} received, {aggregated:,} aggregated (exact: operator only)")
+        for reason, n in accounting.dropped.items():
             print(f"  dropped {n:>10,}  {reason}")
     return 0
 
@@ -131,7 +133,136 @@ def build_parser() -> argparse.ArgumentParser:
         "--ledger", default=None, help="ledger URL (default: a temporary file)"
     )
     register_budget(sub)
+    serve_parser = sub.add_parser("serve", help="run the collector (see telemagg.collector)")
+    serve_parser.add_argument("--config", required=True, help="the pipeline's TOML file")
+    serve_parser.add_argument(
+        "--log-format", choices=["json", "text"], default="json", help="log lines (stderr)"
+    )
+    serve_parser.set_defaults(func=_serve)
+    register_audit(sub)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the collector until SIGTERM/SIGINT; it checkpoints before exiting."""
+    import logging
+
+    from telemagg.collector import Collector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    Collector(args.config).run()
+    return 0
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def register_audit(sub: Any) -> None:
+    """``telemagg audit EVENTS --by ... --metric ... --epsilon ...``: the privacy audit."""
+    parser = sub.add_parser(
+        "audit",
+        help="audit a query's privacy claim on an events file",
+        description=(
+            "Run the query many times on the events (D) and on D plus one heavy privacy unit"
+            " (D'), and report a lower confidence bound on its privacy loss. Exit status 0:"
+            " the claim survived (evidence, not proof); 1: the claim is refuted; 2: bad input."
+        ),
+    )
+    parser.add_argument("events", help="events file: .parquet, .csv or .jsonl (keep it small)")
+    parser.add_argument("--by", action="append", required=True, help="partition column")
+    parser.add_argument("--metric", action="append", required=True, help=f"metric: {METRIC_SYNTAX}")
+    parser.add_argument("--privacy-unit", required=True, help="column identifying the unit")
+    parser.add_argument("--max-partitions", type=int, default=1, help="L0 bound (default 1)")
+    parser.add_argument("--max-contributions", type=int, default=1, help="Linf bound (default 1)")
+    parser.add_argument("--epsilon", type=float, required=True, help="the release's epsilon")
+    parser.add_argument("--delta", type=float, default=0.0, help="the release's delta")
+    parser.add_argument(
+        "--partitions",
+        default=None,
+        help="public partitions, comma-separated (one --by column); default: chosen privately",
+    )
+    parser.add_argument("--window", default=None, help="window length, e.g. 1h (needs --time)")
+    parser.add_argument("--time", default=None, help="event-time column of a windowed query")
+    parser.add_argument("--runs", type=int, default=2000, help="releases on each side")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible audits")
+    parser.add_argument(
+        "--no-metadata",
+        action="store_true",
+        help="observe only the released tables, not release.metadata",
+    )
+    parser.set_defaults(func=audit_command)
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    """Run :func:`telemagg.audit.audit` from the command line; print its summary."""
+    from telemagg.audit import audit
+
+    events = read_events(args.events)
+    partitions = None
+    if args.partitions is not None:
+        if len(args.by) != 1:
+            raise tm.ConfigError("--partitions takes keys of one --by column; got several --by")
+        partitions = _typed_keys(args.partitions.split(","), events[args.by[0]], args.by[0])
+    policy = tm.Policy(
+        privacy_unit=args.privacy_unit,
+        max_partitions=args.max_partitions,
+        max_contributions=args.max_contributions,
+    )
+    result = audit(
+        events,
+        by=args.by,
+        metrics=parse_metrics(args.metric),
+        policy=policy,
+        epsilon=args.epsilon,
+        delta=args.delta,
+        partitions=partitions,
+        window=args.window,
+        time=args.time,
+        runs=args.runs,
+        seed=args.seed,
+        metadata=not args.no_metadata,
+    )
+    print(result.summary())
+    return 0 if result.passed else 1
+
+
+def read_events(path: str) -> dict[str, np.ndarray[Any, Any]]:
+    """An events file (Parquet, CSV, JSON lines) as numpy columns."""
+    suffix = Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise tm.ConfigError(f"events file {path!r} does not exist")
+    try:
+        if suffix in (".parquet", ".pq"):
+            parquet: Any = require("pyarrow.parquet", "pyarrow")
+            table = parquet.read_table(path)
+            return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+        pd: Any = require("pandas", "pandas")
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            frame = pd.read_json(path, lines=True)
+        else:
+            raise tm.ConfigError(
+                f"events file {path!r}: unknown format {suffix!r} (use .parquet, .csv or .jsonl)"
+            )
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, tm.TelemaggError):
+            raise
+        raise tm.SchemaError(f"events file {path!r} cannot be read: {exc}") from None
+    return {str(c): frame[c].to_numpy() for c in frame.columns}
+
+
+def _typed_keys(keys: list[str], column: np.ndarray[Any, Any], name: str) -> list[Any]:
+    """Command-line keys in the type of the --by column they name."""
+    if column.dtype.kind not in "iuf":
+        return [k.strip() for k in keys]
+    try:
+        kind = int if column.dtype.kind in "iu" else float
+        return [kind(k) for k in keys]
+    except ValueError:
+        raise tm.ConfigError(
+            f"--partitions must hold numbers: column {name!r} is numeric; got {keys!r}"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,4 +281,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["build_parser", "format_table", "main"]
+__all__ = ["audit_command", "build_parser", "format_table", "main", "read_events"]

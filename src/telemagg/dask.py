@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from telemagg._aggregator import Aggregator, ConsentSource, LedgerLike, Randomness
+from telemagg._aggregator import Aggregator, ConsentSource, LedgerLike, Randomness, open_ledger
 from telemagg._ingest import _missing_column
 from telemagg.errors import SchemaError, require
 from telemagg.policy import Metric, Policy, ReleaseParams
@@ -44,9 +44,9 @@ def aggregate(
     epsilon: float,
     delta: float = 0.0,
     partitions: Any = None,
-    ledger: LedgerLike | None = None,
+    ledger: LedgerLike | str | None = None,
     noise: Literal["laplace", "gaussian"] = "laplace",
-    consent: ConsentSource | None = None,
+    consent: ConsentSource | str | None = None,
     purpose: str | None = None,
     label: str | None = None,
     randomness: Randomness | None = None,
@@ -77,7 +77,7 @@ def aggregate(
     ...     epsilon=1.0, partitions=["open", "save"], randomness=seeded(0))
     >>> release.to_pandas()["event_name"].tolist()
     ['open', 'save']
-    >>> release.metadata["events"]["received"]
+    >>> release.accounting.received  # operator side, exact; never in the metadata
     6
     """
     # The checks of tm.aggregate, in its order (so both engines fail alike), plus the plan's,
@@ -94,10 +94,11 @@ def aggregate(
     )
     template._plan(epsilon, delta, None, noise)  # the release's own checks, before compute
     events = _projected(ddf, template)
-    if shuffle_by_unit and events.npartitions > 1:
-        events = events.shuffle(on=template.policy.privacy_unit)
-    template.merge(_merge_tree(events, template).compute())
-    return template.release(epsilon, delta, ledger=ledger, noise=noise, label=label)
+    with open_ledger(ledger) as charged:
+        if shuffle_by_unit and events.npartitions > 1:
+            events = events.shuffle(on=template.policy.privacy_unit)
+        template.merge(_merge_tree(events, template).compute())
+        return template.release(epsilon, delta, ledger=charged, noise=noise, label=label)
 
 
 def _dask_dataframe() -> Any:

@@ -10,9 +10,15 @@ Every error telemagg raises on purpose derives from :class:`TelemaggError`::
     │   └── LedgerIntegrityError           verify() found edited, inserted or deleted charges
     └── MissingDependencyError (also ImportError)
                                            an optional extra is needed: names the extra to install
+
+Warnings: :class:`UntrackedReleaseWarning` (a ``UserWarning``), once per Aggregator whose
+release is charged to no ledger.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BudgetExceededError",
@@ -22,6 +28,7 @@ __all__ = [
     "MissingDependencyError",
     "SchemaError",
     "TelemaggError",
+    "UntrackedReleaseWarning",
 ]
 
 
@@ -38,7 +45,13 @@ class SchemaError(TelemaggError, ValueError):
 
 
 class BudgetExceededError(TelemaggError):
-    """The privacy budget ledger cannot cover a release; nothing was recorded or released."""
+    """The privacy budget ledger cannot cover a release; nothing was recorded or released.
+
+    ``released``: from ``Aggregator.release_closed``, the windows released (and charged)
+    before the refused one; the refused window and later ones stay pending.
+    """
+
+    released: Sequence[Any] = ()
 
 
 class LedgerError(TelemaggError):
@@ -51,6 +64,15 @@ class LedgerIntegrityError(LedgerError):
 
 class MissingDependencyError(TelemaggError, ImportError):
     """An optional dependency is missing. The message names the extra that provides it."""
+
+
+class UntrackedReleaseWarning(UserWarning):
+    """A release was made without a ledger: its privacy loss is recorded nowhere.
+
+    Silence it with the :mod:`warnings` module when that is intended::
+
+        warnings.filterwarnings("ignore", category=UntrackedReleaseWarning)
+    """
 
 
 def require(module: str, extra: str) -> object:

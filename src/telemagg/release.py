@@ -1,24 +1,96 @@
 """A differentially private release: the table, how each column was made, and metadata.
 
-The metadata is JSON-serialisable and meant to travel with the data into model training:
-the policy, the query, the privacy loss (total and per metric), the partition selection,
-the library version, and the accounting of every input event.
+What a release may publish and what stays with the operator are two types:
+
+- :attr:`Release.metadata` is JSON-serialisable and travels with the data into model
+  training (every export carries it): the query, the policy, the privacy loss (total and per
+  metric), mechanisms and noise scales, the partition selection's parameters, the window
+  bounds, the ledger charge and the library version. Nothing in it is computed exactly from
+  the data; the one count it holds, ``partitions.released``, is the number of rows of the
+  released (already private) table.
+- :class:`Accounting` is the exact fate of every input event (received, aggregated,
+  dropped by reason). It is NOT differentially private: one unit's events change it. It is
+  for the operator's logs and monitoring and no export ever serialises it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from telemagg._mechanisms import PrivacyLoss
-from telemagg.errors import require
+from telemagg._version import library_version
+from telemagg.errors import TelemaggError, require
+
+if TYPE_CHECKING:
+    from telemagg._plan import Plan
+    from telemagg.ledger import Charge
+    from telemagg.policy import Metric, ReleaseParams
 
 F64 = npt.NDArray[np.float64]
+
+
+METADATA_KEY = b"telemagg"  # Arrow / Parquet schema metadata key of the publishable metadata
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Where every input event went: operator-side, exact, NOT differentially private.
+
+    ``received == aggregated + pending + sum(dropped.values())`` always (checked on
+    construction). ``aggregated`` events reached a released table; ``pending`` ones sit in
+    an Aggregator's state waiting for a release (always 0 for a release's own accounting);
+    ``dropped`` counts the rest by reason (``missing_privacy_unit``, ``non_finite_value``,
+    ``contribution_bounds``, ``consent``, ``partition_selection``, ``not_public_partition``,
+    ``late``, ``future``, ...). One privacy unit's events change these numbers exactly, so
+    they belong in the service's logs and monitoring, never with the released data: no
+    export of a :class:`Release` serialises them.
+
+    >>> acc = Accounting(received=10, aggregated=7, dropped={"consent": 3})
+    >>> acc
+    Accounting(received=10, aggregated=7, pending=0, dropped={'consent': 3})
+    >>> acc.to_dict()["dropped"], acc["received"]  # acc[...]: the dict shape of API.md
+    ({'consent': 3}, 10)
+    """
+
+    received: int
+    aggregated: int
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    pending: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dropped", dict(sorted(self.dropped.items())))
+        if self.received != self.aggregated + self.pending + sum(self.dropped.values()):
+            raise TelemaggError(
+                "internal: event accounting does not add up:"
+                f" {self.received} received != {self.aggregated} aggregated + {self.pending}"
+                f" pending + {sum(self.dropped.values())} dropped"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"Accounting(received={self.received}, aggregated={self.aggregated},"
+            f" pending={self.pending}, dropped={dict(self.dropped)})"
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (for logs and monitoring; not for publication)."""
+        return {
+            "received": self.received,
+            "aggregated": self.aggregated,
+            "pending": self.pending,
+            "dropped": dict(self.dropped),
+        }
 
 
 @dataclass(frozen=True)
@@ -51,6 +123,8 @@ class Release:
     """The result of one release: key columns, then one column per metric output.
 
     Construct through :func:`telemagg.aggregate` or :meth:`telemagg.Aggregator.release`.
+    ``metadata`` is what may be published with the table (every export carries it);
+    ``accounting`` is the operator's exact event accounting, which no export carries.
     """
 
     def __init__(
@@ -61,12 +135,14 @@ class Release:
         metrics: dict[str, MetricReport],
         loss: PrivacyLoss,
         metadata: dict[str, Any],
+        accounting: Accounting,
     ) -> None:
         self._keys = keys
         self._columns = columns
         self.metrics = metrics
         self.loss = loss
         self.metadata = metadata
+        self.accounting = accounting
 
     @property
     def epsilon(self) -> float:
@@ -93,20 +169,142 @@ class Release:
         return {**self._keys, **self._columns}
 
     def to_pandas(self) -> Any:
-        """A pandas DataFrame (needs ``telemagg[pandas]``)."""
+        """A pandas DataFrame (needs ``telemagg[pandas]``); ``attrs["telemagg"]`` holds a copy
+        of the publishable :attr:`metadata`."""
         pd: Any = require("pandas", "pandas")
-        return pd.DataFrame(self.to_dict())
+        frame = pd.DataFrame(self.to_dict())
+        for name in self._datetimes():
+            frame[name] = frame[name].dt.tz_localize("UTC")
+        frame.attrs["telemagg"] = json.loads(self.metadata_json())
+        return frame
 
     def to_arrow(self) -> Any:
-        """A pyarrow Table (needs ``telemagg[pyarrow]``)."""
+        """A pyarrow Table (needs ``telemagg[pyarrow]``) whose schema metadata holds the
+        publishable :attr:`metadata` as JSON under the key ``b"telemagg"``."""
         pa: Any = require("pyarrow", "pyarrow")
-        return pa.table({k: pa.array(v.tolist()) for k, v in self.to_dict().items()})
+        utc = pa.timestamp("ms", tz="UTC")
+        table = pa.table(
+            {
+                k: pa.array(v, type=utc) if k in self._datetimes() else pa.array(v.tolist())
+                for k, v in self.to_dict().items()
+            }
+        )
+        return table.replace_schema_metadata({METADATA_KEY: self.metadata_json().encode()})
+
+    def to_parquet(self, path: Any) -> None:
+        """Write :meth:`to_arrow` to a Parquet file (the metadata in its schema)."""
+        require("pyarrow", "pyarrow")
+        parquet: Any = require("pyarrow.parquet", "pyarrow")
+        parquet.write_table(self.to_arrow(), path)
 
     def to_polars(self) -> Any:
-        """A polars DataFrame (needs ``telemagg[polars]``)."""
+        """A polars DataFrame (needs ``telemagg[polars]``); the table only (polars frames
+        carry no metadata: keep :meth:`metadata_json` beside it)."""
         pl: Any = require("polars", "polars")
-        return pl.DataFrame({k: v.tolist() for k, v in self.to_dict().items()})
+        datetimes = self._datetimes()
+        return pl.DataFrame(
+            {
+                k: pl.Series(k, v).dt.replace_time_zone("UTC") if k in datetimes else v.tolist()
+                for k, v in self.to_dict().items()
+            }
+        )
+
+    def _datetimes(self) -> list[str]:
+        """Datetime columns (``window_start``, ``window_end``): UTC, milliseconds."""
+        return [k for k, v in self._keys.items() if v.dtype.kind == "M"]
 
     def metadata_json(self) -> str:
-        """The metadata as a JSON string."""
+        """The publishable metadata as a JSON string (never the accounting)."""
         return json.dumps(self.metadata, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def metric_reports(
+    metrics: Sequence[Metric], plan: Plan, max_partitions: int
+) -> dict[str, MetricReport]:
+    """How each output column is made, from the plan alone (never from the data)."""
+    reports = {}
+    for metric in metrics:
+        components = []
+        for key in plan.metric_measurements[metric.name]:
+            if key in plan.measurements:
+                components.append(plan.measurements[key].report())
+            elif key in plan.value_thresholds:  # top_k
+                components.append(plan.value_thresholds[key].report())
+            else:  # unit_count released by the partition selection itself
+                selection = plan.selection_report
+                assert selection is not None
+                components.append(
+                    {
+                        **selection,
+                        "measurement": key,
+                        "rho": 0.0,
+                        "sensitivity": 1.0 * max_partitions,
+                    }
+                )
+        main = components[-1]
+        report = MetricReport(
+            mechanism=str(main["mechanism"]),
+            epsilon=math.fsum(float(c["epsilon"]) for c in components),
+            delta=math.fsum(float(c["delta"]) for c in components),
+            rho=math.fsum(float(c["rho"]) for c in components),
+            sensitivity=main["sensitivity"],
+            stddev=float(main["stddev"]),
+            measurement=str(main["measurement"]),
+            components=tuple(components),
+        )
+        for column in metric.output_names:  # release.metrics[column], as documented
+            reports[column] = report
+    return reports
+
+
+def release_metadata(
+    *,
+    plan: Plan,
+    params: ReleaseParams,
+    query: dict[str, Any],
+    reports: Mapping[str, MetricReport],
+    n_released: int,
+    charge: Charge | None,
+    seeded: bool,
+) -> dict[str, Any]:
+    """The publishable metadata of a release.
+
+    Every entry is a parameter of the query or the plan, the time of the release, the ledger
+    charge, or ``n_released`` (the number of rows of the released table, itself private):
+    nothing here is computed exactly from the events, so it may travel with the data.
+    Exact event counts live in :class:`Accounting` instead.
+    """
+    loss = plan.loss
+    out: dict[str, Any] = {
+        "telemagg_version": library_version(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "epsilon": loss.epsilon,  # the release's total loss, as release.epsilon/.delta
+        "delta": loss.delta,
+        "policy": dict(query["policy"]),
+        "query": query,
+        "privacy": {
+            "epsilon": loss.epsilon,
+            "delta": loss.delta,
+            "approx_epsilon": loss.approx_epsilon,
+            "approx_delta": loss.approx_delta,
+            "rho": loss.rho,
+            "requested_epsilon": params.epsilon,
+            "requested_delta": params.delta,
+            "neighbouring": "add or remove all events of one privacy unit",
+        },
+        "partitions": {
+            "selection": "private" if plan.selection is not None else "public",
+            "released": n_released,
+            **({"mechanism": plan.selection_report} if plan.selection is not None else {}),
+        },
+        "metrics": {name: r.to_dict() for name, r in reports.items()},
+        "seeded": seeded,
+    }
+    if "window" in query:
+        out["window"] = query["window"]
+    if charge is not None:
+        out["ledger"] = {"charge": charge.seq, "hash": charge.hash}
+    return out

@@ -141,6 +141,9 @@ def test_history_lists_every_change_with_utc_times(registry: ConsentRegistry) ->
         (lambda r: r.opt_out("u1", purpose=3), "purpose must be .*; got 3"),
         (lambda r: r.allowed(["u1"], purpose=None), "purpose must be .*; got None"),
         (lambda r: r.history(purpose="x" * 201), "at most 200 characters"),
+        (lambda r: r.declare("a\ud800"), "purpose must be valid Unicode text"),
+        (lambda r: r.opt_out("u1", purpose="\ud800x"), "purpose must be valid Unicode text"),
+        (lambda r: r.allowed(["u1"], purpose="a\x00b"), "purpose must be valid Unicode text"),
     ],
 )
 def test_bad_parameters_are_config_errors_naming_them(call: object, message: str) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from ledger_helpers import QUERY, gaussian, laplace, run_sql
 
-from telemagg.errors import ConfigError, LedgerError
+from telemagg import cli
+from telemagg.errors import BudgetExceededError, ConfigError, LedgerError
 from telemagg.ledger import Ledger
 from telemagg.ledger._cli import register
 
@@ -98,3 +100,26 @@ def test_budget_needs_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         run("budget")
     assert "show" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("password", ["Zq#?/@:%é 9X", "Zq%zz&password=x9X", "Zq@[::1]:5/a?b#c9X"])
+def test_budget_commands_never_show_a_password(
+    postgres_url: str, capsys: pytest.CaptureFixture[str], password: str
+) -> None:
+    """The local server trusts every connection, so any password connects: output, reprs and
+    errors must still hide it, whatever characters it holds."""
+    url = postgres_url.replace("postgresql://postgres@", f"postgresql://postgres:{password}@", 1)
+    with Ledger(url, epsilon=1.0, delta=0.0) as ledger:
+        ledger.charge(laplace(0.5), query=QUERY)
+        shown = [repr(ledger), ledger.url]
+        with pytest.raises(BudgetExceededError) as refused:
+            ledger.charge(laplace(0.75), query=QUERY)
+        shown.append(str(refused.value))
+    for command in ("show", "history"):
+        assert cli.main(["budget", command, url]) == 0
+        captured = capsys.readouterr()
+        shown += [captured.out, captured.err]
+    assert "postgres:***@127.0.0.1" in shown[1]
+    for text in shown:
+        assert password not in text
+        assert unquote(password) not in text

@@ -27,7 +27,7 @@ class Clock:
     def __init__(self) -> None:
         self.now = datetime(2030, 1, 1, tzinfo=UTC)
 
-    def __call__(self) -> datetime:
+    def __call__(self, tx: object = None) -> datetime:
         return self.now
 
 
@@ -224,12 +224,21 @@ def test_inconsistent_loss_is_config_error(
         ({"by": {1, 2}}, "JSON-serialisable"),
         ({"x": math.nan}, "JSON-serialisable"),
         (["by"], "query must be a mapping"),
+        ({"by": ["\ud800"]}, "query must be valid Unicode text"),
     ],
 )
 def test_bad_query_is_config_error(sqlite_url: str, query: object, message: str) -> None:
     with Ledger(sqlite_url, epsilon=10.0, delta=0.0) as ledger:
         with pytest.raises(ConfigError, match=message):
             ledger.charge(laplace(0.1), query=query)  # type: ignore[arg-type]
+        assert ledger.charges() == []
+
+
+@pytest.mark.parametrize("label", ["\ud800", "a\udfffb", "nul\x00"])
+def test_unstorable_label_is_config_error(store_url: str, label: str) -> None:
+    with Ledger(store_url, epsilon=10.0, delta=0.0) as ledger:
+        with pytest.raises(ConfigError, match="label must be valid Unicode text"):
+            ledger.charge(laplace(0.1), query=QUERY, label=label)
         assert ledger.charges() == []
 
 
@@ -320,7 +329,8 @@ def _three_charges(url: str) -> Ledger:
         ("UPDATE telemagg_ledger SET window_seconds = 1", "total or window was edited"),
         (
             "INSERT INTO telemagg_ledger_charges SELECT seq + 10, created_at, epsilon, delta, "
-            "approx_epsilon, approx_delta, rho, query, label, version, prev_hash, hash "
+            "approx_epsilon, approx_delta, rho, query, label, version, sum_epsilon, "
+            "sum_approx_epsilon, sum_approx_delta, sum_rho, sum_gaussian_delta, prev_hash, hash "
             "FROM telemagg_ledger_charges WHERE seq = 3",
             "#13 is where #4 should be",
         ),

@@ -64,6 +64,27 @@ while True:
 """
 
 
+# Opens the ledger, says so, waits for the start file, then tries one charge of `epsilon`.
+ONE_CHARGE = """
+import os, sys, time
+from telemagg._mechanisms import PrivacyLoss
+from telemagg.errors import BudgetExceededError
+from telemagg.ledger import Ledger
+
+url, epsilon, start = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+ledger = Ledger.open(url)
+print("ready", flush=True)
+while not os.path.exists(start):
+    time.sleep(0.001)
+try:
+    ledger.charge(PrivacyLoss(epsilon, 0.0, epsilon, 0.0), query={"pid": os.getpid()})
+except BudgetExceededError:
+    print("refused")
+else:
+    print("admitted")
+"""
+
+
 def _child(code: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": SRC}
     return subprocess.Popen(
@@ -101,14 +122,28 @@ def test_racing_processes_spend_exactly_the_budget(store_url: str, tmp_path: Pat
     assert sum(1 for seqs in won.values() if seqs) >= 2  # they really raced
 
 
+def _wait_for_charges(url: str, count: int, timeout: float = 60.0) -> None:
+    """Block until the ledger at ``url`` holds at least ``count`` charges."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with Ledger.open(url) as ledger:
+            if len(ledger.charges()) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"the spender made fewer than {count} charges in {timeout} s")
+
+
 def test_sigkilled_processes_leave_a_consistent_ledger(store_url: str) -> None:
     Ledger(store_url, epsilon=1e6, delta=0.5).close()
     rng = random.Random(20240611)
     for _ in range(5):
+        with Ledger.open(store_url) as ledger:
+            before = len(ledger.charges())
         spender = _child(SPENDER, store_url)
         assert spender.stdout is not None
         assert spender.stdout.readline().strip() == "ready", spender.stderr
-        time.sleep(rng.uniform(0.05, 0.4))
+        _wait_for_charges(store_url, before + 3)  # a loaded machine may start it slowly
+        time.sleep(rng.uniform(0.0, 0.3))
         spender.send_signal(signal.SIGKILL)
         spender.communicate(timeout=30)
         assert spender.returncode == -signal.SIGKILL
@@ -148,3 +183,29 @@ def test_exhausted_budget_refuses_in_every_process(store_url: str, tmp_path: Pat
     assert (late.returncode, json.loads(out)) == (0, []), err
     with Ledger.open(store_url) as ledger, pytest.raises(BudgetExceededError):
         ledger.charge(laplace(1e-9), query=QUERY)
+
+
+def test_a_long_running_service_charges_at_the_time_of_each_charge(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Charge times are read when charging (not once per process), so a rolling window holds
+    across processes: a second process is refused while the service's charge still counts."""
+    window = 2.0
+    start = tmp_path / "start"
+    with Ledger(store_url, epsilon=1.0, delta=0.0, window="2s") as service:
+        other = _child(ONE_CHARGE, store_url, "0.5", str(start))
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "ready", other.stderr
+        first = service.charge(laplace(0.75), query=QUERY, label="first")
+        with pytest.raises(BudgetExceededError, match="in the last 2s"):
+            service.charge(laplace(0.5), query=QUERY)
+        time.sleep(window + 0.2)
+        assert service.spent == (0.0, 0.0)  # the first charge left the window: live clock
+        assert service.counted() == 0
+        second = service.charge(laplace(0.75), query=QUERY, label="after the window")
+        start.touch()  # the other process charges now, well inside the second charge's window
+        out, err = other.communicate(timeout=60)
+        assert (other.returncode, out.split()) == (0, ["ready", "refused"][1:]), err
+        assert (second.time - first.time).total_seconds() >= window
+        assert [c.label for c in service.charges()] == ["first", "after the window"]
+        service.verify()

@@ -33,7 +33,17 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from telemagg._storage import Column, Store, StoreOwner, Table, Transaction, open_store
+from telemagg._storage import (
+    Column,
+    Store,
+    StoreOwner,
+    Table,
+    Transaction,
+    format_time,
+    open_store,
+    parse_time,
+    storable_text,
+)
 from telemagg.errors import ConfigError, SchemaError
 from telemagg.hygiene._identifiers import factorize_ids
 
@@ -74,7 +84,6 @@ _HISTORY = Table(
 )
 _TABLES = (_PURPOSES, _STATE, _HISTORY)
 _CHOICES: tuple[Choice, ...] = ("opt_out", "opt_in")
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width: text order is time order
 _MAX_PURPOSE_LENGTH = 200
 
 
@@ -95,7 +104,7 @@ def _check_purpose(purpose: object) -> str:
             f"purpose must be a non-empty string of at most {_MAX_PURPOSE_LENGTH} characters, "
             f"e.g. 'model_training'; got {purpose!r}"
         )
-    return purpose
+    return storable_text(purpose, "purpose")
 
 
 def _check_default(default: object) -> Default:
@@ -105,7 +114,7 @@ def _check_default(default: object) -> Default:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime(_TIME_FORMAT)
+    return format_time(datetime.now(UTC))
 
 
 class ConsentRegistry(StoreOwner):
@@ -245,13 +254,47 @@ class ConsentRegistry(StoreOwner):
         return [
             ConsentChange(
                 int(seq),
-                datetime.strptime(str(at), _TIME_FORMAT).replace(tzinfo=UTC),
+                parse_time(at),
                 str(unit_),
                 str(purpose_),
                 "opt_in" if choice == "opt_in" else "opt_out",
             )
             for seq, at, unit_, purpose_, choice in rows
         ]
+
+    def position(self) -> int:
+        """A bookmark in the history: the sequence number of the latest change (0 if none).
+
+        An Aggregator takes it before checking a batch's consent, so that at release time
+        it can ask :meth:`changed_since` which units changed their choice meanwhile.
+        """
+        with self._store.transaction() as tx:
+            row = tx.fetchone(f"SELECT COALESCE(MAX(seq), 0) FROM {_HISTORY.name}")
+        return int(row[0]) if row else 0
+
+    def changed_since(self, position: int, purpose: str) -> tuple[int, list[str]]:
+        """The units (canonical ids, each once) whose choice for ``purpose`` changed after
+        ``position``, and the new position.
+
+        >>> import os, tempfile
+        >>> registry = ConsentRegistry("sqlite:///" + os.path.join(tempfile.mkdtemp(), "c.db"))
+        >>> mark = registry.position()
+        >>> registry.opt_out([7, "u-1"], purpose="model_training")
+        >>> registry.changed_since(mark, "model_training")
+        (2, ['7', 'u-1'])
+        >>> registry.close()
+        """
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ConfigError(f"position must be an integer >= 0; got {position!r}")
+        purpose = _check_purpose(purpose)
+        with self._store.transaction() as tx:
+            rows = tx.fetchall(
+                f"SELECT seq, unit FROM {_HISTORY.name} WHERE seq > ? AND purpose = ? ORDER BY seq",
+                (position, purpose),
+            )
+            last = tx.fetchone(f"SELECT COALESCE(MAX(seq), 0) FROM {_HISTORY.name}")
+        units = list(dict.fromkeys(str(unit) for _, unit in rows))
+        return max(int(last[0]) if last else 0, position), units
 
     # ----------------------------------------------------------------------- internals
 

@@ -26,8 +26,9 @@ epsilon grows like its square root); ``min`` guarantees the ledger never charges
 summing the releases' own (epsilon, delta).
 
 A charge is admitted only if spent *after* it is within the total in both coordinates, with
-a relative tolerance of 1e-9 (:data:`TOLERANCE`) so that sums rounded in a different order
-(by SQL ``SUM``) never refuse a release that fits exactly, e.g. ten charges of 0.1 in 1.0.
+a relative tolerance of 1e-9 (:data:`TOLERANCE`) so that float rounding (the ledger keeps
+exact sums, but each release's loss and the zCDP conversion are floats) never refuses a
+release that fits exactly, e.g. ten charges of 0.1 in 1.0.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 
 from telemagg.errors import LedgerIntegrityError
+from telemagg.ledger._chain import KEY_ENV, KEY_FILE_ENV
 from telemagg.ledger._ledger import Charge, Ledger
 
 __all__ = ["register"]
@@ -30,16 +31,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show = commands.add_parser(
         "show", help="total, spent, remaining, window, charges, and whether the chain verifies"
     )
-    show.add_argument("url", help="sqlite:///path.db or postgresql://user@host/db")
-    show.set_defaults(func=show_budget)
     history = commands.add_parser("history", help="every charge, oldest first")
-    history.add_argument("url", help="sqlite:///path.db or postgresql://user@host/db")
-    history.set_defaults(func=show_history)
+    for command, func in ((show, show_budget), (history, show_history)):
+        command.add_argument(
+            "url", help="sqlite:///path.db (add ?mode=ro to only read) or postgresql://user@host/db"
+        )
+        command.add_argument(
+            "--key-file",
+            default=None,
+            help=f"the key of a keyed ledger (default: ${KEY_ENV} or the file ${KEY_FILE_ENV})",
+        )
+        command.set_defaults(func=func)
 
 
 def show_budget(args: argparse.Namespace) -> int:
-    """Print the state of the ledger at ``args.url``; exit status 1 if its chain is broken."""
-    with Ledger.open(args.url) as ledger:
+    """Print the state of the ledger at ``args.url``; exit status 1 if its chain is broken.
+
+    A ledger too damaged to read (malformed values) raises LedgerIntegrityError: the command
+    line prints it and exits 2.
+    """
+    with Ledger.open(args.url, key_file=args.key_file) as ledger:
         (eps, delta), (spent_eps, spent_delta) = ledger.total, ledger.spent
         left_eps, left_delta = ledger.remaining
         window = (
@@ -60,6 +71,7 @@ def show_budget(args: argparse.Namespace) -> int:
             ("spent", _pair(spent_eps, spent_delta)),
             ("remaining", _pair(left_eps, left_delta)),
             ("charges", f"{len(ledger.charges())} recorded, {ledger.counted()} counted now"),
+            ("chain kind", "keyed (HMAC-SHA256)" if ledger.keyed else "unkeyed (SHA-256)"),
             ("chain", chain),
         ]
     print("\n".join(f"{name:<10} {value}" for name, value in lines))
@@ -68,7 +80,7 @@ def show_budget(args: argparse.Namespace) -> int:
 
 def show_history(args: argparse.Namespace) -> int:
     """Print every charge of the ledger at ``args.url`` as a table, oldest first."""
-    with Ledger.open(args.url) as ledger:
+    with Ledger.open(args.url, key_file=args.key_file) as ledger:
         charges = ledger.charges()
     headers = ("#", "time (UTC)", "epsilon", "delta", "rho", "label", "version", "query")
     rows = [_history_row(charge) for charge in charges]

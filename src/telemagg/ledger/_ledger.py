@@ -11,90 +11,76 @@ Safety argument, next to the code it rests on:
   across threads and processes (SQLite ``BEGIN IMMEDIATE``, PostgreSQL advisory lock).
 * Crash safety: the charge row and the new chain head are written in that same transaction; a
   process killed at any moment leaves both committed or neither.
-* Tamper evidence: each charge stores ``hash = SHA-256(canonical JSON of its fields and the
-  previous hash)``; the first charge chains to a genesis hash over the total, and the total's
-  row keeps the head hash and the number of charges, so :meth:`Ledger.verify` detects an
-  edited total, an edited, inserted or deleted charge, including the last one. The chain has
-  no secret key: someone who can write to the database AND recompute the hashes can rewrite
-  history undetected. Record ``head`` from ``telemagg budget show`` somewhere else to close
-  that gap.
+* Constant-time charges: every charge row carries the exact running sums of the loss parts
+  (:mod:`telemagg.ledger._chain`), written in the charging transaction; what counts is read
+  from the head row and, with a window, the last row before the window (one index seek), never
+  by summing rows in SQL (which would read a value edited to ``'abc'`` as 0).
+* Tamper evidence (:mod:`telemagg.ledger._chain`): a hash chain over the charges and their
+  running sums, a genesis digest over the total, and a seal over the head and the number of
+  charges. Every charge checks, in O(1), the total against its genesis, the seal, and the
+  digests of the rows it reads; :meth:`Ledger.verify` checks everything. Unkeyed (SHA-256),
+  anyone who can write the database and compute SHA-256 can rewrite it consistently; keyed
+  (HMAC-SHA256, ``key=``/``key_file=``/``TELEMAGG_LEDGER_KEY``), nobody without the key can.
 * Windows: with ``window=W`` a charge at time t is admitted only if the charges of
   [t - W, t] plus it fit the total. Any interval of length W ending at some charge t* holds a
   subset of what was counted when t* was admitted, and a subset of releases leaks no more than
   all of them (post-processing), so the releases of ANY interval of length W compose to within
   the total. Over longer periods the loss grows without bound: a window is not a lifetime
   guarantee. Charges are never deleted.
-* Times: charge times come from the charging process's UTC clock, made non-decreasing along
-  the chain (a charge is never timed before the previous one). The window assumes clocks are
-  synchronised (NTP): a clock that runs s seconds behind lets its charges leave the window up
-  to s seconds early.
+* Times: a charge's time is read from the database's clock inside the charging transaction,
+  after the write lock is held (SQLite: the machine's clock; PostgreSQL: the server's
+  ``clock_timestamp()``), made non-decreasing along the chain (a charge is never timed before
+  the previous one). ``spent``, ``remaining`` and ``counted`` read the same clock. So every
+  process sharing a PostgreSQL ledger uses one clock; SQLite processes share the machine's.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 from telemagg._mechanisms import PrivacyLoss
-from telemagg._storage import Column, Store, StoreOwner, Table, Transaction, open_store
+from telemagg._storage import Store, StoreOwner, Transaction, format_time, open_store, storable_text
 from telemagg._version import library_version
 from telemagg.errors import BudgetExceededError, ConfigError, LedgerError, LedgerIntegrityError
-from telemagg.ledger._accounting import Sums, check_loss, within
+from telemagg.ledger._accounting import check_loss, within
+from telemagg.ledger._chain import (
+    BUDGET,
+    BUDGET_COLUMNS,
+    CHARGE_COLUMNS,
+    CHARGES,
+    COMPONENT,
+    LOCK,
+    SCHEMA_VERSION,
+    Budget,
+    Charge,
+    RunningSums,
+    canonical,
+    chain_kind,
+    check_key_fits,
+    load_key,
+    loss_fields,
+    migration,
+)
 from telemagg.policy import format_duration, parse_duration
 
 __all__ = ["Charge", "Ledger", "parse_window"]
 
-_COMPONENT = "ledger"
-_SCHEMA_VERSION = 1
-_LOCK = "telemagg_ledger"
-_BUDGET = Table(
-    "telemagg_ledger",
-    (
-        Column("id", "int"),
-        Column("epsilon", "float"),
-        Column("delta", "float"),
-        Column("window_seconds", "int", nullable=True),
-        Column("created_at", "text"),
-        Column("genesis_hash", "text"),
-        Column("head_hash", "text"),
-        Column("charge_count", "int"),
-    ),
-    ("id",),
+# The running library's version, read once (importlib.metadata parses files on every call).
+_VERSION = functools.cache(library_version)
+_PLACEHOLDERS = ", ".join("?" for _ in CHARGES.columns)
+_LAST = f"SELECT {CHARGE_COLUMNS} FROM {CHARGES.name} ORDER BY seq DESC LIMIT 1"
+# The last charge before a time: with times non-decreasing along seq, the charges before it are
+# exactly seq <= its seq. One seek on the (created_at, seq) index.
+_BEFORE = (
+    f"SELECT {CHARGE_COLUMNS} FROM {CHARGES.name} WHERE created_at < ? "
+    "ORDER BY created_at DESC, seq DESC LIMIT 1"
 )
-_CHARGES = Table(
-    "telemagg_ledger_charges",
-    (
-        Column("seq", "int"),
-        Column("created_at", "text"),
-        Column("epsilon", "float"),
-        Column("delta", "float"),
-        Column("approx_epsilon", "float"),
-        Column("approx_delta", "float"),
-        Column("rho", "float"),
-        Column("query", "text"),
-        Column("label", "text", nullable=True),
-        Column("version", "text"),
-        Column("prev_hash", "text"),
-        Column("hash", "text"),
-    ),
-    ("seq",),
-    indexes=(("created_at",),),
-)
-_CHARGE_COLUMNS = ", ".join(c.name for c in _CHARGES.columns)
-_SUMS_SQL = (
-    "SELECT COUNT(*), COALESCE(SUM(epsilon), 0), COALESCE(SUM(approx_epsilon), 0), "
-    "COALESCE(SUM(approx_delta), 0), COALESCE(SUM(rho), 0), "
-    f"COALESCE(SUM(delta - approx_delta), 0) FROM {_CHARGES.name} WHERE created_at >= ?"
-)
-
-# Fixed width, so that text order is time order in both backends.
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def parse_window(window: str | None) -> int | None:
@@ -130,104 +116,9 @@ def _check_total(epsilon: object, delta: object) -> tuple[float, float]:
     return eps, dlt
 
 
-def _canonical(document: Mapping[str, Any]) -> str:
-    """The one JSON text of a document that its hash covers."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def _sha256(document: Mapping[str, Any]) -> str:
-    return hashlib.sha256(_canonical(document).encode()).hexdigest()
-
-
-@functools.cache
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Charge:
-    """One recorded charge: what a release cost, what it was, and its link in the hash chain."""
-
-    seq: int
-    time: datetime
-    epsilon: float
-    delta: float
-    approx_epsilon: float
-    approx_delta: float
-    rho: float
-    query: Mapping[str, Any]
-    label: str | None
-    version: str
-    prev_hash: str
-    hash: str
-
-    @property
-    def loss(self) -> PrivacyLoss:
-        """The privacy loss this charge recorded."""
-        return PrivacyLoss(
-            self.epsilon, self.delta, self.approx_epsilon, self.approx_delta, self.rho
-        )
-
-    @classmethod
-    def _from_row(cls, row: tuple[Any, ...]) -> Charge:
-        seq, time, eps, delta, a_eps, a_delta, rho, query, label, version, prev, own = row
-        return cls(
-            int(seq),
-            datetime.strptime(str(time), _TIME_FORMAT).replace(tzinfo=UTC),
-            float(eps),
-            float(delta),
-            float(a_eps),
-            float(a_delta),
-            float(rho),
-            json.loads(query),
-            label,
-            str(version),
-            str(prev),
-            str(own),
-        )
-
-    def _document(self) -> dict[str, Any]:
-        """The fields the hash covers (everything but the hash itself)."""
-        return {
-            "seq": self.seq,
-            "time": self.time.strftime(_TIME_FORMAT),
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "approx_epsilon": self.approx_epsilon,
-            "approx_delta": self.approx_delta,
-            "rho": self.rho,
-            "query": _canonical(self.query),
-            "label": self.label,
-            "version": self.version,
-            "prev_hash": self.prev_hash,
-        }
-
-
-@dataclass(frozen=True)
-class _Budget:
-    """The ledger's row of totals, as stored."""
-
-    epsilon: float
-    delta: float
-    window_seconds: int | None
-    created_at: str
-    genesis_hash: str
-    head_hash: str
-    charge_count: int
-
-    def genesis(self) -> str:
-        """The hash the first charge chains to: it covers the total, window and creation."""
-        return _sha256(
-            {
-                "telemagg_ledger": _SCHEMA_VERSION,
-                "epsilon": self.epsilon,
-                "delta": self.delta,
-                "window_seconds": self.window_seconds,
-                "created_at": self.created_at,
-            }
-        )
+def _now(tx: Transaction) -> datetime:
+    """The time of a charge: the database's clock, read inside the charging transaction."""
+    return tx.now()
 
 
 class Ledger(StoreOwner):
@@ -238,6 +129,12 @@ class Ledger(StoreOwner):
     and window; reopening with another total or window is a ConfigError. With
     ``window="30d"`` only charges of the last 30 days count (see the module docstring for
     exactly what that guarantees).
+
+    ``key`` (bytes or str, >= 16 bytes) or ``key_file`` (a path; its trailing newline is not
+    part of the key) makes a keyed ledger: its chain is HMAC-SHA256 under that key, which is
+    never stored, shown or logged. Without either, the environment variable
+    ``TELEMAGG_LEDGER_KEY`` (the key) or ``TELEMAGG_LEDGER_KEY_FILE`` (a path) is used if set.
+    A keyed ledger cannot be opened without its key, nor an unkeyed one with a key.
 
     >>> import os, tempfile
     >>> from telemagg._mechanisms import PrivacyLoss
@@ -253,21 +150,43 @@ class Ledger(StoreOwner):
     """
 
     def __init__(
-        self, url: str, epsilon: float, delta: float, *, window: str | None = None
+        self,
+        url: str,
+        epsilon: float,
+        delta: float,
+        *,
+        window: str | None = None,
+        key: bytes | str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         total = _check_total(epsilon, delta)
         window_seconds = parse_window(window)
+        self._key = load_key(key, key_file)
         self._store = open_store(url)
         try:
-            self._store.ensure_schema(_COMPONENT, _SCHEMA_VERSION, [_BUDGET, _CHARGES])
+            self._store.ensure_schema(
+                COMPONENT,
+                SCHEMA_VERSION,
+                [BUDGET, CHARGES],
+                migrate=migration(self._store, self._key),
+            )
             self._budget = self._create_or_match(total, window_seconds)
         except BaseException:
             self._store.close()
             raise
 
     @classmethod
-    def open(cls, url: str) -> Self:
+    def open(
+        cls,
+        url: str,
+        *,
+        key: bytes | str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+    ) -> Self:
         """Open an existing ledger with the total it was created with (never creates one).
+
+        A SQLite file this process cannot write (or a ``sqlite:///path.db?mode=ro`` URL) is
+        opened read-only: it can be read and verified, and charging it is a LedgerError.
 
         >>> Ledger.open("sqlite:////nonexistent/privacy.db")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -275,15 +194,21 @@ class Ledger(StoreOwner):
         telemagg.errors.LedgerError: sqlite:////nonexistent/privacy.db does not exist ...
         """
         ledger = cls.__new__(cls)
+        ledger._key = load_key(key, key_file)
         ledger._store = open_store(url, create=False)
         try:
             ledger._store.ensure_schema(
-                _COMPONENT, _SCHEMA_VERSION, [_BUDGET, _CHARGES], create=False
+                COMPONENT,
+                SCHEMA_VERSION,
+                [BUDGET, CHARGES],
+                create=False,
+                migrate=migration(ledger._store, ledger._key),
             )
             with ledger._store.transaction() as tx:
                 budget = ledger._read_budget(tx)
             if budget is None:
                 raise LedgerError(f"{ledger.url} holds no ledger total yet")
+            check_key_fits(budget, ledger._key, ledger.url)
             ledger._budget = budget
         except BaseException:
             ledger._store.close()
@@ -302,9 +227,21 @@ class Ledger(StoreOwner):
         """The rolling window, e.g. ``"30d"``, or None when every charge counts forever."""
         return _format_window(self._budget.window_seconds)
 
+    @property
+    def keyed(self) -> bool:
+        """Whether the chain is keyed (HMAC-SHA256 under a key kept outside the database)."""
+        return self._budget.chain == "hmac-sha256"
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this ledger was opened read-only (it can be read, not charged)."""
+        return self._store.read_only
+
     def __repr__(self) -> str:
         eps, delta = self.total
-        return f"Ledger({self.url!r}, epsilon={eps!r}, delta={delta!r}, window={self.window!r})"
+        return f"Ledger({self.url!r}, epsilon={eps!r}, delta={delta!r}, window={self.window!r}" + (
+            ", keyed=True)" if self.keyed else ")"
+        )
 
     # ----------------------------------------------------------------------- budget
 
@@ -312,7 +249,8 @@ class Ledger(StoreOwner):
     def spent(self) -> tuple[float, float]:
         """(epsilon, delta) spent by the charges that count now (composition in _accounting)."""
         with self._store.transaction() as tx:
-            return self._sums(tx, _now()).spent()
+            counted, count = self._window(tx, _now(tx), None)
+        return counted.sums(count).spent()
 
     @property
     def remaining(self) -> tuple[float, float]:
@@ -323,7 +261,7 @@ class Ledger(StoreOwner):
     def counted(self) -> int:
         """How many charges count now (all of them without a window)."""
         with self._store.transaction() as tx:
-            return self._sums(tx, _now()).count
+            return self._window(tx, _now(tx), None)[1]
 
     def charge(
         self, loss: PrivacyLoss, *, query: Mapping[str, Any], label: str | None = None
@@ -332,102 +270,104 @@ class Ledger(StoreOwner):
 
         Call it BEFORE drawing any noise. Atomic: the check that the total covers the charge
         and its insertion happen in one serialised transaction, so concurrent callers can never
-        overspend together; when the total cannot cover it, nothing is recorded.
-        ``query`` is a JSON-serialisable mapping (by, metrics, policy). A query marked
+        overspend together; when the total cannot cover it, nothing is recorded. Constant
+        time: it reads the head row (and with a window one more row), whatever the number of
+        charges. ``query`` is a JSON-serialisable mapping (by, metrics, policy). A query marked
         ``"seeded": True`` (made with test noise, not private) is refused.
         """
         loss = check_loss(loss)
         query_text = self._query_text(query)
         if not (label is None or isinstance(label, str)):
             raise ConfigError(f"label must be a string or None; got {label!r}")
-        with self._store.transaction(write=True, lock=_LOCK) as tx:
-            budget = self._same_total(self._read_budget(tx))
-            last = tx.fetchone(
-                f"SELECT seq, hash, created_at FROM {_CHARGES.name} ORDER BY seq DESC LIMIT 1"
+        if label is not None:
+            storable_text(label, "label")
+        if self.read_only:
+            raise LedgerError(
+                f"the ledger {self.url} was opened read-only (this process cannot write its "
+                "file): it can be read and verified, not charged"
             )
-            last_seq, prev_hash = (int(last[0]), str(last[1])) if last else (0, budget.genesis_hash)
-            if last_seq != budget.charge_count or prev_hash != budget.head_hash:
-                raise LedgerIntegrityError(
-                    f"{self.url}: the last charge (#{last_seq}) is not the recorded chain head "
-                    f"(#{budget.charge_count}): charges deleted or inserted; refusing to charge"
-                )
-            now = _now()
-            if last is not None:
-                now = max(now, datetime.strptime(str(last[2]), _TIME_FORMAT).replace(tzinfo=UTC))
-            before = self._sums(tx, now)
-            after = before.plus(loss).spent()
+        with self._store.transaction(write=True, lock=LOCK) as tx:
+            budget = self._same_total(self._read_budget(tx))
+            budget.check(self._key, self.url)
+            last = self._last(tx, budget)
+            now = _now(tx) if last is None else max(_now(tx), last.time)
+            counted, count = self._window(tx, now, last)
+            after = counted.plus(loss).sums(count + 1).spent()
             if not within(after, self.total):
-                raise BudgetExceededError(self._refusal(loss, before.spent(), after))
+                spent = counted.sums(count).spent()
+                raise BudgetExceededError(self._refusal(loss, spent, after))
+            head = RunningSums() if last is None else last.running
             charge = Charge(
-                seq=last_seq + 1,
-                time=now,
-                epsilon=loss.epsilon,
-                delta=loss.delta,
-                approx_epsilon=loss.approx_epsilon,
-                approx_delta=loss.approx_delta,
-                rho=loss.rho,
+                (last.seq if last else 0) + 1,
+                now,
+                *loss_fields(loss),
                 query=json.loads(query_text),
                 label=label,
-                version=library_version(),
-                prev_hash=prev_hash,
+                version=_VERSION(),
+                prev_hash=last.hash if last else budget.genesis_hash,
                 hash="",
-            )
-            document = charge._document()
-            own = _sha256(document)
+                running=head.plus(loss),
+            ).sealed(self._key)
             tx.execute(
-                f"INSERT INTO {_CHARGES.name} ({_CHARGE_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    charge.seq,
-                    document["time"],
-                    charge.epsilon,
-                    charge.delta,
-                    charge.approx_epsilon,
-                    charge.approx_delta,
-                    charge.rho,
-                    query_text,
-                    label,
-                    charge.version,
-                    prev_hash,
-                    own,
-                ),
+                f"INSERT INTO {CHARGES.name} ({CHARGE_COLUMNS}) VALUES ({_PLACEHOLDERS})",
+                charge.row(),
             )
+            seal = budget.seal(self._key, charge.hash, charge.seq)
             tx.execute(
-                f"UPDATE {_BUDGET.name} SET head_hash = ?, charge_count = ? WHERE id = 1",
-                (own, charge.seq),
+                f"UPDATE {BUDGET.name} SET head_hash = ?, charge_count = ?, head_seal = ? "
+                "WHERE id = 1",
+                (charge.hash, charge.seq, seal),
             )
-        self._budget = _Budget(**{**vars(budget), "head_hash": own, "charge_count": charge.seq})
-        return Charge(**{**vars(charge), "hash": own})
+        self._budget = Budget(
+            **{
+                **vars(budget),
+                "head_hash": charge.hash,
+                "charge_count": charge.seq,
+                "head_seal": seal,
+            }
+        )
+        return charge
 
     def charges(self) -> list[Charge]:
         """Every charge ever recorded (counted now or not), oldest first."""
         with self._store.transaction() as tx:
-            rows = tx.fetchall(f"SELECT {_CHARGE_COLUMNS} FROM {_CHARGES.name} ORDER BY seq")
-        return [Charge._from_row(row) for row in rows]
+            rows = tx.fetchall(f"SELECT {CHARGE_COLUMNS} FROM {CHARGES.name} ORDER BY seq")
+        return [Charge.from_row(row, self.url) for row in rows]
 
     def verify(self) -> None:
-        """Recompute the hash chain; raise LedgerIntegrityError at the first break.
+        """Check the whole ledger; raise LedgerIntegrityError at the first break.
 
-        Detects an edited total, and edited, inserted or deleted charges (the last one too).
+        Detects an edited total or window, edited, inserted or deleted charges (the last ones
+        too, by the seal over the head), malformed values, times that go backwards, and
+        running sums that are not the exact sums of the charges. On an unkeyed ledger, a
+        consistent rewrite by someone who recomputes SHA-256 digests is not detected; on a
+        keyed ledger it needs the key.
         """
         with self._store.transaction() as tx:
             budget = self._read_budget(tx)
-            rows = tx.fetchall(f"SELECT {_CHARGE_COLUMNS} FROM {_CHARGES.name} ORDER BY seq")
+            rows = tx.fetchall(f"SELECT {CHARGE_COLUMNS} FROM {CHARGES.name} ORDER BY seq")
         if budget is None:
             raise LedgerIntegrityError(f"{self.url}: the ledger's total row is missing")
-        if budget.genesis() != budget.genesis_hash:
-            raise LedgerIntegrityError(f"{self.url}: the stored total or window was edited")
-        previous = budget.genesis_hash
+        check_key_fits(budget, self._key, self.url)
+        budget.check(self._key, self.url)
+        previous, running, time = budget.genesis_hash, RunningSums(), None
         for expected_seq, row in enumerate(rows, start=1):
-            charge = Charge._from_row(row)
+            charge = Charge.from_row(row, self.url)
             where = f"{self.url}: charge #{charge.seq}"
             if charge.seq != expected_seq:
                 raise LedgerIntegrityError(f"{where} is where #{expected_seq} should be: deleted")
             if charge.prev_hash != previous:
                 raise LedgerIntegrityError(f"{where} does not chain to the charge before it")
-            if _sha256(charge._document()) != charge.hash:
+            if not charge.intact(self._key):
                 raise LedgerIntegrityError(f"{where} was edited: its hash does not match")
-            previous = charge.hash
+            running = running.plus(charge.loss)
+            if charge.running != running:
+                raise LedgerIntegrityError(
+                    f"{where}: its running sums are not the sums of the charges up to it"
+                )
+            if time is not None and charge.time < time:
+                raise LedgerIntegrityError(f"{where} is timed before the charge before it")
+            previous, time = charge.hash, charge.time
         if (len(rows), previous) != (budget.charge_count, budget.head_hash):
             raise LedgerIntegrityError(
                 f"{self.url}: the chain ends at #{len(rows)} but the ledger recorded "
@@ -444,34 +384,90 @@ class Ledger(StoreOwner):
     # ----------------------------------------------------------------------- internals
 
     _store: Store
-    _budget: _Budget
+    _budget: Budget
+    _key: bytes | None
 
-    def _read_budget(self, tx: Transaction) -> _Budget | None:
-        row = tx.fetchone(
-            "SELECT epsilon, delta, window_seconds, created_at, genesis_hash, head_hash, "
-            f"charge_count FROM {_BUDGET.name} WHERE id = 1"
-        )
+    def _read_budget(self, tx: Transaction) -> Budget | None:
+        row = tx.fetchone(f"SELECT {BUDGET_COLUMNS} FROM {BUDGET.name} WHERE id = 1")
+        return None if row is None else Budget.from_row(row, self.url)
+
+    def _last(self, tx: Transaction, budget: Budget) -> Charge | None:
+        """The chain's head row, checked against the recorded head (charging refuses a
+        ledger whose head is not its last row, or whose last row was edited)."""
+        row = tx.fetchone(_LAST)
+        last = None if row is None else Charge.from_row(row, self.url)
+        seq, head = (last.seq, last.hash) if last else (0, budget.genesis_hash)
+        if (seq, head) != (budget.charge_count, budget.head_hash):
+            raise LedgerIntegrityError(
+                f"{self.url}: the last charge (#{seq}) is not the recorded chain head "
+                f"(#{budget.charge_count}): charges deleted or inserted; refusing to charge"
+            )
+        if last is not None and not last.intact(self._key):
+            raise LedgerIntegrityError(
+                f"{self.url}: the last charge (#{seq}) was edited: its hash does not match; "
+                "refusing to charge"
+            )
+        return last
+
+    def _window(
+        self, tx: Transaction, now: datetime, last: Charge | None
+    ) -> tuple[RunningSums, int]:
+        """The exact sums and the number of the charges that count at ``now``.
+
+        With a window, they are the head's running sums minus those of the last charge before
+        the window: two rows, one index seek. ``last`` is the checked head when charging;
+        when reading it is fetched here.
+        """
+        if last is None:
+            row = tx.fetchone(_LAST)
+            last = None if row is None else Charge.from_row(row, self.url)
+        if last is None:
+            return RunningSums(), 0
+        seconds = self._budget.window_seconds
+        row = None
+        if seconds is not None:
+            row = tx.fetchone(_BEFORE, (format_time(now - timedelta(seconds=seconds)),))
         if row is None:
-            return None
-        eps, delta, window, created, genesis, head, count = row
-        window = None if window is None else int(window)
-        return _Budget(
-            float(eps), float(delta), window, str(created), str(genesis), str(head), int(count)
-        )
+            return last.running, last.seq
+        boundary = Charge.from_row(row, self.url)
+        if boundary.seq > last.seq or not boundary.intact(self._key):
+            raise LedgerIntegrityError(
+                f"{self.url}: charge #{boundary.seq}, where the window starts, was edited: its "
+                "hash does not match"
+            )
+        return last.running.minus(boundary.running), last.seq - boundary.seq
 
-    def _create_or_match(self, total: tuple[float, float], window: int | None) -> _Budget:
-        with self._store.transaction(write=True, lock=_LOCK) as tx:
+    def _create_or_match(self, total: tuple[float, float], window: int | None) -> Budget:
+        with self._store.transaction() as tx:
             budget = self._read_budget(tx)
-            if budget is None:
-                created = _now().strftime(_TIME_FORMAT)
-                draft = _Budget(*total, window, created, "", "", 0)
-                genesis = draft.genesis()
-                tx.execute(
-                    f"INSERT INTO {_BUDGET.name} (id, epsilon, delta, window_seconds, created_at, "
-                    "genesis_hash, head_hash, charge_count) VALUES (1, ?, ?, ?, ?, ?, ?, 0)",
-                    (*total, window, created, genesis, genesis),
-                )
-                return _Budget(*total, window, created, genesis, genesis, 0)
+        if budget is None:
+            with self._store.transaction(write=True, lock=LOCK) as tx:
+                budget = self._read_budget(tx)
+                if budget is None:
+                    created = format_time(_now(tx))
+                    draft = Budget(*total, window, created, chain_kind(self._key), "", "", "", 0)
+                    genesis = draft.genesis(self._key)
+                    draft = Budget(**{**vars(draft), "genesis_hash": genesis, "head_hash": genesis})
+                    budget = Budget(
+                        **{**vars(draft), "head_seal": draft.seal(self._key, genesis, 0)}
+                    )
+                    tx.execute(
+                        f"INSERT INTO {BUDGET.name} (id, {BUDGET_COLUMNS}) "
+                        "VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            budget.epsilon,
+                            budget.delta,
+                            budget.window_seconds,
+                            budget.created_at,
+                            budget.chain,
+                            budget.genesis_hash,
+                            budget.head_hash,
+                            budget.head_seal,
+                            budget.charge_count,
+                        ),
+                    )
+                    return budget
+        check_key_fits(budget, self._key, self.url)
         if (budget.epsilon, budget.delta, budget.window_seconds) != (*total, window):
             raise ConfigError(
                 f"the ledger at {self.url} was created with epsilon={budget.epsilon!r}, "
@@ -480,7 +476,7 @@ class Ledger(StoreOwner):
             )
         return budget
 
-    def _same_total(self, budget: _Budget | None) -> _Budget:
+    def _same_total(self, budget: Budget | None) -> Budget:
         """The budget row as read inside a charge: the head may move, the total may not."""
         if budget is None or (budget.epsilon, budget.delta, budget.window_seconds) != (
             self._budget.epsilon,
@@ -492,14 +488,6 @@ class Ledger(StoreOwner):
             )
         return budget
 
-    def _sums(self, tx: Transaction, now: datetime) -> Sums:
-        seconds = self._budget.window_seconds
-        since = "" if seconds is None else (now - timedelta(seconds=seconds)).strftime(_TIME_FORMAT)
-        row = tx.fetchone(_SUMS_SQL, (since,))
-        assert row is not None  # an aggregate query always returns one row
-        count, *parts = row
-        return Sums(int(count), *(float(p) for p in parts))
-
     def _query_text(self, query: Mapping[str, Any]) -> str:
         if not isinstance(query, Mapping):
             raise ConfigError(f"query must be a mapping (by, metrics, policy); got {query!r}")
@@ -509,9 +497,10 @@ class Ledger(StoreOwner):
                 "and cannot be charged to a ledger"
             )
         try:
-            return _canonical(query)
+            text = canonical(query)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"query must be JSON-serialisable (no NaN): {exc}") from None
+        return storable_text(text, "query")
 
     def _refusal(
         self, loss: PrivacyLoss, spent: tuple[float, float], after: tuple[float, float]

@@ -1,0 +1,134 @@
+"""The one-line metric syntax of the command line (and of configuration files).
+
+====================================================  =========================================
+``count``, ``unit_count``                             :func:`telemagg.count`, ``unit_count``
+``sum(col, lo, hi)``, ``mean(...)``, ``variance(...)``  clamped to ``[lo, hi]``
+``quantiles(col, 0.5 0.9 0.99, lo, hi[, log])``        levels separated by spaces
+``histogram(col, 0 10 100 1000)``                      bucket edges (spaces or commas)
+``top_k(col, k)``                                     the ``k`` most frequent values
+====================================================  =========================================
+
+Any of them takes a last argument ``name=<column name>``: ``count(name=events)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from telemagg.errors import ConfigError
+from telemagg.policy import (
+    Metric,
+    count,
+    histogram,
+    mean,
+    quantiles,
+    sum,
+    top_k,
+    unit_count,
+    variance,
+)
+
+__all__ = ["METRIC_SYNTAX", "parse_metric", "parse_metrics"]
+
+METRIC_SYNTAX = (
+    "count | unit_count | sum(col, lo, hi) | mean(col, lo, hi) | variance(col, lo, hi)"
+    " | quantiles(col, 0.5 0.9, lo, hi[, log]) | histogram(col, e0 e1 e2 ...) | top_k(col, k)"
+    " [, name=...]"
+)
+
+_CALL = re.compile(r"^\s*([A-Za-z_]+)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def parse_metric(spec: str) -> Metric:
+    """One metric from its one-line spelling.
+
+    >>> parse_metric("mean(duration_ms, 0, 60000)").describe()["bounds"]
+    [0.0, 60000.0]
+    >>> parse_metric("quantiles(latency_ms, 0.5 0.9, 1, 10000, log)").output_names
+    ('p50_latency_ms', 'p90_latency_ms')
+    >>> parse_metric("count(name=events)").name
+    'events'
+    >>> parse_metric("top_k(x)")
+    Traceback (most recent call last):
+    ...
+    telemagg.errors.ConfigError: metric 'top_k(x)': top_k takes (column, k), not 1 argument
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"metric must be a string such as 'mean(x, 0, 10)'; got {spec!r}")
+    match = _CALL.match(spec)
+    if match is None or match.group(1) not in _KINDS:
+        raise ConfigError(f"metric {spec!r} is not one of: {METRIC_SYNTAX}")
+    kind, inner = match.group(1), match.group(2)
+    args = [a.strip() for a in inner.split(",")] if inner and inner.strip() else []
+    name = ""
+    if args and args[-1].startswith("name="):
+        name = args.pop().removeprefix("name=").strip()
+    shape, build = _KINDS[kind]
+    if not shape.low <= len(args) <= shape.high:
+        plural = "" if len(args) == 1 else "s"
+        raise ConfigError(
+            f"metric {spec!r}: {kind} takes {shape.text}, not {len(args)} argument{plural}"
+        )
+    try:
+        return build(args, name)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise ConfigError(f"metric {spec!r}: {exc}") from None
+        raise ConfigError(f"metric {spec!r}: {kind} takes {shape.text}; {exc}") from None
+
+
+def parse_metrics(specs: Sequence[str]) -> list[Metric]:
+    """Every metric of a list of spellings (e.g. repeated ``--metric`` options)."""
+    return [parse_metric(s) for s in specs]
+
+
+class _Shape:
+    """How a metric is spelled: ``low`` to ``high`` arguments."""
+
+    def __init__(self, text: str, low: int, high: int | None = None) -> None:
+        self.text, self.low, self.high = text, low, low if high is None else high
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
+def _numbers(text: str) -> list[float]:
+    return [_number(t) for t in text.split()]
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+
+
+Builder = Callable[[list[str], str], Metric]
+_BOUNDED = _Shape("(column, lower, upper)", 3)
+_KINDS: dict[str, tuple[_Shape, Builder]] = {
+    "count": (_Shape("no arguments", 0), lambda a, n: count(name=n)),
+    "unit_count": (_Shape("no arguments", 0), lambda a, n: unit_count(name=n)),
+    "sum": (_BOUNDED, lambda a, n: sum(a[0], (_number(a[1]), _number(a[2])), name=n)),
+    "mean": (_BOUNDED, lambda a, n: mean(a[0], (_number(a[1]), _number(a[2])), name=n)),
+    "variance": (_BOUNDED, lambda a, n: variance(a[0], (_number(a[1]), _number(a[2])), name=n)),
+    "quantiles": (
+        _Shape("(column, levels, lower, upper[, log|linear])", 4, 5),
+        lambda a, n: quantiles(
+            a[0],
+            _numbers(a[1]),
+            (_number(a[2]), _number(a[3])),
+            scale=a[4] if len(a) > 4 else "linear",  # type: ignore[arg-type]  # validated
+            name=n,
+        ),
+    ),
+    "histogram": (
+        _Shape("(column, edges)", 2, 10_001),
+        lambda a, n: histogram(a[0], _numbers(" ".join(a[1:])), name=n),
+    ),
+    "top_k": (_Shape("(column, k)", 2), lambda a, n: top_k(a[0], _integer(a[1]), name=n)),
+}
