@@ -201,7 +201,7 @@ def report(
         "|---|---|",
         f"| peak RSS (target < {_mb(TARGET_PEAK_BYTES)}) | {_mb(peak)} {verdict} |",
         f"| RSS after imports, before the first batch | {_mb(baseline)} |",
-        f"| bounded state at the end | {steps[-1].state_rows:,} rows,"
+        f"| state held at the end (bounded + pending rows) | {steps[-1].state_rows:,} rows,"
         f" {_mb(steps[-1].state_bytes)} |",
         f"| `Aggregator.add` alone | {n_events / adding:,.0f} events/s ({adding:.1f} s) |",
         f"| whole loop, generating the batches included | {n_events / loop:,.0f} events/s"

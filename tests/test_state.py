@@ -218,3 +218,17 @@ def test_a_long_stream_holds_at_most_twice_the_bounds_plus_a_batch(floor) -> Non
     assert state.rows_held == len(state)  # reading it bounded the pending rows
     if floor > batch:
         assert max(held) > 2 * cap  # pending rows did wait (absorb is lazy)
+
+
+def test_state_keeps_no_view_of_the_callers_arrays() -> None:
+    """Rows wait unbounded between add calls: a caller reusing its buffer for the next
+    batch must not change them (ingest passes float64 columns through without a copy)."""
+    policy = tm.Policy(privacy_unit="user", max_contributions=5)
+    buffer = {"user": np.arange(10), "event": np.zeros(10, np.int64), "v": np.arange(10.0)}
+    agg = tm.Aggregator(
+        policy=policy, by="event", metrics=[tm.sum("v", bounds=(0, 100))], randomness=seeded(0)
+    )
+    agg.add(buffer)
+    buffer["v"][:] = 99.0  # the caller refills its buffer
+    assert agg._state.rows_held == 10
+    assert sorted(agg._state.numeric["v"].tolist()) == list(range(10))

@@ -109,10 +109,7 @@ def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
     """
     sizes = hi - lo
     block = np.repeat(np.arange(lo.size), sizes)
-    positions: I64 = np.arange(block.size, dtype=np.int64) - np.repeat(
-        np.cumsum(sizes) - sizes, sizes
-    )
-    positions += lo[block]
+    positions = _ranges(lo, sizes)
     rows = order[positions]
     order[positions] = rows[np.lexsort((rows, priority[rows], group[rows], block))]
     return positions
@@ -120,19 +117,26 @@ def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
 
 def _first_k(order: I64, starts: I64, k: int, groups_kept: Bool | None = None) -> Bool:
     """Mask (in input order) of the rows among the first ``k`` of their (kept) group in
-    ``order``: position < group start + min(k, size), one comparison per row whatever
-    ``k`` is. The kept rows are sorted before they are flagged, so the writes run in order
-    (a scatter through ``order`` would jump around memory for every row)."""
+    ``order``: the positions [start, start + min(k, size)) of each group, listed directly,
+    so time and memory follow the rows kept, whatever ``k`` is. The kept rows are sorted
+    before they are flagged, so the writes run in order."""
     n = order.size
-    sizes = np.diff(np.append(starts, n))
-    ends = starts + np.minimum(sizes, k)
+    taken = np.minimum(np.diff(np.append(starts, n)), k)
     if groups_kept is not None:
-        ends = np.where(groups_kept, ends, starts)
-    rows = order[np.arange(n, dtype=np.int64) < np.repeat(ends, sizes)]
+        taken[~groups_kept] = 0
+    rows = order[_ranges(starts, taken)]
     rows.sort()
     keep = np.zeros(n, dtype=bool)
     keep[rows] = True
     return keep
+
+
+def _ranges(starts: I64, sizes: I64) -> I64:
+    """The positions of the ranges [start, start + size), concatenated."""
+    ends = np.cumsum(sizes)
+    positions: I64 = np.arange(int(ends[-1]) if ends.size else 0, dtype=np.int64)
+    positions += np.repeat(starts - (ends - sizes), sizes)
+    return positions
 
 
 def bottom_k(group: U64, priority: U64, k: int) -> Bool:
@@ -183,8 +187,10 @@ def bound_contributions(
         # rows of that key on its own, so no unit can ever gain a slot from another. Every
         # row is compared with its neighbour, as the units of such a group interleave.
         return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
+    pair_units, pair_keys = sorted_unit[starts], sorted_pair[starts]
+    del sorted_unit, sorted_pair, same_pair  # memory: the pair level needs only these
     # L0: bottom-k pairs per unit, the pair key being the pair's priority.
-    pair_kept = bottom_k(sorted_unit[starts], sorted_pair[starts], max_partitions)
+    pair_kept = bottom_k(pair_units, pair_keys, max_partitions)
     return _first_k(order, starts, max_contributions, pair_kept)
 
 

@@ -268,7 +268,17 @@ class State:
             Counter(self._dropped),
         )
         out._dropped.update(rows._dropped)
-        out._pending = [*self._pending, rows]
+        # Value columns may be views of the caller's arrays (ingest converts without a
+        # copy where it can); pending rows must not change if the caller reuses them.
+        queued = State(
+            rows._unit_id,
+            rows._partition,
+            rows._pair_key,
+            rows._event_priority,
+            {c: np.array(v) for c, v in rows._numeric.items()},
+            rows._categorical,
+        )
+        out._pending = [*self._pending, queued]
         out._pending_rows = self._pending_rows + int(rows._unit_id.size)
         out._limits = limits
         if out._pending_rows >= max(out._unit_id.size, _MIN_PENDING_ROWS):
