@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import urllib.error
 import urllib.request
@@ -31,13 +30,6 @@ from collector_helpers import (
 )
 
 import telemagg as tm
-from telemagg.collector import CLOCK_AWARE
-
-NEEDS_CLOCK = pytest.mark.skipif(
-    "now" not in inspect.signature(tm.Aggregator.add).parameters,
-    reason="needs the window contract of API.md (Aggregator.add(batch, now=...)):"
-    " empty windows released on the collector's clock",
-)
 
 
 @pytest.fixture(params=["nats", "redis"])
@@ -157,7 +149,6 @@ def test_refused_charge_keeps_windows_pending_and_says_why(tmp_path: Path) -> No
         cleanup(cfg)
 
 
-@NEEDS_CLOCK
 def test_empty_windows_are_released_on_schedule(cfg: dict[str, Any]) -> None:
     clock = Clock(T0 + 10)
     collector = tm.Collector(cfg, clock=clock)
@@ -165,7 +156,6 @@ def test_empty_windows_are_released_on_schedule(cfg: dict[str, Any]) -> None:
         clock.now = T0 + 7 * HOUR  # windows 0..2 are due (end + 4h lateness)
         wait_until(lambda: collector.metrics.get("windows_released") == 3, 90)
     assert len(released_files(cfg)) == 3
-    assert CLOCK_AWARE
 
 
 def test_an_output_dir_with_foreign_releases_is_refused(tmp_path: Path) -> None:
@@ -183,3 +173,31 @@ def test_an_unreachable_source_is_a_telemagg_error(tmp_path: Path, kind: str) ->
     cfg["source"]["url"] = "nats://127.0.0.1:9" if kind == "nats" else "redis://127.0.0.1:9/0"
     with pytest.raises(tm.TelemaggError, match=f"source {kind} at .* (unreachable|failed)"):
         tm.Collector(cfg).run()
+
+
+def test_consent_and_pseudonymisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Units are pseudonymised before anything else sees them; the consent registry is
+    consulted with those pseudonyms (the identity the collector works with)."""
+    key = bytes(range(16))
+    monkeypatch.setenv("TM_COLLECTOR_KEY", key.hex())
+    cfg = config(tmp_path, "nats")
+    cfg["consent"] = {"url": f"sqlite:///{tmp_path / 'consent.db'}", "purpose": "analytics"}
+    cfg["hygiene"] = {"pseudonymize_key_env": "TM_COLLECTOR_KEY"}
+    events = make_events(8_000, windows=1, seed=6, users=2_000)
+    opted_out = np.arange(0, 2_000, 2)  # every other user
+    registry = tm.ConsentRegistry(cfg["consent"]["url"])
+    registry.opt_out(tm.pseudonymize(opted_out.tolist(), key=key).tolist(), purpose="analytics")
+    registry.close()
+    try:
+        publish(cfg, jsonl_bodies(events, 1000))
+        clock = Clock(T0 + HOUR - 1)
+        collector = tm.Collector(cfg, clock=clock)
+        with running(collector):
+            wait_until(lambda: collector.metrics.get("events_absorbed") == 8_000, 90)
+            clock.now = T0 + 5 * HOUR
+            wait_until(lambda: collector.metrics.get("windows_released") == 1, 90)
+        kept = events["user_id"] % 2 == 1
+        check_releases(cfg, {k: v[kept] for k, v in events.items()}, windows=1)
+        assert collector.metrics.get("events_dropped", reason="consent") == (~kept).sum()
+    finally:
+        cleanup(cfg)

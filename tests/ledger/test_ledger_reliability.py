@@ -122,14 +122,28 @@ def test_racing_processes_spend_exactly_the_budget(store_url: str, tmp_path: Pat
     assert sum(1 for seqs in won.values() if seqs) >= 2  # they really raced
 
 
+def _wait_for_charges(url: str, count: int, timeout: float = 60.0) -> None:
+    """Block until the ledger at ``url`` holds at least ``count`` charges."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with Ledger.open(url) as ledger:
+            if len(ledger.charges()) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"the spender made fewer than {count} charges in {timeout} s")
+
+
 def test_sigkilled_processes_leave_a_consistent_ledger(store_url: str) -> None:
     Ledger(store_url, epsilon=1e6, delta=0.5).close()
     rng = random.Random(20240611)
     for _ in range(5):
+        with Ledger.open(store_url) as ledger:
+            before = len(ledger.charges())
         spender = _child(SPENDER, store_url)
         assert spender.stdout is not None
         assert spender.stdout.readline().strip() == "ready", spender.stderr
-        time.sleep(rng.uniform(0.05, 0.4))
+        _wait_for_charges(store_url, before + 3)  # a loaded machine may start it slowly
+        time.sleep(rng.uniform(0.0, 0.3))
         spender.send_signal(signal.SIGKILL)
         spender.communicate(timeout=30)
         assert spender.returncode == -signal.SIGKILL

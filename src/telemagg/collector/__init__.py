@@ -7,6 +7,5 @@ the configuration's keys are described in :mod:`telemagg.collector._config`.
 
 from telemagg.collector._collector import Collector
 from telemagg.collector._config import CollectorConfig, load_config, parse_metric
-from telemagg.collector._engine import CLOCK_AWARE
 
-__all__ = ["CLOCK_AWARE", "Collector", "CollectorConfig", "load_config", "parse_metric"]
+__all__ = ["Collector", "CollectorConfig", "load_config", "parse_metric"]

@@ -225,7 +225,12 @@ class ConsentConfig(_Section):
 
 
 class HygieneConfig(_Section):
-    """``[hygiene]``: pseudonymise the privacy unit, scrub free-text columns."""
+    """``[hygiene]``: pseudonymise the privacy unit, scrub free-text columns.
+
+    Pseudonymisation happens first, so everything after it (bounding, the state store, the
+    consent registry) sees pseudonyms only: record opt-outs in the registry under
+    ``tm.pseudonymize(unit, key=<the same key>)``.
+    """
 
     pseudonymize_key_env: str | None = None  # environment variable holding the key (hex)
     scrub: list[str] = []

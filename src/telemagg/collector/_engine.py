@@ -2,22 +2,15 @@
 
 Everything the collector needs from the aggregation engine goes through :class:`Engine`:
 absorb a batch at the collector's clock, release the windows that are due, pickle the
-state, and tell the window of a release. Two generations of the Aggregator are supported:
-
-* the window contract of API.md (``add(batch, now=...)``, ``release_closed(..., now=...)``,
-  ``start=``, ``max_clock_skew=``): windows close on the collector's clock, every window is
-  released on schedule, empty ones included;
-* the earlier one (no ``now``): windows close on the watermark of event times, and the
-  collector additionally flushes when every open window is closed on its clock (so a quiet
-  stream still releases). Empty windows are not released there.
-
-Which one runs is decided once, from the Aggregator's signature (:data:`CLOCK_AWARE`).
+state, and tell the window of a release. Windows follow the window contract of API.md:
+they close on the collector's clock (``add(batch, now=...)``, ``release_closed(...,
+now=...)``), every window from ``start`` on is released on schedule, empty ones included,
+whatever the events' own times say.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,13 +23,10 @@ from telemagg.release import Release
 
 from ._config import AggregateConfig
 
-__all__ = ["CLOCK_AWARE", "Engine", "Released", "publishable_metadata"]
+__all__ = ["Engine", "Released", "publishable_metadata"]
 
-#: Whether the Aggregator takes the operator's clock (``add(batch, now=...)``).
-CLOCK_AWARE = "now" in inspect.signature(Aggregator.add).parameters
-
-# Exact event accounting is the operator's, never the release's (issue 9, hole 1); an
-# Aggregator that still carries it in its metadata has it removed before anything is written.
+# Exact event accounting is the operator's, never the release's (issue 9, hole 1): defence
+# in depth, should a release's metadata ever carry it, it is removed before anything is written.
 _OPERATOR_ONLY = ("events", "accounting")
 
 
@@ -86,10 +76,6 @@ class Engine:
     def __init__(self, aggregator: Aggregator, config: AggregateConfig) -> None:
         self.aggregator = aggregator
         self.config = config
-        self._window_s = parse_duration(config.window, "aggregate.window")
-        self._lateness_s = parse_duration(
-            config.allowed_lateness, "aggregate.allowed_lateness", allow_zero=True
-        )
 
     @classmethod
     def create(
@@ -97,14 +83,8 @@ class Engine:
     ) -> Engine:
         """A new, empty engine; its window grid starts at ``aggregate.start`` or ``now``
         floored to the window."""
-        extra: dict[str, Any] = {}
-        if CLOCK_AWARE:
-            window_s = parse_duration(config.window, "aggregate.window")
-            start = _epoch(config.start) if config.start is not None else now // window_s * window_s
-            extra = {
-                "start": dt.datetime.fromtimestamp(start, dt.UTC),
-                "max_clock_skew": config.max_clock_skew,
-            }
+        window_s = parse_duration(config.window, "aggregate.window")
+        start = _epoch(config.start) if config.start is not None else now // window_s * window_s
         aggregator = Aggregator(
             policy=config.policy(),
             by=config.by,
@@ -115,7 +95,8 @@ class Engine:
             time=config.time,
             allowed_lateness=config.allowed_lateness,
             partitions=config.partitions,
-            **extra,
+            start=dt.datetime.fromtimestamp(start, dt.UTC),
+            max_clock_skew=config.max_clock_skew,
         )
         return cls(aggregator, config)
 
@@ -126,35 +107,24 @@ class Engine:
 
     def add(self, batch: Any, now: float) -> None:
         """Absorb a batch (any input form the Aggregator takes) at the collector's clock."""
-        if CLOCK_AWARE:
-            self.aggregator.add(batch, now=now)  # type: ignore[call-arg, unused-ignore]
-        else:
-            self.aggregator.add(batch)
+        self.aggregator.add(batch, now=now)
 
     def release_due(self, now: float, ledger: LedgerLike, label: str) -> Released:
         """Release every window that is due at ``now``, charging ``ledger`` per window."""
         config = self.config
-        kwargs: dict[str, Any] = {"noise": config.noise, "label": label}
-        if CLOCK_AWARE:
-            kwargs["now"] = now
-        else:
-            kwargs["flush"] = self._all_open_closed(now)
         try:
             releases = self.aggregator.release_closed(
-                config.epsilon, config.delta, None, ledger, **kwargs
+                config.epsilon,
+                config.delta,
+                None,
+                ledger,
+                noise=config.noise,
+                label=label,
+                now=now,
             )
         except BudgetExceededError as exc:
             return Released(list(getattr(exc, "released", [])), exc)
         return Released(releases)
-
-    def _all_open_closed(self, now: float) -> bool:
-        # The earlier Aggregator closes windows on event times only; on the collector's
-        # clock, flush once every open window's end + lateness has passed.
-        open_windows = list(getattr(self.aggregator, "_windows", {}))
-        if not open_windows:
-            return False
-        last_end = (max(open_windows) + 1) * self._window_s
-        return bool(last_end + self._lateness_s <= now)
 
     def accounting(self) -> dict[str, Any]:
         """The operator's exact accounting (never published), as a plain dict."""
