@@ -137,7 +137,10 @@ class AuditResult:
             f"  D': {self.neighbour}",
         ]
         if self.events:
-            lines.append("  strongest evidence:")
+            proved = self.events[0].epsilon_lower > 0
+            lines.append(
+                "  strongest evidence:" if proved else "  no event proves a loss; nearest:"
+            )
             lines += [f"    {e}" for e in self.events[:events]]
         shown = set(self.events[:events])
         one_sided = [e for e in self.delta_events if e not in shown][:events]
@@ -498,10 +501,11 @@ def _heavy_neighbour(data: Columns, query: _Query) -> tuple[Columns, str]:
         times = data[query.time]
         heavy[query.time] = np.repeat(np.sort(times)[n // 2 : n // 2 + 1], rows)
     out = {c: np.concatenate([data[c], heavy[c]]) for c in data}
-    shown = ", ".join(map(repr, keys))
+    shown = ", ".join(repr(k[0] if len(k) == 1 else k) for k in keys)
     description = (
-        f"D plus unit {unit!r} with {per_partition} events in each of {len(keys)} partitions"
-        f" ({shown}){'; ' + ', '.join(values_text) if values_text else ''}"
+        f"D plus unit {unit!r} with {per_partition} events in each of {len(keys)}"
+        f" partition{'s' if len(keys) > 1 else ''}"
+        f": {shown}{'; ' + ', '.join(values_text) if values_text else ''}"
     )
     return out, description
 
@@ -732,7 +736,11 @@ def _evaluate(
         )
         for i, event in enumerate(chosen)
     ]
-    order = sorted(range(len(observations)), key=lambda i: -float(per_event[i]))
+    # Strongest first; among equals (e.g. none proves anything) the most different rates.
+    gap = np.abs(np.log((k_n + 0.5) / (k_d + 0.5)))
+    order = sorted(
+        range(len(observations)), key=lambda i: (-observations[i].epsilon_lower, -gap[i])
+    )
     events = tuple(observations[i] for i in order)
     one_sided = tuple(e for e in events if (e.count == 0) != (e.count_neighbour == 0))
     epsilon_lower = max(0.0, float(per_event.max(initial=0.0)))
