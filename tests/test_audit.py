@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import telemagg.audit
 from telemagg._metric_spec import parse_metric
 from telemagg.audit import AuditResult, audit, clopper_pearson
 from telemagg.cli import main
+from telemagg.errors import UntrackedReleaseWarning
 from telemagg.testing import seeded
 
 EPSILON = 1.0
@@ -37,22 +39,6 @@ def events(n_units: int = 150, seed: int = 0) -> dict[str, Any]:
 
 POLICY = tm.Policy(privacy_unit="user", max_partitions=1, max_contributions=2)
 
-# Issue 9, hole 1: main's release.metadata["events"] holds the exact accounting, which the
-# audit refutes at once (see test_release_metadata_passes_the_audit). Until that fix lands
-# the other tests audit the released table only; afterwards they audit the metadata too.
-EXACT_ACCOUNTING_PUBLISHED = (
-    "events"
-    in tm.aggregate(
-        {"user": [1], "page": ["a"]},
-        by="page",
-        metrics=[tm.count()],
-        policy=POLICY,
-        epsilon=1.0,
-        partitions=["a"],
-        randomness=seeded(0),
-    ).metadata
-)
-
 
 def run(metrics: list[tm.Metric], **kwargs: Any) -> AuditResult:
     options: dict[str, Any] = {
@@ -63,7 +49,6 @@ def run(metrics: list[tm.Metric], **kwargs: Any) -> AuditResult:
         "partitions": PUBLIC,
         "runs": 600,
         "seed": 11,
-        "metadata": not EXACT_ACCOUNTING_PUBLISHED,
         **kwargs,
     }
     return audit(events(), **options)
@@ -129,6 +114,41 @@ def test_correct_mechanisms_pass(metric: tm.Metric) -> None:
     assert result.epsilon_claimed == pytest.approx(EPSILON, rel=1e-6)
     assert result.events
     assert result.seconds > 0
+
+
+@pytest.mark.slow
+def test_gaussian_noise_passes() -> None:
+    result = run([tm.count(), tm.sum("ms", bounds=(0, 100))], noise="gaussian", delta=DELTA)
+    assert result.passed, result.summary()
+    assert result.delta_claimed == pytest.approx(DELTA)
+
+
+@pytest.mark.parametrize("form", ["pandas", "pyarrow", "rows"])
+def test_every_input_form_gets_the_same_neighbour(form: str) -> None:
+    data = events()
+    if form == "rows":
+        table: Any = [dict(zip(data, row, strict=True)) for row in zip(*data.values(), strict=True)]
+    else:
+        pd = pytest.importorskip("pandas")
+        table = pd.DataFrame(data)
+        if form == "pyarrow":
+            table = pytest.importorskip("pyarrow").Table.from_pandas(table)
+    result = run([tm.mean("ms", bounds=(0, 100)), tm.top_k("code", k=1)], runs=40, delta=DELTA)
+    given = audit(
+        table,
+        by="page",
+        metrics=[tm.mean("ms", bounds=(0, 100)), tm.top_k("code", k=1)],
+        policy=POLICY,
+        epsilon=EPSILON,
+        delta=DELTA,
+        partitions=PUBLIC,
+        runs=40,
+        seed=11,
+    )
+    assert given.neighbour == result.neighbour
+    assert given.events == result.events  # same seed, same data: the same audit
+    assert "unit 150 with 4 events" in given.neighbour
+    assert "ms=-100.0" in given.neighbour or "ms=200.0" in given.neighbour
 
 
 @pytest.mark.slow
@@ -254,14 +274,10 @@ def test_a_given_neighbour_is_audited_as_given() -> None:
 
 
 # --------------------------------------------------------------------------- issue 9's holes
-# Each runs the audit on the neighbouring pair that shows the hole. Open holes fail today
-# (xfail, not strict); remove the marker once the fix is merged.
-
-
-@pytest.mark.xfail(EXACT_ACCOUNTING_PUBLISHED, reason="issue 9 hole 1: exact accounting published")
-def test_release_metadata_passes_the_audit() -> None:
-    result = run([tm.count()], runs=200, metadata=True)
-    assert result.passed, result.summary()
+# Each audits the neighbouring pair that showed the hole. Before the fixes the audit refuted
+# main's claim on each: hole 1 (metadata["events"] exact) and 2 (a unit 10 h ahead adds a
+# window) on the delta side at once, hole 6 (row order) likewise, hole 4 (42 and '42' bounded
+# as two units) with epsilon >= 1.57 against 1 claimed.
 
 
 def test_a_metadata_leak_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,7 +331,6 @@ def test_a_unit_from_the_future_does_not_move_the_window_schedule() -> None:
         runs=600,  # the claim is the 3 windows' composed loss: refuting it takes more runs
         max_events=8,
         seed=5,
-        metadata=not EXACT_ACCOUNTING_PUBLISHED,
     )
     assert result.passed, result.summary()
 
@@ -336,7 +351,6 @@ def test_row_order_does_not_follow_arrival() -> None:
         neighbour=early,
         runs=200,
         seed=6,
-        metadata=not EXACT_ACCOUNTING_PUBLISHED,
     )
     assert result.passed, result.summary()
 
@@ -359,7 +373,6 @@ def _write(tmp_path: Path, suffix: str) -> Path:
 
 
 def _cli(path: Path, *extra: str) -> list[str]:
-    metadata = ["--no-metadata"] if EXACT_ACCOUNTING_PUBLISHED else []
     return [
         "audit",
         str(path),
@@ -381,7 +394,6 @@ def _cli(path: Path, *extra: str) -> list[str]:
         "200",
         "--seed",
         "4",
-        *metadata,
         *extra,
     ]
 
@@ -453,6 +465,7 @@ def test_cli_audit_unreadable_files_exit_2(
             tm.quantiles("ms", [0.5, 0.9], bounds=(1, 100), scale="log"),
         ),
         ("histogram(ms, 0 10 100)", tm.histogram("ms", bins=[0, 10, 100])),
+        ("histogram(ms, 0, 10, 100)", tm.histogram("ms", bins=[0, 10, 100])),
         ("top_k(code, 3, name=codes)", tm.top_k("code", k=3, name="codes")),
     ],
 )
@@ -484,6 +497,13 @@ def test_one_unit_under_two_spellings_is_bounded_once() -> None:
         neighbour=two,
         runs=1000,
         seed=3,
-        metadata=not EXACT_ACCOUNTING_PUBLISHED,
     )
     assert result.passed, result.summary()
+
+
+def test_production_samplers_can_be_audited_without_a_ledger_warning() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run([tm.count()], runs=40, randomness=lambda seed: None)
+    assert result.passed, result.summary()
+    assert not [w for w in caught if issubclass(w.category, UntrackedReleaseWarning)]

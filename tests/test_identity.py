@@ -471,3 +471,30 @@ def test_dask_bounds_one_unit_typed_many_ways_as_the_local_engine_does() -> None
                 dd.from_pandas(events, npartitions=4, sort=False), randomness=seeded(2), **query
             )
             assert kept_events(local) == kept_events(on_dask) == expected
+
+
+@pytest.mark.parametrize("bad", [2**200, -(2**127), {"a": 1}, [1]])
+def test_keys_the_encoding_cannot_hold_are_schema_errors_naming_the_column(bad: Any) -> None:
+    agg = aggregator()
+    with pytest.raises(SchemaError, match="column 'event'"):
+        agg.add({"user": [1, 2], "event": object_array([bad, "a"]), "value": [1.0, 1.0]})
+    assert agg._state.received == 0  # nothing absorbed
+
+
+def object_array(values: list[Any]) -> np.ndarray[Any, Any]:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+@pytest.mark.parametrize("equal", EQUAL_KEYS)
+def test_released_key_values_do_not_depend_on_which_type_arrived_first(
+    equal: tuple[Any, ...],
+) -> None:
+    released = []
+    for first in equal:
+        agg = aggregator(max_partitions=1)
+        agg.add({"user": [1, 2], "event": object_array([first, equal[-1]]), "value": [1.0, 1.0]})
+        released.append(agg.release(epsilon=1.0, partitions=[equal[0]]).to_dict()["event"][0])
+        assert agg._partitions.keys == [(released[-1],)]
+    assert len({repr(r) for r in released}) == 1

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
-from telemagg._identity import KeyIndex, canonical_key, key_identity, key_order
+from telemagg._identity import KeyIndex, canonical_key, key_identity, key_order, unit_hash
 from telemagg._ingest import (
     MISSING_PRIVACY_UNIT,
     NON_FINITE_VALUE,
@@ -194,6 +194,10 @@ class Aggregator:
         self._received_total = 0
         self._aggregated = 0  # events in the tables of released windows
         self._outside_windows: Counter[str] = Counter()  # dropped outside pending windows
+        # Consent: the registry's history position before the earliest check of held events
+        # and what silence meant then (see _honour_consent_changes).
+        self._consent_position: int | None = None
+        self._consent_opt_in: bool | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -233,6 +237,7 @@ class Aggregator:
         )
         if self.consent is not None and len(batch):
             assert self.purpose is not None
+            self._mark_consent(self.consent, self.purpose)
             allowed = np.asarray(self.consent.allowed(batch.unit.uniques, self.purpose), dtype=bool)
             batch = batch.take(allowed[batch.unit.codes], CONSENT)
         if self._public_set is not None and len(batch):
@@ -369,6 +374,12 @@ class Aggregator:
             self._check_mergeable(other)
         if not others:
             return
+        marks = [a._consent_position for a in (self, *others) if a._consent_position is not None]
+        if marks:  # the earliest check of any held event is where re-checking starts
+            self._consent_position = min(marks)
+            self._consent_opt_in = next(
+                a._consent_opt_in for a in (self, *others) if a._consent_opt_in is not None
+            )
         if self.window is None:
             adopted = [self._adopt(other, other._state) for other in others]
             same_key = all(
@@ -465,6 +476,7 @@ class Aggregator:
                 " release_closed(...)"
             )
         public, params, plan = self._plan(epsilon, delta, partitions, noise)
+        self._honour_consent_changes()
         with open_ledger(ledger) as charged:
             return self._release(self._state, plan, params, public, charged, label, None)
 
@@ -513,6 +525,7 @@ class Aggregator:
             )
         now_ms = instant_ms(now, "now")
         public, params, plan = self._plan(epsilon, delta, partitions, noise)
+        self._honour_consent_changes()
         due = self._schedule.due(now_ms, flush=flush)
         released: list[Release] = []
         with open_ledger(ledger) as charged:
@@ -530,6 +543,49 @@ class Aggregator:
                 self._outside_windows.update(release.accounting.dropped)
                 released.append(release)
         return released
+
+    # ------------------------------------------------------------------ consent
+
+    def _mark_consent(self, consent: ConsentSource, purpose: str) -> None:
+        """Bookmark the registry's history before the first consent check of held events."""
+        if self._consent_position is None and isinstance(consent, ConsentRegistry):
+            self._consent_position = consent.position()
+            self._consent_opt_in = consent.is_opt_in(purpose)
+
+    def _honour_consent_changes(self) -> None:
+        """Forget the held events of units that withdrew consent after they were absorbed.
+
+        Consent is checked when events arrive; a unit that opts out later (or whose purpose
+        became opt-in without its opt-in) must not be released either. Before every release
+        the registry is asked which units changed their choice since the earliest check of
+        the held events (:meth:`ConsentRegistry.changed_since`, a loop over changed units,
+        never over events); those no longer allowed are removed from every held state and
+        counted as dropped for ``consent`` (operator accounting). Removing all of a unit's
+        rows leaves every other unit's bounded rows as they were: bounding is per unit.
+        Raises before any charge if the registry cannot answer.
+        """
+        consent, purpose = self.consent, self.purpose
+        if not isinstance(consent, ConsentRegistry) or self._consent_position is None:
+            return
+        assert purpose is not None
+        opt_in = consent.is_opt_in(purpose)
+        if opt_in != self._consent_opt_in:
+            raise ConfigError(
+                f"purpose {purpose!r} was declared opt-in after this Aggregator absorbed events"
+                " under its opt-out default: the silence of those units no longer allows them,"
+                " and their events cannot be told apart; discard this Aggregator"
+            )
+        position, changed = consent.changed_since(self._consent_position, purpose)
+        self._consent_position = position
+        if not changed:
+            return
+        allowed = np.asarray(consent.allowed(changed, purpose), dtype=bool)
+        withdrawn = [unit for unit, ok in zip(changed, allowed.tolist(), strict=True) if not ok]
+        if not withdrawn:
+            return
+        ids = np.fromiter((unit_hash(u) for u in withdrawn), np.uint64, len(withdrawn))
+        self._state = _without_units(self._state, ids)
+        self._windows = {w: _without_units(s, ids) for w, s in self._windows.items()}
 
     def _partial_failure(
         self, exc: TelemaggError, released: list[Release], due: range, refused: int
@@ -704,6 +760,19 @@ class Aggregator:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _without_units(state: State, unit_ids: npt.NDArray[np.uint64]) -> State:
+    """``state`` without the rows of ``unit_ids``, counted as dropped for consent."""
+    if len(state) == 0:
+        return state
+    gone = np.isin(state.unit_id, unit_ids)
+    removed = int(np.count_nonzero(gone))
+    if removed == 0:
+        return state
+    kept = state.select(~gone)
+    kept.dropped[CONSENT] += removed
+    return kept
 
 
 def _check_consent(

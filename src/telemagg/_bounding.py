@@ -51,10 +51,12 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
     index_bits_u = np.uint64(index_bits)
 
     packed = group >> np.uint64(64 - group_bits)
-    packed <<= priority_bits
+    packed <<= priority_bits + index_bits_u
     if priority_bits:
-        packed |= priority >> (np.uint64(64) - priority_bits)
-    packed <<= index_bits_u
+        part = priority >> (np.uint64(64) - priority_bits)
+        part <<= index_bits_u
+        packed |= part
+        del part
     packed |= np.arange(n, dtype=np.uint64)
     packed.sort()
     order: I64 = (packed & ((_ONE << index_bits_u) - _ONE)).view(np.int64)
@@ -116,11 +118,21 @@ def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
     return positions
 
 
-def _rank(starts: I64, n: int) -> I64:
-    """Each position's rank within its group (position - group start): O(rows)."""
-    rank: I64 = np.arange(n, dtype=np.int64)
-    rank -= np.repeat(starts, np.diff(np.append(starts, n)))
-    return rank
+def _first_k(order: I64, starts: I64, k: int, groups_kept: Bool | None = None) -> Bool:
+    """Mask (in input order) of the rows among the first ``k`` of their (kept) group in
+    ``order``: position < group start + min(k, size), one comparison per row whatever
+    ``k`` is. The kept rows are sorted before they are flagged, so the writes run in order
+    (a scatter through ``order`` would jump around memory for every row)."""
+    n = order.size
+    sizes = np.diff(np.append(starts, n))
+    ends = starts + np.minimum(sizes, k)
+    if groups_kept is not None:
+        ends = np.where(groups_kept, ends, starts)
+    rows = order[np.arange(n, dtype=np.int64) < np.repeat(ends, sizes)]
+    rows.sort()
+    keep = np.zeros(n, dtype=bool)
+    keep[rows] = True
+    return keep
 
 
 def bottom_k(group: U64, priority: U64, k: int) -> Bool:
@@ -131,12 +143,11 @@ def bottom_k(group: U64, priority: U64, k: int) -> Bool:
     >>> bottom_k(g, p, 2).tolist()
     [False, True, True, True]
     """
-    keep = np.zeros(group.size, dtype=bool)
-    if group.size:
-        k = min(k, group.size)  # a group never holds more rows than the data
-        order, starts, _ = _sorted_groups(group, priority, k)
-        keep[order] = _rank(starts, group.size) < k
-    return keep
+    if group.size == 0:
+        return np.zeros(0, dtype=bool)
+    k = min(k, group.size)  # a group never holds more rows than the data
+    order, starts, _ = _sorted_groups(group, priority, k)
+    return _first_k(order, starts, k)
 
 
 def bound_contributions(
@@ -159,9 +170,8 @@ def bound_contributions(
     [False, True, True, False, True]
     """
     n = unit_id.size
-    keep = np.zeros(n, dtype=bool)
     if n == 0:
-        return keep
+        return np.zeros(0, dtype=bool)
     max_contributions = min(max_contributions, n)
     # Linf: bottom-k events per pair.
     order, starts, sorted_pair = _sorted_groups(pair_key, event_priority, max_contributions)
@@ -175,10 +185,7 @@ def bound_contributions(
         return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
     # L0: bottom-k pairs per unit, the pair key being the pair's priority.
     pair_kept = bottom_k(sorted_unit[starts], sorted_pair[starts], max_partitions)
-    keep[order] = (_rank(starts, n) < max_contributions) & np.repeat(
-        pair_kept, np.diff(np.append(starts, n))
-    )
-    return keep
+    return _first_k(order, starts, max_contributions, pair_kept)
 
 
 def _bound_exactly(
@@ -192,8 +199,4 @@ def _bound_exactly(
     start[1:] = (u[1:] != u[:-1]) | (p[1:] != p[:-1])
     starts = np.flatnonzero(start)
     pair_kept = bottom_k(u[starts], p[starts], max_partitions)
-    keep = np.zeros(n, dtype=bool)
-    keep[order] = (_rank(starts, n) < max_contributions) & np.repeat(
-        pair_kept, np.diff(np.append(starts, n))
-    )
-    return keep
+    return _first_k(order, starts, max_contributions, pair_kept)

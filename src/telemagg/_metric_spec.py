@@ -4,7 +4,7 @@
 ``count``, ``unit_count``                             :func:`telemagg.count`, ``unit_count``
 ``sum(col, lo, hi)``, ``mean(...)``, ``variance(...)``  clamped to ``[lo, hi]``
 ``quantiles(col, 0.5 0.9 0.99, lo, hi[, log])``        levels separated by spaces
-``histogram(col, 0 10 100 1000)``                      bucket edges separated by spaces
+``histogram(col, 0 10 100 1000)``                      bucket edges (spaces or commas)
 ``top_k(col, k)``                                     the ``k`` most frequent values
 ====================================================  =========================================
 
@@ -65,7 +65,7 @@ def parse_metric(spec: str) -> Metric:
     if args and args[-1].startswith("name="):
         name = args.pop().removeprefix("name=").strip()
     shape, build = _KINDS[kind]
-    if len(args) not in shape.counts:
+    if not shape.low <= len(args) <= shape.high:
         plural = "" if len(args) == 1 else "s"
         raise ConfigError(
             f"metric {spec!r}: {kind} takes {shape.text}, not {len(args)} argument{plural}"
@@ -84,8 +84,10 @@ def parse_metrics(specs: Sequence[str]) -> list[Metric]:
 
 
 class _Shape:
-    def __init__(self, text: str, *counts: int) -> None:
-        self.text, self.counts = text, counts
+    """How a metric is spelled: ``low`` to ``high`` arguments."""
+
+    def __init__(self, text: str, low: int, high: int | None = None) -> None:
+        self.text, self.low, self.high = text, low, low if high is None else high
 
 
 def _number(text: str) -> float:
@@ -125,8 +127,8 @@ _KINDS: dict[str, tuple[_Shape, Builder]] = {
         ),
     ),
     "histogram": (
-        _Shape("(column, edges)", 2),
-        lambda a, n: histogram(a[0], _numbers(a[1]), name=n),
+        _Shape("(column, edges)", 2, 10_001),
+        lambda a, n: histogram(a[0], _numbers(" ".join(a[1:])), name=n),
     ),
     "top_k": (_Shape("(column, k)", 2), lambda a, n: top_k(a[0], _integer(a[1]), name=n)),
 }

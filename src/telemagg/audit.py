@@ -32,7 +32,6 @@ The audit's releases are never charged to a ledger and never leave this module.
 
 from __future__ import annotations
 
-import inspect
 import math
 import secrets
 import time as _time
@@ -45,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg._aggregator import Aggregator, Randomness
-from telemagg.errors import ConfigError, SchemaError
+from telemagg.errors import ConfigError, SchemaError, UntrackedReleaseWarning
 from telemagg.policy import (
     Histogram,
     Metric,
@@ -65,10 +64,6 @@ __all__ = ["AuditResult", "Observation", "audit", "clopper_pearson"]
 
 CUT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 """Quantiles of the held-out values at which numeric outputs are cut into events."""
-
-# The window clock: releases run on the operator's clock once Aggregator takes now=/start=
-# (API.md); until then flush=True releases every window. The audit follows whichever exists.
-_CLOCK = "now" in inspect.signature(Aggregator.release_closed).parameters
 
 
 # --------------------------------------------------------------------------- result
@@ -290,7 +285,7 @@ def audit(
         raise ConfigError(f"confidence must be in (0, 1); got {confidence!r}")
     data = _columns(events, "events")
     # One operator clock for both sides, from D: the schedule must not follow D'.
-    clock = _window_clock(data, window, time) if window is not None and _CLOCK else None
+    clock = _window_clock(data, window, time) if window is not None else None
     query = _Query(
         by=by,
         metrics=tuple(metrics),
@@ -362,7 +357,15 @@ class _Query:
     clock: tuple[float, float] | None  # the window grid's start and the operator's now
 
     def run(self, data: Columns, randomness: Randomness | None) -> list[Release]:
-        """One execution: add (to shards), merge, release; every window when windowed."""
+        """One execution: add (to shards), merge, release; every window when windowed.
+
+        The audit's releases are never charged nor handed on: no ledger, and the warning
+        that says so is silenced."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UntrackedReleaseWarning)
+            return self._run(data, randomness)
+
+    def _run(self, data: Columns, randomness: Randomness | None) -> list[Release]:
         options: dict[str, Any] = {}
         clock: dict[str, Any] = {}
         if self.clock is not None:
@@ -614,8 +617,10 @@ def _features(releases: list[Release], query: _Query, metadata: bool) -> dict[st
                 elif isinstance(value, list | tuple | np.ndarray):
                     for b, number in enumerate(value):
                         out[f"{where}{column}[{row}][{b}]"] = float(number)
-                else:
+                elif isinstance(value, bool | int | float | np.number):
                     out[f"{where}{column}[{row}]"] = float(value)
+                else:  # e.g. a window's start and end: which value, as an indicator
+                    out[f"{where}{column}[{row}] = {value!r}"] = 1.0
         if metadata:
             _flatten(release.metadata, f"{where}metadata ", out)
     return out

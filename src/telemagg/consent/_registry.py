@@ -262,6 +262,40 @@ class ConsentRegistry(StoreOwner):
             for seq, at, unit_, purpose_, choice in rows
         ]
 
+    def position(self) -> int:
+        """A bookmark in the history: the sequence number of the latest change (0 if none).
+
+        An Aggregator takes it before checking a batch's consent, so that at release time
+        it can ask :meth:`changed_since` which units changed their choice meanwhile.
+        """
+        with self._store.transaction() as tx:
+            row = tx.fetchone(f"SELECT COALESCE(MAX(seq), 0) FROM {_HISTORY.name}")
+        return int(row[0]) if row else 0
+
+    def changed_since(self, position: int, purpose: str) -> tuple[int, list[str]]:
+        """The units (canonical ids, each once) whose choice for ``purpose`` changed after
+        ``position``, and the new position.
+
+        >>> import os, tempfile
+        >>> registry = ConsentRegistry("sqlite:///" + os.path.join(tempfile.mkdtemp(), "c.db"))
+        >>> mark = registry.position()
+        >>> registry.opt_out([7, "u-1"], purpose="model_training")
+        >>> registry.changed_since(mark, "model_training")
+        (2, ['7', 'u-1'])
+        >>> registry.close()
+        """
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ConfigError(f"position must be an integer >= 0; got {position!r}")
+        purpose = _check_purpose(purpose)
+        with self._store.transaction() as tx:
+            rows = tx.fetchall(
+                f"SELECT seq, unit FROM {_HISTORY.name} WHERE seq > ? AND purpose = ? ORDER BY seq",
+                (position, purpose),
+            )
+            last = tx.fetchone(f"SELECT COALESCE(MAX(seq), 0) FROM {_HISTORY.name}")
+        units = list(dict.fromkeys(str(unit) for _, unit in rows))
+        return max(int(last[0]) if last else 0, position), units
+
     # ----------------------------------------------------------------------- internals
 
     def _declared_default(self, tx: Transaction, purpose: str) -> Default | None:
