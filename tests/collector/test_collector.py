@@ -201,3 +201,31 @@ def test_consent_and_pseudonymisation(tmp_path: Path, monkeypatch: pytest.Monkey
         assert collector.metrics.get("events_dropped", reason="consent") == (~kept).sum()
     finally:
         cleanup(cfg)
+
+
+@pytest.mark.postgres
+def test_state_and_ledger_in_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    cfg = config(tmp_path, "nats")
+    cfg["state"]["url"] = postgres_url
+    cfg["ledger"]["url"] = postgres_url
+    events = make_events(4_000, windows=1, seed=7)
+    bodies = jsonl_bodies(events, 1000)
+    clock = Clock(T0 + HOUR - 1)
+    try:
+        publish(cfg, bodies[:2])
+        first = tm.Collector(cfg, clock=clock)
+        with running(first):
+            wait_until(lambda: first.metrics.get("events_absorbed") == 2_000, 90)
+        publish(cfg, bodies[2:])
+        second = tm.Collector(cfg, clock=clock)  # resumes from the PostgreSQL checkpoint
+        with running(second):
+            wait_until(lambda: second.metrics.get("events_absorbed") == 2_000, 90)
+            clock.now = T0 + 5 * HOUR
+            wait_until(lambda: second.metrics.get("windows_released") == 1, 90)
+    finally:
+        cleanup(cfg)
+    check_releases(cfg, events, windows=1)
+    ledger = tm.Ledger.open(postgres_url)
+    ledger.verify()
+    assert len(ledger.charges()) == 1
+    ledger.close()
