@@ -761,3 +761,21 @@ def test_a_release_without_a_ledger_warns_once_per_aggregator(sqlite_url) -> Non
         tracked.release(1.0, partitions=["open"], ledger=ledger)
         seeded_agg.release(1.0, partitions=["open"])  # test noise: no ledger would take it
     ledger.close()
+
+
+def test_a_large_delta_needs_allow_large_delta_on_every_release_path() -> None:
+    """delta >= 1e-3 is a ConfigError unless the caller says so, on aggregate, release and
+    release_closed alike (ReleaseParams.allow_large_delta)."""
+    events = {"u": [1, 2, 3], "e": ["a", "a", "b"], "t": [10, 20, 30]}
+    options = {"by": "e", "metrics": [tm.count()], "policy": tm.Policy(privacy_unit="u")}
+    with pytest.raises(tm.ConfigError, match="allow_large_delta"):
+        tm.aggregate(events, epsilon=1.0, delta=0.01, randomness=seeded(1), **options)
+    release = tm.aggregate(
+        events, epsilon=1.0, delta=0.01, allow_large_delta=True, randomness=seeded(1), **options
+    )
+    assert release.delta <= 0.01
+    windowed = tm.Aggregator(window="1h", time="t", start=0, randomness=seeded(1), **options)
+    windowed.add(events, now=60)
+    with pytest.raises(tm.ConfigError, match="allow_large_delta"):
+        windowed.release_closed(1.0, 0.01, now=7200)
+    assert len(windowed.release_closed(1.0, 0.01, now=7200, allow_large_delta=True)) == 2

@@ -463,6 +463,7 @@ class Aggregator:
         *,
         noise: Literal["laplace", "gaussian"] = "laplace",
         label: str | None = None,
+        allow_large_delta: bool = False,
     ) -> Release:
         """Release the metrics per partition with (epsilon, delta)-DP.
 
@@ -478,7 +479,7 @@ class Aggregator:
                 f"this Aggregator has window={self.window!r}: release its windows with"
                 " release_closed(...)"
             )
-        public, params, plan = self._plan(epsilon, delta, partitions, noise)
+        public, params, plan = self._plan(epsilon, delta, partitions, noise, allow_large_delta)
         self._honour_consent_changes()
         with open_ledger(ledger) as charged:
             return self._release(self._state, plan, params, public, charged, label, None)
@@ -494,6 +495,7 @@ class Aggregator:
         label: str | None = None,
         flush: bool = False,
         now: Any = None,
+        allow_large_delta: bool = False,
     ) -> list[Release]:
         """Release every window closed at ``now``, oldest first, each exactly once.
 
@@ -527,7 +529,7 @@ class Aggregator:
                 "release_closed needs an Aggregator made with window=...; use release"
             )
         now_ms = instant_ms(now, "now")
-        public, params, plan = self._plan(epsilon, delta, partitions, noise)
+        public, params, plan = self._plan(epsilon, delta, partitions, noise, allow_large_delta)
         self._honour_consent_changes()
         due = self._schedule.due(now_ms, flush=flush)
         released: list[Release] = []
@@ -628,12 +630,24 @@ class Aggregator:
         return out
 
     def _plan(
-        self, epsilon: float, delta: float, partitions: Any, noise: str
+        self,
+        epsilon: float,
+        delta: float,
+        partitions: Any,
+        noise: str,
+        allow_large_delta: bool = False,
     ) -> tuple[list[tuple[Any, ...]] | None, ReleaseParams, Plan]:
-        """Validate a release's parameters and plan its measurements (before any charge)."""
+        """Validate a release's parameters and plan its measurements (before any charge).
+
+        ``delta >= 1e-3`` is refused unless ``allow_large_delta`` (such a delta allows
+        releasing a unit's data outright with that probability: see ReleaseParams)."""
         public = self._release_partitions(partitions)
         params = ReleaseParams(
-            epsilon=epsilon, delta=delta, noise=noise, private_partitions=public is None
+            epsilon=epsilon,
+            delta=delta,
+            noise=noise,
+            private_partitions=public is None,
+            allow_large_delta=allow_large_delta,
         )
         return public, params, make_plan(self.metrics, self.policy, params)
 
@@ -946,6 +960,7 @@ def aggregate(
     purpose: str | None = None,
     label: str | None = None,
     randomness: Randomness | None = None,
+    allow_large_delta: bool = False,
 ) -> Release:
     """Aggregate events into a differentially private release, in one call.
 
@@ -964,7 +979,13 @@ def aggregate(
     ['count', 'event_name']
     """
     # Validate the release parameters before reading any data.
-    ReleaseParams(epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None)
+    ReleaseParams(
+        epsilon=epsilon,
+        delta=delta,
+        noise=noise,
+        private_partitions=partitions is None,
+        allow_large_delta=allow_large_delta,
+    )
     agg = Aggregator(
         policy=policy,
         by=by,
@@ -976,4 +997,11 @@ def aggregate(
     )
     with open_ledger(ledger) as charged:  # a bad ledger= fails before any data is read
         agg.add(events)
-        return agg.release(epsilon, delta, ledger=charged, noise=noise, label=label)
+        return agg.release(
+            epsilon,
+            delta,
+            ledger=charged,
+            noise=noise,
+            label=label,
+            allow_large_delta=allow_large_delta,
+        )

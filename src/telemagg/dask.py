@@ -51,6 +51,7 @@ def aggregate(
     label: str | None = None,
     randomness: Randomness | None = None,
     shuffle_by_unit: bool = False,
+    allow_large_delta: bool = False,
 ) -> Release:
     """:func:`telemagg.aggregate` on a Dask DataFrame: same parameters, same release.
 
@@ -82,7 +83,13 @@ def aggregate(
     """
     # The checks of tm.aggregate, in its order (so both engines fail alike), plus the plan's,
     # which release() would make only after the compute.
-    ReleaseParams(epsilon=epsilon, delta=delta, noise=noise, private_partitions=partitions is None)
+    ReleaseParams(
+        epsilon=epsilon,
+        delta=delta,
+        noise=noise,
+        private_partitions=partitions is None,
+        allow_large_delta=allow_large_delta,
+    )
     template = Aggregator(
         policy=policy,
         by=by,
@@ -92,13 +99,21 @@ def aggregate(
         partitions=partitions,
         randomness=randomness,
     )
-    template._plan(epsilon, delta, None, noise)  # the release's own checks, before compute
+    # the release's own checks, before compute
+    template._plan(epsilon, delta, None, noise, allow_large_delta)
     events = _projected(ddf, template)
     with open_ledger(ledger) as charged:
         if shuffle_by_unit and events.npartitions > 1:
             events = events.shuffle(on=template.policy.privacy_unit)
         template.merge(_merge_tree(events, template).compute())
-        return template.release(epsilon, delta, ledger=charged, noise=noise, label=label)
+        return template.release(
+            epsilon,
+            delta,
+            ledger=charged,
+            noise=noise,
+            label=label,
+            allow_large_delta=allow_large_delta,
+        )
 
 
 def _dask_dataframe() -> Any:
