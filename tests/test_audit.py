@@ -507,3 +507,30 @@ def test_production_samplers_can_be_audited_without_a_ledger_warning() -> None:
         result = run([tm.count()], runs=40, randomness=lambda seed: None)
     assert result.passed, result.summary()
     assert not [w for w in caught if issubclass(w.category, UntrackedReleaseWarning)]
+
+
+@pytest.mark.slow
+def test_keys_that_hashed_alike_share_no_bounding_slot() -> None:
+    """Issue 9 hole 5: keys 5 + k * 2**64 shared a 64-bit hash, so one unit with
+    max_partitions=1 was kept in every one of them. The audit refutes a query whose unit
+    can move several partitions' counts; with the canonical, collision-checked key
+    encoding the claim holds."""
+    keys = [5 + k * 2**64 for k in range(3)]
+    rng = np.random.default_rng(8)
+    data = {
+        "user": np.repeat(np.arange(150), 2),
+        "page": np.repeat(np.array(keys, dtype=object)[rng.integers(0, 3, 150)], 2),
+    }
+    spread = _with_unit(data, {"user": [9999] * 6, "page": keys * 2}, first=False)
+    result = audit(
+        data,
+        by="page",
+        metrics=[tm.count()],
+        policy=POLICY,
+        epsilon=EPSILON,
+        partitions=keys,
+        neighbour=spread,
+        runs=1000,
+        seed=4,
+    )
+    assert result.passed, result.summary()
