@@ -779,3 +779,20 @@ def test_a_large_delta_needs_allow_large_delta_on_every_release_path() -> None:
     with pytest.raises(tm.ConfigError, match="allow_large_delta"):
         windowed.release_closed(1.0, 0.01, now=7200)
     assert len(windowed.release_closed(1.0, 0.01, now=7200, allow_large_delta=True)) == 2
+
+
+def test_integer_keys_beyond_64_bits_export_to_arrow_exactly() -> None:
+    """Negative keys beside keys >= 2**63 fit no 64-bit Arrow type: decimal128, exact."""
+    keys = [-5, 2**63, 2**64 + 1]
+    release = tm.aggregate(
+        {"u": [1, 2, 3], "k": keys},
+        by="k",
+        metrics=[tm.count()],
+        policy=tm.Policy(privacy_unit="u"),
+        epsilon=1.0,
+        partitions=keys,
+        randomness=seeded(0),
+    )
+    column = release.to_arrow().column("k")
+    assert [int(v) for v in column.to_pylist()] == keys
+    assert str(column.type) == "decimal128(38, 0)"

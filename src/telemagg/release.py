@@ -20,6 +20,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -185,7 +186,7 @@ class Release:
         utc = pa.timestamp("ms", tz="UTC")
         table = pa.table(
             {
-                k: pa.array(v, type=utc) if k in self._datetimes() else pa.array(v.tolist())
+                k: pa.array(v, type=utc) if k in self._datetimes() else _arrow_array(pa, v)
                 for k, v in self.to_dict().items()
             }
         )
@@ -308,3 +309,16 @@ def release_metadata(
     if charge is not None:
         out["ledger"] = {"charge": charge.seq, "hash": charge.hash}
     return out
+
+
+def _arrow_array(pa: Any, values: np.ndarray[Any, Any]) -> Any:
+    """One column as an Arrow array. Integer keys that no 64-bit type holds (negative ones
+    beside ones >= 2**63; keys are below 2**127 in magnitude, see ``telemagg._identity``)
+    become ``decimal128(38, 0)``, which holds them exactly, instead of an OverflowError."""
+    items = values.tolist()
+    try:
+        return pa.array(items)
+    except (OverflowError, pa.ArrowInvalid):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise
+        return pa.array([Decimal(v) for v in items], type=pa.decimal128(38, 0))
