@@ -106,7 +106,7 @@ def test_a_missing_file_and_bad_toml_are_config_errors(tmp_path: Path) -> None:
         ("unit_count", "unit_count"),
         ("sum(bytes, 0, 1e6)", "sum_bytes"),
         ("variance(latency_ms, 0, 100)", "variance_latency_ms"),
-        ("quantiles(latency_ms, 0, 1000, 0.5, 0.9)", "latency_ms"),
+        ("quantiles(latency_ms, 0.5 0.9, 0, 1000)", "latency_ms"),
         ("histogram(latency_ms, 0, 10, 100)", "histogram_latency_ms"),
         ("top_k(error_code, 3)", "top_error_code"),
     ],

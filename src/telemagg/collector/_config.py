@@ -34,9 +34,7 @@ telemagg.errors.ConfigError: source.kind must be one of 'nats', 'redis' or 'otlp
 
 from __future__ import annotations
 
-import ast
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,60 +43,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from telemagg import policy as tm
+from telemagg._metric_spec import parse_metric
 from telemagg.errors import ConfigError
 from telemagg.policy import Metric, parse_duration
 
 __all__ = ["CollectorConfig", "load_config", "parse_metric"]
-
-_METRIC = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$", re.DOTALL)
-
-
-def parse_metric(text: str) -> Metric:
-    """A metric from its text form: ``count``, ``unit_count``, ``sum(col, lo, hi)``,
-    ``mean(col, lo, hi)``, ``variance(col, lo, hi)``, ``quantiles(col, lo, hi, q...)``,
-    ``histogram(col, edge, edge, ...)``, ``top_k(col, k)``.
-
-    >>> parse_metric("mean(duration_ms, 0, 60000)").describe()["bounds"]
-    [0.0, 60000.0]
-    >>> parse_metric("median(x)")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    telemagg.errors.ConfigError: metric 'median(x)' is not one of count, unit_count, sum, ...
-    """
-    match = _METRIC.match(text) if isinstance(text, str) else None
-    kinds = "count, unit_count, sum, mean, variance, quantiles, histogram, top_k"
-    if match is None or match.group(1) not in kinds.split(", "):
-        raise ConfigError(f"metric {text!r} is not one of {kinds}")
-    kind, inner = match.group(1), match.group(2)
-    args = [a.strip() for a in inner.split(",")] if inner and inner.strip() else []
-
-    def numbers(values: list[str]) -> list[float]:
-        try:
-            return [float(ast.literal_eval(v)) for v in values]
-        except (ValueError, SyntaxError, TypeError):
-            raise ConfigError(f"metric {text!r}: {values} must be numbers") from None
-
-    def need(n: int, usage: str) -> None:
-        if len(args) < n or (kind in ("count", "unit_count") and args):
-            raise ConfigError(f"metric {text!r} must look like {usage}")
-
-    if kind in ("count", "unit_count"):
-        need(0, f"{kind}")
-        return tm.count() if kind == "count" else tm.unit_count()
-    if kind in ("sum", "mean", "variance"):
-        need(3, f"{kind}(column, lower, upper)")
-        lower, upper = numbers(args[1:3])
-        make = {"sum": tm.sum, "mean": tm.mean, "variance": tm.variance}[kind]
-        return make(args[0], bounds=(lower, upper))
-    if kind == "quantiles":
-        need(4, "quantiles(column, lower, upper, level, ...)")
-        lower, upper, *levels = numbers(args[1:])
-        return tm.quantiles(args[0], levels, bounds=(lower, upper))
-    if kind == "histogram":
-        need(3, "histogram(column, edge, edge, ...)")
-        return tm.histogram(args[0], bins=numbers(args[1:]))
-    need(2, "top_k(column, k)")
-    return tm.top_k(args[0], k=int(numbers(args[1:2])[0]))
 
 
 class _Section(BaseModel):
