@@ -945,6 +945,19 @@ def _column(values: list[Any]) -> np.ndarray[Any, Any]:
     return array
 
 
+def check_release(
+    epsilon: float, delta: float, noise: str, partitions: Any, allow_large_delta: bool
+) -> None:
+    """Validate a one-shot release's parameters before any data is read (both engines)."""
+    ReleaseParams(
+        epsilon=epsilon,
+        delta=delta,
+        noise=noise,
+        private_partitions=partitions is None,
+        allow_large_delta=allow_large_delta,
+    )
+
+
 def aggregate(
     events: Any,
     *,
@@ -978,14 +991,7 @@ def aggregate(
     >>> sorted(release.to_dict())
     ['count', 'event_name']
     """
-    # Validate the release parameters before reading any data.
-    ReleaseParams(
-        epsilon=epsilon,
-        delta=delta,
-        noise=noise,
-        private_partitions=partitions is None,
-        allow_large_delta=allow_large_delta,
-    )
+    check_release(epsilon, delta, noise, partitions, allow_large_delta)
     agg = Aggregator(
         policy=policy,
         by=by,

@@ -21,10 +21,17 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from telemagg._aggregator import Aggregator, ConsentSource, LedgerLike, Randomness, open_ledger
+from telemagg._aggregator import (
+    Aggregator,
+    ConsentSource,
+    LedgerLike,
+    Randomness,
+    check_release,
+    open_ledger,
+)
 from telemagg._ingest import _missing_column
 from telemagg.errors import SchemaError, require
-from telemagg.policy import Metric, Policy, ReleaseParams
+from telemagg.policy import Metric, Policy
 from telemagg.release import Release
 
 __all__ = ["aggregate"]
@@ -83,13 +90,7 @@ def aggregate(
     """
     # The checks of tm.aggregate, in its order (so both engines fail alike), plus the plan's,
     # which release() would make only after the compute.
-    ReleaseParams(
-        epsilon=epsilon,
-        delta=delta,
-        noise=noise,
-        private_partitions=partitions is None,
-        allow_large_delta=allow_large_delta,
-    )
+    check_release(epsilon, delta, noise, partitions, allow_large_delta)
     template = Aggregator(
         policy=policy,
         by=by,
