@@ -23,20 +23,7 @@ from telemagg.release import Release
 
 from ._config import AggregateConfig
 
-__all__ = ["Engine", "Released", "publishable_metadata"]
-
-# Exact event accounting is the operator's, never the release's (issue 9, hole 1): defence
-# in depth, should a release's metadata ever carry it, it is removed before anything is written.
-_OPERATOR_ONLY = ("events", "accounting")
-
-
-def publishable_metadata(release: Release) -> dict[str, Any]:
-    """The release's metadata without anything computed exactly from the data.
-
-    >>> publishable_metadata(type("R", (), {"metadata": {"epsilon": 1.0, "events": {}}})())
-    {'epsilon': 1.0}
-    """
-    return {k: v for k, v in release.metadata.items() if k not in _OPERATOR_ONLY}
+__all__ = ["Engine", "Released"]
 
 
 def window_start(release: Release) -> str:

@@ -14,15 +14,12 @@ holds the release's publishable metadata as JSON, never the operator's exact acc
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from telemagg.errors import require
 from telemagg.release import Release
-
-from ._engine import publishable_metadata
 
 __all__ = ["finish", "pending_path", "window_path", "write_pending"]
 
@@ -45,15 +42,14 @@ def pending_path(final: Path) -> Path:
 
 
 def write_pending(release: Release, final: Path) -> None:
-    """Write ``release`` (with its publishable metadata) to the pending file, synced."""
+    """Write ``release`` to the pending file, synced. ``Release.to_arrow`` puts its metadata
+    (publishable by construction: the exact accounting is a separate type it never exports)
+    in the schema under ``b"telemagg"``."""
     pa: Any = require("pyarrow", "pyarrow")
     pq: Any = require("pyarrow.parquet", "pyarrow")
     table = release.to_arrow()
     if "window_start" in table.column_names:  # hive style: the partition key lives in the path
         table = table.drop_columns(["window_start"])
-    existing = dict(table.schema.metadata or {})
-    existing[b"telemagg"] = json.dumps(publishable_metadata(release), sort_keys=True).encode()
-    table = table.replace_schema_metadata(existing)
     pending = pending_path(final)
     pending.parent.mkdir(parents=True, exist_ok=True)
     with pa.OSFile(str(pending), "wb") as sink:
