@@ -609,7 +609,7 @@ def _features(releases: list[Release], query: _Query, metadata: bool) -> dict[st
             out[f"{where}row {row}"] = 1.0
             out[f"{where}position of row {row}"] = float(i)
             for column, values in table.items():
-                if column in query.by or column in top.values() or column in _WINDOW_COLUMNS:
+                if column in release.key_columns or column in top.values():
                     continue
                 value = values[i]
                 if column in top:
@@ -629,9 +629,6 @@ def _features(releases: list[Release], query: _Query, metadata: bool) -> dict[st
             _flatten(release.metadata, f"{where}metadata ", out)
     return out
 
-
-# window_start / window_end: key-like columns fixed by the schedule (its count is observed).
-_WINDOW_COLUMNS = frozenset({"window_start", "window_end"})
 
 # The creation time is the one metadata field that varies by itself (the operator's clock).
 _UNAUDITED_METADATA = frozenset({"created_at"})

@@ -165,6 +165,12 @@ class Release:
             f" epsilon={self.epsilon:.4g}, delta={self.delta:.3g})"
         )
 
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The columns that say which row is which (``window_start``/``window_end`` of a
+        windowed release, then ``by``), not measured values."""
+        return tuple(self._keys)
+
     def to_dict(self) -> dict[str, np.ndarray[Any, Any]]:
         """Columns as numpy arrays: keys first, then metrics (in the order given)."""
         return {**self._keys, **self._columns}
