@@ -12,7 +12,7 @@ import pytest
 from tests.releases import published
 
 import telemagg as tm
-from telemagg._ingest import hash_value
+from telemagg._identity import unit_hash
 from telemagg.ledger import Ledger
 from telemagg.policy import histogram, quantiles, top_k
 from telemagg.testing import seeded
@@ -223,7 +223,7 @@ def test_a_heavy_unit_spread_over_many_partitions_is_bounded_globally(client: An
     moved = sum(abs(after[key][0] - before.get(key, (0, 0))[0]) for key in after)
     assert 0 < moved <= POLICY.max_partitions * POLICY.max_contributions
     state = merged._state
-    heavy_rows = state.unit_id == np.uint64(hash_value(10_000))
+    heavy_rows = state.unit_id == np.uint64(unit_hash(10_000))
     assert 0 < np.count_nonzero(heavy_rows) <= POLICY.max_partitions * POLICY.max_contributions
     assert np.unique(state.partition[heavy_rows]).size <= POLICY.max_partitions
     # 10 partitions each kept up to 6 of its events; the merges evicted all but <= 6

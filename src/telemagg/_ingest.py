@@ -22,13 +22,11 @@ import numpy.typing as npt
 from telemagg._identity import (
     canonical_keys,
     int_unit_ids,
-    mix64,
-    unit_hash,
     unit_hashes,
 )
 from telemagg.errors import SchemaError
 
-__all__ = ["Batch", "Encoded", "factorize", "hash_value", "ingest", "mix64"]
+__all__ = ["Batch", "Encoded", "factorize", "ingest"]
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -86,12 +84,6 @@ class Batch:
             time_ms=None if self.time_ms is None else self.time_ms[keep],
             dropped=dropped,
         )
-
-
-# --------------------------------------------------------------------------- hashing
-
-hash_value = unit_hash
-"""The bounding identity of one unit id (see :func:`telemagg._identity.unit_hash`)."""
 
 
 # --------------------------------------------------------------------------- columns
