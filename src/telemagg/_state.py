@@ -20,13 +20,13 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg._bounding import bound_contributions
-from telemagg._identity import KeyIndex, mix64
+from telemagg._identity import mix64
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
-__all__ = ["CONTRIBUTION_BOUNDS", "KeyIndex", "SamplingKey", "State"]
+__all__ = ["CONTRIBUTION_BOUNDS", "SamplingKey", "State"]
 
 CONTRIBUTION_BOUNDS = "contribution_bounds"
 
