@@ -7,7 +7,7 @@ import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemagg.hygiene._identifiers import factorize_ids, is_missing
+from telemagg._identity import factorize_ids, is_missing
 
 
 @given(

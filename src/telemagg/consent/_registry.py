@@ -13,7 +13,7 @@ allow a unit only if it opted in. So :meth:`ConsentRegistry.allowed` needs only 
 among the DISTINCT units of the call, whose last choice goes against the default: one
 query, all distinct units passed as one parameter, then a vectorised lookup.
 
-Units are compared by the canonical string form of :mod:`telemagg.hygiene._identifiers`:
+Units are compared by the canonical string form of :mod:`telemagg._identity`:
 ``42``, ``"42"`` and ``42.0`` are the same unit. That is the safe reading: an opt-out
 recorded from a JSON request (``"42"``) also covers events whose unit column is an integer.
 
@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from telemagg._identity import factorize_ids
 from telemagg._storage import (
     Column,
     Store,
@@ -45,7 +46,6 @@ from telemagg._storage import (
     storable_text,
 )
 from telemagg.errors import ConfigError, SchemaError
-from telemagg.hygiene._identifiers import factorize_ids
 
 __all__ = ["ConsentChange", "ConsentRegistry"]
 

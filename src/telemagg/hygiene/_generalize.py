@@ -15,8 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from telemagg._identity import as_1d_array, factorize_ids
 from telemagg.errors import ConfigError, SchemaError
-from telemagg.hygiene._identifiers import as_1d_array, factorize_ids
 from telemagg.policy import parse_duration
 
 __all__ = ["bucket_time", "truncate_ip"]

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 
+from telemagg._identity import is_missing
 from telemagg.errors import SchemaError
-from telemagg.hygiene._identifiers import is_missing
 
 if TYPE_CHECKING:
     import pandas as pd
