@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg._identity import (
+    KeyColumns,
     canonical_keys,
     int_unit_ids,
     unit_hashes,
@@ -56,7 +57,7 @@ class Batch:
     unit_id: U64
     unit: Encoded
     partition_codes: I64
-    partition_keys: list[tuple[Any, ...]]
+    partition_keys: KeyColumns
     numeric: dict[str, F64]
     categorical: dict[str, Encoded]
     time_ms: I64 | None = None
@@ -410,11 +411,10 @@ def _encode_keys(column: Any, name: str) -> Encoded:
     encoded = _encode(column, name)
     values, missing = canonical_keys(encoded.uniques, column=name)
     if not missing.any():
-        return Encoded(encoded.codes, _objects(values))
+        return Encoded(encoded.codes, values)
     # distinct values that are missing after all (NaN in a dictionary, NaT, NA): code -1
     renumbered = np.append(np.where(missing, -1, np.cumsum(~missing) - 1), -1)
-    present = [v for v, m in zip(values, missing.tolist(), strict=True) if not m]
-    return Encoded(renumbered[encoded.codes], _objects(present))
+    return Encoded(renumbered[encoded.codes], values[~missing])
 
 
 def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:
@@ -517,27 +517,24 @@ def _times_ms(column: Any, name: str) -> tuple[I64, Bool]:
     return np.where(missing, 0, millis.astype(np.int64)), missing
 
 
-def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]]]:
+def _combine_keys(encoded: list[Encoded]) -> tuple[I64, KeyColumns]:
     """Per-event partition code over several key columns (-1 where any key is missing),
-    and the distinct key tuples."""
+    and the distinct keys, as columns."""
     missing = np.zeros(encoded[0].codes.size, dtype=bool)
     for enc in encoded:
         missing |= enc.codes < 0
     if len(encoded) == 1:
-        uniques = encoded[0].uniques
-        return encoded[0].codes, [(v,) for v in uniques.tolist()]
+        return encoded[0].codes, KeyColumns((encoded[0].uniques,))
     combined = np.zeros(missing.size, dtype=np.int64)
     for enc in encoded:
         combined = combined * max(len(enc.uniques), 1) + np.maximum(enc.codes, 0)
     present = factorize(np.where(missing, -1, combined))
-    keys: list[tuple[Any, ...]] = []
-    for flat in present.uniques.astype(np.int64):
-        parts = []
-        for enc in reversed(encoded):
-            flat, code = divmod(int(flat), max(len(enc.uniques), 1))
-            parts.append(enc.uniques[code])
-        keys.append(tuple(reversed(parts)))
-    return np.where(missing, -1, present.codes), keys
+    flat = present.uniques.astype(np.int64)
+    parts = []
+    for enc in reversed(encoded):
+        flat, code = np.divmod(flat, max(len(enc.uniques), 1))
+        parts.append(enc.uniques[code])
+    return np.where(missing, -1, present.codes), KeyColumns(tuple(reversed(parts)))
 
 
 def ingest(
@@ -561,7 +558,7 @@ def ingest(
     keys_encoded = [_encode_keys(raw[c], c) for c in by]
     if n_events == 0:
         codes = np.zeros(0, np.int64)
-        keys: list[tuple[Any, ...]] = []
+        keys = KeyColumns(tuple(enc.uniques[:0] for enc in keys_encoded))
     else:
         codes, keys = _combine_keys(keys_encoded)
     values = {c: _numeric(raw[c], c) for c in numeric}
