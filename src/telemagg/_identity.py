@@ -1072,23 +1072,30 @@ class KeyIndex:
             return found
         lookup = key_hashes(keys)[new]
         distinct, first, inverse = np.unique(lookup, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")  # new keys get ids in order of arrival
         firsts = new[first]
-        if not _same_keys(keys, new, keys, firsts[inverse]).all():
+        if distinct.size < new.size and not _same_keys(keys, new, keys, firsts[inverse]).all():
             return None  # two new keys share a hash
-        hashes = distinct[order]
-        if self._sorted_hashes.size:  # a re-hashed key may sit on a new key's hash
-            at = np.minimum(np.searchsorted(self._sorted_hashes, hashes), len(self) - 1)
-            if np.any(self._sorted_hashes[at] == hashes):
+        if len(self):  # a re-hashed key may sit on a new key's hash
+            at = np.minimum(np.searchsorted(self._sorted_hashes, distinct), len(self) - 1)
+            if np.any(self._sorted_hashes[at] == distinct):
                 return None
+        order = np.argsort(first, kind="stable")  # new keys get ids in order of arrival
         rank = np.empty_like(order)
-        rank[order] = np.arange(order.size)
-        found[new] = len(self) + rank[inverse]
-        self._append(keys.take(firsts[order]), hashes, hashes)
+        rank[order] = np.arange(len(self), len(self) + order.size)
+        found[new] = rank[inverse]
+        self._append(keys.take(firsts[order]), distinct[order], distinct[order], (distinct, rank))
         return found
 
-    def _append(self, keys: KeyColumns, lookup: U64, hashes: U64) -> None:
-        ids = np.arange(len(self), len(self) + len(keys), dtype=np.int64)
+    def _append(
+        self,
+        keys: KeyColumns,
+        lookup: U64,
+        hashes: U64,
+        by_lookup: tuple[U64, I64] | None = None,
+    ) -> None:
+        """Add ``keys`` with their lookup and bounding hashes (``by_lookup``: the lookup
+        hashes sorted and the new ids in that order, when the caller has them; bounding
+        hashes are then the lookup hashes)."""
         if self._columns is None:
             self._columns = keys
         else:
@@ -1096,16 +1103,21 @@ class KeyIndex:
             self._columns = KeyColumns(
                 tuple(_concat_parts(x, y) for x, y in parts), self._columns.single
             )
+        if by_lookup is None:
+            order = np.argsort(lookup, kind="stable")
+            ids = np.arange(len(self), len(self) + len(keys), dtype=np.int64)
+            by_lookup = (lookup[order], ids[order])
+            sorted_hashes = np.sort(hashes)
+        else:
+            sorted_hashes = by_lookup[0]
         self._keys = None
         self._lookup = np.concatenate([self._lookup, lookup])
         self._hashes = np.concatenate([self._hashes, hashes])
-        order = np.argsort(lookup, kind="stable")
-        at = np.searchsorted(self._sorted_lookup, lookup[order], side="right")
-        self._sorted_lookup = np.insert(self._sorted_lookup, at, lookup[order])
-        self._sorted_ids = np.insert(self._sorted_ids, at, ids[order])
-        hashes = np.sort(hashes)
-        at = np.searchsorted(self._sorted_hashes, hashes)
-        self._sorted_hashes = np.insert(self._sorted_hashes, at, hashes)
+        at = np.searchsorted(self._sorted_lookup, by_lookup[0], side="right")
+        self._sorted_lookup = np.insert(self._sorted_lookup, at, by_lookup[0])
+        self._sorted_ids = np.insert(self._sorted_ids, at, by_lookup[1])
+        at = np.searchsorted(self._sorted_hashes, sorted_hashes)
+        self._sorted_hashes = np.insert(self._sorted_hashes, at, sorted_hashes)
 
     # ------------------------------------------------------------------ value by value
 
