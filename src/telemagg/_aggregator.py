@@ -254,12 +254,13 @@ class Aggregator:
         if self._public is not None and len(batch):
             listed = self._public.lookup(batch.partition_keys) >= 0
             batch = batch.take(listed[batch.partition_codes], NOT_PUBLIC_PARTITION)
-        rows = self._rows(batch)
+        time_ms, rows = batch.time_ms, self._rows(batch)
+        del batch  # memory: its codes are not needed while the rows are bounded
         if self.window is None:
             self._state = self._absorb(self._state, rows)
         else:
-            assert batch.time_ms is not None
-            self._add_to_windows(rows, batch.time_ms, now_ms)
+            assert time_ms is not None
+            self._add_to_windows(rows, time_ms, now_ms)
 
     def _absorb(self, state: State, rows: State, *, rows_bounded: bool = False) -> State:
         return state.absorb(

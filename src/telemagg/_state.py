@@ -109,6 +109,7 @@ class State:
         self._pending: list[State] = []  # absorbed rows not bounded yet (each settled)
         self._pending_rows = 0
         self._limits = (1, 1)  # (max_partitions, max_contributions) of the pending rows
+        self._borrowed = False  # value columns may be views of a caller's arrays
 
     @classmethod
     def empty(cls, numeric: Sequence[str], categorical: Sequence[str] = ()) -> State:
@@ -196,6 +197,8 @@ class State:
         )
         evicted = int(keep.size - np.count_nonzero(keep))
         kept = merged.select(keep) if evicted else merged
+        if kept._borrowed:  # nothing evicted, so nothing copied yet: own the values now
+            kept._numeric = {c: np.array(v) for c, v in kept._numeric.items()}
         self._unit_id, self._partition = kept._unit_id, kept._partition
         self._pair_key, self._event_priority = kept._pair_key, kept._event_priority
         self._numeric, self._categorical = kept._numeric, kept._categorical
@@ -269,20 +272,25 @@ class State:
         )
         out._dropped.update(rows._dropped)
         # Value columns may be views of the caller's arrays (ingest converts without a
-        # copy where it can); pending rows must not change if the caller reuses them.
+        # copy where it can); rows must not change if the caller reuses them. Bounded now,
+        # the kept rows are copied anyway; pending, the values are copied here.
         queued = State(
             rows._unit_id,
             rows._partition,
             rows._pair_key,
             rows._event_priority,
-            {c: np.array(v) for c, v in rows._numeric.items()},
+            rows._numeric,
             rows._categorical,
         )
+        queued._borrowed = True
         out._pending = [*self._pending, queued]
         out._pending_rows = self._pending_rows + int(rows._unit_id.size)
         out._limits = limits
         if out._pending_rows >= max(out._unit_id.size, _MIN_PENDING_ROWS):
             out._settle()
+        else:
+            queued._numeric = {c: np.array(v) for c, v in rows._numeric.items()}
+            queued._borrowed = False
         return out
 
     def select(self, rows: npt.NDArray[np.bool_]) -> State:
