@@ -33,6 +33,7 @@ from telemagg._ingest import (
     MISSING_PRIVACY_UNIT,
     NON_FINITE_VALUE,
     Batch,
+    Encoded,
     ingest,
 )
 from telemagg._plan import (
@@ -254,8 +255,11 @@ class Aggregator:
         if self._public is not None and len(batch):
             listed = self._public.lookup(batch.partition_keys) >= 0
             batch = batch.take(listed[batch.partition_codes], NOT_PUBLIC_PARTITION)
+        # Memory: consent was the unit encoding's only reader, and bounding needs none of
+        # the batch's codes.
+        batch.unit = Encoded(np.zeros(0, np.int64), batch.unit.uniques[:0])
         time_ms, rows = batch.time_ms, self._rows(batch)
-        del batch  # memory: its codes are not needed while the rows are bounded
+        del batch
         if self.window is None:
             self._state = self._absorb(self._state, rows)
         else:
@@ -351,9 +355,7 @@ class Aggregator:
     def _pair_keys(self, unit_id: npt.NDArray[np.uint64], partition: I64) -> npt.NDArray[np.uint64]:
         key = self._randomness.sampling_key
         salts = key.partition_salts(self._partitions.hashes)
-        return key.pair_keys(
-            unit_id, salts[partition] if partition.size else partition.astype(np.uint64)
-        )
+        return key.pair_keys(unit_id, salts, partition)
 
     def spawn(self) -> Aggregator:
         """An empty Aggregator for another shard: same query, same sampling key.

@@ -57,8 +57,8 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
         part <<= index_bits_u
         packed |= part
         del part
-    for lo in range(0, n, _CHUNK):  # row positions, a chunk at a time (no n-row temporary)
-        packed[lo : lo + _CHUNK] |= np.arange(lo, min(lo + _CHUNK, n), dtype=np.uint64)
+    for at in range(0, n, _CHUNK):  # row positions, a chunk at a time (no n-row temporary)
+        packed[at : at + _CHUNK] |= np.arange(at, min(at + _CHUNK, n), dtype=np.uint64)
     packed.sort()
     order: I64 = (packed & ((_ONE << index_bits_u) - _ONE)).view(np.int64)
     coarse = packed

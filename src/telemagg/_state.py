@@ -45,17 +45,25 @@ class SamplingKey:
         """Keyed per-partition salts (computed once per distinct partition)."""
         return mix64(partition_hashes ^ np.uint64(self.k2))
 
-    def pair_keys(self, unit_id: U64, partition_salt: U64) -> U64:
-        """Keyed priority (and identity) of each (unit, partition) pair.
+    def pair_keys(self, unit_id: U64, salts: U64, partition: I64) -> U64:
+        """Keyed priority (and identity) of each (unit, partition) pair; ``salts`` are the
+        :meth:`partition_salts` of every partition, ``partition`` each row's.
 
         ``unit_id`` is already a mixed 64-bit hash; adding the keyed partition salt and
         mixing again gives each pair a priority that is uniform and unpredictable without
-        the key, and distinct for distinct pairs except with probability ~2^-64.
+        the key, and distinct for distinct pairs except with probability ~2^-64. Computed a
+        chunk of rows at a time: the only n-row array is the result.
         """
+        out = np.empty(unit_id.size, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            z = np.bitwise_xor(unit_id, np.uint64(self.k1))
-            np.add(z, partition_salt, out=z)
-            return mix64(z, inplace=True)
+            for lo in range(0, unit_id.size, _CHUNK_ROWS):
+                z = np.bitwise_xor(unit_id[lo : lo + _CHUNK_ROWS], np.uint64(self.k1))
+                np.add(z, salts[partition[lo : lo + _CHUNK_ROWS]], out=z)
+                out[lo : lo + _CHUNK_ROWS] = mix64(z, inplace=True)
+        return out
+
+
+_CHUNK_ROWS = 1 << 20
 
 
 # A state bounds its pending rows once they outnumber its bounded rows (and this floor), so
