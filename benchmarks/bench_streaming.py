@@ -33,6 +33,7 @@ import os
 import resource
 import statistics
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ import numpy.typing as npt
 
 import telemagg as tm
 from telemagg.datasets import telemetry_events
+from telemagg.errors import UntrackedReleaseWarning
+
+# Benchmarks release without a ledger on purpose.
+warnings.filterwarnings("ignore", category=UntrackedReleaseWarning)
 
 TARGET_PEAK_BYTES = 1.5e9
 TARGET_STREAM_RATIO = 2.0  # issue 11: n add batches cost at most 2x one aggregate
