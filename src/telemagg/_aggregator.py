@@ -888,6 +888,8 @@ def _datetime(ms: int) -> dt.datetime:
 def _partition_keys(partitions: Any, by: tuple[str, ...]) -> KeyColumns:
     """Public partitions in any accepted form -> canonical key columns (validated here, in
     the planning step, before any charge), a whole column at a time."""
+    if isinstance(partitions, KeyColumns) and len(partitions.parts) == len(by):
+        return partitions  # an Aggregator's own, already canonical
     if hasattr(partitions, "columns") or isinstance(partitions, Mapping):
         columns = [c for c in by if c not in partitions]
         if columns:
