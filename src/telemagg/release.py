@@ -224,6 +224,12 @@ class Release:
         """The publishable metadata as a JSON string (never the accounting)."""
         return json.dumps(self.metadata, sort_keys=True)
 
+    def dataset_card(self) -> str:
+        """A Markdown datasheet: columns, privacy guarantee, noise, what is not in the data."""
+        from telemagg._dataset import dataset_card
+
+        return dataset_card(self.metadata, list(self.to_dict()))
+
 
 # --------------------------------------------------------------------------- assembly
 
