@@ -380,8 +380,9 @@ def _noise(metadata: Mapping[str, Any], columns: Sequence[str]) -> str:
         "| column | mechanism | epsilon | delta | noise std. dev. | on |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for column, report in metadata["metrics"].items():
-        if column not in columns:
+    for column in columns:  # the table's order (the metadata's JSON sorts its keys)
+        report = metadata["metrics"].get(column)
+        if report is None:
             continue
         rows.append(
             f"| `{column}` | {report['mechanism']} | {float(report['epsilon']):.4g}"

@@ -58,14 +58,15 @@ class EventFiles:
             return None
         return int(sum(dataset.count_rows() for dataset in self.datasets))
 
-    def batches(self, columns: Sequence[str], batch_size: int = BATCH_EVENTS) -> Iterator[Any]:
-        """Record batches of ``columns``, file group after file group."""
+    def batches(self, columns: Sequence[str], batch_size: int | None = None) -> Iterator[Any]:
+        """Record batches of ``columns`` (``batch_size`` events at most, default
+        :data:`BATCH_EVENTS`), file group after file group."""
         pa: Any = require("pyarrow", "pyarrow")
         for dataset in self.datasets:
             try:
                 yield from dataset.to_batches(
                     columns=list(columns),
-                    batch_size=batch_size,
+                    batch_size=batch_size or BATCH_EVENTS,
                     batch_readahead=2,
                     fragment_readahead=1,
                 )

@@ -324,6 +324,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
 
     Every parameter is validated, and the ledger opened, before the first event is read.
     """
+    from telemagg._aggregator import open_ledger
     from telemagg._event_files import event_files
     from telemagg.policy import ReleaseParams
 
@@ -348,8 +349,8 @@ def aggregate_command(args: argparse.Namespace) -> int:
         partitions=partitions,
     )
     files.check_columns(agg.columns)
-    if args.ledger is not None:
-        Ledger.open(args.ledger).close()  # exists and opens, before the files are read
+    with open_ledger(args.ledger):  # a URL names an existing ledger: checked before reading
+        pass
     _write_release(None, out, args.intervals)  # --intervals is supported (checked, no write)
     _ingest(agg, files, quiet=args.quiet)
     with warnings.catch_warnings(record=True) as caught:
