@@ -72,11 +72,13 @@ def test_files_globs_and_folders_become_one_release(
     ]
     out = tmp_path / "release.parquet"
     assert main(["aggregate", *inputs, *BASE, "--out", str(out)]) == 0
-    assert sum(added) == 6_000 and max(added) <= 500  # bounded chunks, every event once
+    assert sum(added) == 6_000
+    assert max(added) <= 500
     captured = capsys.readouterr()
     assert "partitions released to" in captured.out
     assert "6,000 received" in captured.out  # the operator's exact accounting, on the console
-    assert "charged to no ledger" in captured.err and "Traceback" not in captured.err
+    assert "charged to no ledger" in captured.err
+    assert "Traceback" not in captured.err
     data = tm.read_release(out)
     assert data.metadata["query"]["by"] == ["event_name"]
     assert "received" not in json.dumps(data.metadata)  # never in the file
@@ -184,7 +186,8 @@ def test_version_and_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
         str(out),
     ]
     piped = subprocess.run(command, capture_output=True, text=True, env=env)
-    assert piped.returncode == 0 and "events/s" not in piped.stderr  # no bar when not a TTY
+    assert piped.returncode == 0
+    assert "events/s" not in piped.stderr
     if shutil.which("script") is None:
         pytest.skip("util-linux 'script' is needed to run the command on a terminal")
     shell = " ".join(f"'{part}'" for part in command)
@@ -192,4 +195,5 @@ def test_version_and_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
         ["script", "-qec", shell, "/dev/null"], capture_output=True, text=True, env=env
     )
     assert tty.returncode == 0
-    assert "events/s" in tty.stdout and "2,000 events" in tty.stdout
+    assert "events/s" in tty.stdout
+    assert "2,000 events" in tty.stdout

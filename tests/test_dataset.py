@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tests.release_files import EVENTS, one_release, windowed_dir
 
 import telemagg as tm
 from telemagg._dataset import dataset_card
-from tests.release_files import EVENTS, one_release, windowed_dir
 
 
 def test_a_release_file_reads_back_with_its_metadata(tmp_path: Path) -> None:
@@ -36,7 +36,8 @@ def test_a_directory_of_windows_reads_as_one_table_oldest_first(tmp_path: Path) 
     assert data.table.column_names[:3] == ["window_start", "window_end", "event"]
     assert data.table.schema.field("window_start").type == pa.timestamp("ms", tz="UTC")
     starts = data.table.column("window_start").to_pylist()
-    assert starts == sorted(starts) and len(set(starts)) == 3
+    assert starts == sorted(starts)
+    assert len(set(starts)) == 3
     assert [w["window"]["start"] for w in data.windows] == [
         r.metadata["window"]["start"] for r in releases
     ]
