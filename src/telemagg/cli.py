@@ -232,29 +232,15 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def read_events(path: str) -> dict[str, np.ndarray[Any, Any]]:
-    """An events file (Parquet, CSV, JSON lines) as numpy columns."""
-    suffix = Path(path).suffix.lower()
-    if not Path(path).is_file():
-        raise tm.ConfigError(f"events file {path!r} does not exist")
-    try:
-        if suffix in (".parquet", ".pq"):
-            parquet: Any = require("pyarrow.parquet", "pyarrow")
-            table = parquet.read_table(path)
-            return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
-        pd: Any = require("pandas", "pandas")
-        if suffix == ".csv":
-            frame = pd.read_csv(path)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            frame = pd.read_json(path, lines=True)
-        else:
-            raise tm.ConfigError(
-                f"events file {path!r}: unknown format {suffix!r} (use .parquet, .csv or .jsonl)"
-            )
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, tm.TelemaggError):
-            raise
-        raise tm.SchemaError(f"events file {path!r} cannot be read: {exc}") from None
-    return {str(c): frame[c].to_numpy() for c in frame.columns}
+    """An events file (Parquet, CSV, JSON lines) as numpy columns, read whole (the audit
+    replays the events many times; keep such files small)."""
+    from telemagg._event_files import event_files
+
+    files = event_files([path])
+    pa: Any = require("pyarrow", "pyarrow")
+    schema = files.datasets[0].schema
+    table = pa.Table.from_batches(list(files.batches(schema.names)), schema=schema)
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 
 def _typed_keys(keys: list[str], column: np.ndarray[Any, Any], name: str) -> list[Any]:
