@@ -188,3 +188,18 @@ def test_the_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert pixels.shape[0] > 500
     assert (pixels < 128).mean() > 0.005  # text and bars: far from a blank page
     assert pixels.std() > 20
+
+
+def test_histograms_and_top_k_are_listed(tmp_path: Path) -> None:
+    agg = tm.Aggregator(
+        policy=tm.Policy(privacy_unit="u"),
+        by="e",
+        metrics=[tm.histogram("v", bins=[0, 10, 100]), tm.top_k("code", k=2)],
+        randomness=seeded(3),
+    )
+    agg.add({"u": np.arange(40), "e": ["a"] * 40, "v": [5.0] * 40, "code": ["x"] * 40})
+    release = agg.release(1.0, 1e-6, partitions=["a"])
+    text = write_report(release, tmp_path / "report.html").read_text()
+    buckets = release.to_dict()["histogram_v"][0]
+    assert ", ".join(_fmt(float(b)) for b in buckets) in text
+    assert "<h2>top_code</h2>" in text

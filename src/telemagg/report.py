@@ -95,6 +95,8 @@ def write_report(
     body = [_header(data)]
     for column in _value_columns(data):
         body.append(_metric_section(data, column, level, figures))
+    for column in _list_columns(data):
+        body.append(_list_section(data, column))
     body.append(_privacy_section(data, figures))
     if ledger is not None:
         body.append(_ledger_section(ledger, figures))
@@ -133,6 +135,43 @@ def _value_columns(data: ReleaseData) -> list[str]:
         for f in data.table.schema
         if f.name not in keys and f.name not in bounds and pa.types.is_floating(f.type)
     ]
+
+
+def _list_columns(data: ReleaseData) -> list[str]:
+    """Histogram and top-k columns: one list per row, listed as text."""
+    pa: Any = require("pyarrow", "pyarrow")
+    return [f.name for f in data.table.schema if pa.types.is_list(f.type)]
+
+
+def _list_section(data: ReleaseData, column: str) -> str:
+    report = data.metadata["metrics"].get(column, {})
+    labels = _row_labels(data)
+    cells = data.table.column(column).to_pylist()
+    listed = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>"
+        + html.escape(", ".join(_fmt(v) if isinstance(v, float) else str(v) for v in row or []))
+        + "</td></tr>"
+        for label, row in list(zip(labels, cells, strict=True))[:MAX_ROWS_LISTED]
+    )
+    return (
+        f"<section><h2>{html.escape(column)}</h2><p>Noise:"
+        f" {html.escape(str(report.get('mechanism', '?')))}, standard deviation"
+        f" {_fmt(float(report.get('stddev', float('nan'))))} on each value.</p>"
+        f"<table><tr><th>{_key_heading(data)}</th><th>values</th></tr>{listed}</table></section>"
+    )
+
+
+def _key_heading(data: ReleaseData) -> str:
+    return "window, partition" if WINDOW_START in data.table.column_names else "partition"
+
+
+def _row_labels(data: ReleaseData) -> list[str]:
+    """Partition labels, prefixed by the window start for windowed releases."""
+    labels = _labels(data)
+    if WINDOW_START not in data.table.column_names:
+        return labels
+    starts = data.table.column(WINDOW_START).to_pylist()
+    return [f"{s:%Y-%m-%d %H:%M} {label}" for s, label in zip(starts, labels, strict=True)]
 
 
 def _labels(data: ReleaseData) -> list[str]:
@@ -192,9 +231,7 @@ def _metric_section(data: ReleaseData, column: str, level: float, figures: _Figu
         figure = _by_partition(plt, column, values, bars, labels)
     image = figures.add(figure, column)
     numbers = [values] if bars is None else [values, bars[0], bars[1]]
-    if WINDOW_START in data.table.column_names:
-        starts = data.table.column(WINDOW_START).to_pylist()
-        labels = [f"{s:%Y-%m-%d %H:%M} {label}" for s, label in zip(starts, labels, strict=True)]
+    labels = _row_labels(data)
     listed = "".join(
         f"<tr><td>{html.escape(label)}</td>"
         + "".join(f"<td>{_fmt(float(n[i]))}</td>" for n in numbers)
@@ -207,7 +244,7 @@ def _metric_section(data: ReleaseData, column: str, level: float, figures: _Figu
         if len(rows) > MAX_ROWS_LISTED
         else ""
     )
-    head = "<th>partition</th><th>value</th>" + (
+    head = f"<th>{_key_heading(data)}</th><th>value</th>" + (
         "" if bars is None else "<th>low</th><th>high</th>"
     )
     mechanism = report.get("mechanism", "?")
