@@ -100,3 +100,9 @@ def test_the_card_publishes_nothing_exact_about_the_data() -> None:
     numbers = set(re.findall(r"\d+", neighbour.dataset_card()))
     assert str(accounting.received) not in numbers
     assert str(accounting.aggregated) not in numbers
+
+
+def test_the_card_uses_the_release_s_own_column_descriptions_when_it_has_them() -> None:
+    release = one_release()
+    meta = {**release.metadata, "columns": {"count": "events, in the release's words"}}
+    assert "| `count` | events, in the release's words |" in dataset_card(meta, ["event", "count"])

@@ -33,6 +33,12 @@ class ReleaseData:
     collector writes them), ``table`` holds every window (``window_start`` first, oldest
     first), ``windows`` each window's own metadata in the same order, and ``metadata`` the
     first window's (query, policy and per-window privacy loss are the same in all).
+
+    >>> import pyarrow as pa
+    >>> data = ReleaseData(pa.table({"e": ["a"], "count": [3.0]}),
+    ...                    {"epsilon": 1.0, "delta": 0.0, "query": {"by": ["e"]}})
+    >>> data.key_columns, len(data), data.to_polars().columns
+    (('e',), 1, ['e', 'count'])
     """
 
     table: Any
@@ -299,9 +305,12 @@ def _columns(metadata: Mapping[str, Any], columns: Sequence[str]) -> str:
     intervals = interval_columns(columns)
     level = interval_level(metadata)
     level_text = f"{level:.0%}" if level is not None else "confidence"
+    described = metadata.get("columns", {})  # the release's own words, when it has them
     rows = ["## Columns", "", "| column | meaning |", "| --- | --- |"]
     for column in columns:
-        if column == WINDOW_START:
+        if isinstance(described, Mapping) and isinstance(described.get(column), str):
+            meaning = described[column]
+        elif column == WINDOW_START:
             meaning = "start of the window (UTC, inclusive), on the operator's clock"
         elif column == WINDOW_END:
             meaning = "end of the window (UTC, exclusive)"
@@ -369,7 +378,15 @@ def _guarantee(
         lines += ["", f"Charged to a privacy budget ledger: charge #{ledger.get('charge')}."]
     level = interval_level(metadata)
     if level is not None:
-        lines += ["", f"Intervals: {level:.0%} (noise only), computed from the noise scales."]
+        coverage = (
+            metadata["intervals"].get("coverage")
+            if isinstance(metadata["intervals"], Mapping)
+            else None
+        )
+        lines += [
+            "",
+            f"Intervals: {level:.0%}: " + (coverage or "noise only, from the noise scales") + ".",
+        ]
     return "\n".join(lines)
 
 

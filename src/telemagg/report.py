@@ -55,6 +55,16 @@ def error_bars(data: ReleaseData, column: str, level: float = 0.95) -> Any:
     scale b lies within +-b ln(1/(1 - level)) with probability ``level``; Gaussian noise
     within +-z sigma. Other metrics (mean, variance, quantiles) get bars only from interval
     columns (``--intervals`` at aggregation time).
+
+    >>> import telemagg as tm
+    >>> from telemagg.testing import seeded
+    >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="u"), by="e", metrics=[tm.count()],
+    ...                     randomness=seeded(1))
+    >>> agg.add({"u": [1, 2, 3], "e": ["a", "a", "b"]})
+    >>> release = agg.release(1.0, partitions=["a", "b"])
+    >>> low, high = error_bars(ReleaseData(release.to_arrow(), release.metadata), "count")
+    >>> [round(float(h - lo), 2) for lo, h in zip(low, high)]  # 2 b ln(20), b = 1
+    [5.99, 5.99]
     """
     if not 0 < level < 1:
         raise ConfigError(f"level must be in (0, 1); got {level!r}")
