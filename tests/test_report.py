@@ -49,9 +49,9 @@ def test_a_release_file_becomes_a_self_contained_page_with_png_files(tmp_path: P
 def test_error_bars_come_from_interval_columns_or_the_noise_scale() -> None:
     release = one_release()
     data = ReleaseData(release.to_arrow(), release.metadata)
-    stddev = release.metrics["count"].stddev
     low, high = error_bars(data, "count", 0.9)
-    half = stddev / math.sqrt(2) * math.log(10)  # Laplace: P(|X| <= b ln(1/0.1)) = 0.9
+    scale = release.metrics["count"].components[-1]["scale"]
+    half = scale * math.log(10)  # Laplace: P(|X| <= b ln(1/0.1)) = 0.9
     np.testing.assert_allclose(high - low, 2 * half)
     np.testing.assert_allclose((low + high) / 2, release.to_dict()["count"])
     assert error_bars(data, "mean_duration") is None  # needs interval columns

@@ -52,7 +52,9 @@ def error_bars(data: ReleaseData, column: str, level: float = 0.95) -> Any:
     The release's own interval columns (``<column>_low``/``_high``) when the file has them;
     otherwise, for metrics whose noise is added to the value itself (count, unit count,
     sum), the noise-only interval from the noise scale in the metadata: Laplace noise of
-    scale b lies within +-b ln(1/(1 - level)) with probability ``level``; Gaussian noise
+    scale b lies within +-b ln(1/(1 - level)) with probability ``level`` (the discrete
+    Laplace of that scale, about so: bars for reading, not the release's exact intervals,
+    which ``<column>_low``/``_high`` carry); Gaussian noise
     within +-z sigma. Other metrics (mean, variance, quantiles) get bars only from interval
     columns (``--intervals`` at aggregation time).
 
@@ -78,7 +80,11 @@ def error_bars(data: ReleaseData, column: str, level: float = 0.95) -> Any:
         return None
     stddev = float(report["stddev"])
     if report["mechanism"] == "laplace":
-        half = stddev / math.sqrt(2) * math.log(1 / (1 - level))
+        main = [
+            c for c in report.get("components", []) if c["measurement"] == report["measurement"]
+        ]
+        scale = float(main[0].get("scale", 0)) if main else 0.0
+        half = (scale or stddev / math.sqrt(2)) * math.log(1 / (1 - level))
     elif report["mechanism"] == "gaussian":
         half = stddev * NormalDist().inv_cdf((1 + level) / 2)
     else:
