@@ -135,6 +135,11 @@ def test_the_ledger_is_charged_and_reported(
         ({"--by": "nope"}, "column 'nope' is not in the event files"),
         ({"--delta": "0"}, "delta must be > 0 when partitions are selected privately"),
         ({"--epsilon": "1000"}, "epsilon must be at most 100"),
+        (
+            {"--noise": "gaussian", "--delta": "0", "--partitions": "{tmp}/ok.csv"},
+            "delta must be > 0 for noise='gaussian'",
+        ),
+        ({"--purpose": "ads"}, "purpose='ads' needs consent="),
         ({"--max-partitions": "0"}, "Policy.max_partitions must be an integer >= 1; got 0"),
         ({"--ledger": "sqlite:///{tmp}/none.db"}, "ledger (a URL string) must name an existing"),
         ({"--policy": "{tmp}/bad.toml"}, "Policy has no parameter 'epsilon'"),
@@ -154,6 +159,7 @@ def test_every_error_exits_2_with_its_message_before_any_charge(
     write_events(tmp_path / "in")
     (tmp_path / "bad.toml").write_text("epsilon = 1.0\n")
     (tmp_path / "keys.csv").write_text("event\nopen\n")
+    (tmp_path / "ok.csv").write_text("event_name\nopen\n")
     options = {"INPUT": str(tmp_path / "in"), **dict(zip(BASE[::2], BASE[1::2], strict=True))}
     options["--out"] = str(tmp_path / "r.parquet")
     options.update({k: v.format(tmp=tmp_path) for k, v in change.items()})
@@ -197,3 +203,18 @@ def test_version_and_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert tty.returncode == 0
     assert "events/s" in tty.stdout
     assert "2,000 events" in tty.stdout
+
+
+def test_consent_drops_the_units_that_opted_out(
+    tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_events(tmp_path / "in")
+    registry = tm.ConsentRegistry(sqlite_url)
+    for unit in range(100):
+        registry.opt_out(unit, purpose="model_training")
+    registry.close()
+    argv = ["aggregate", str(tmp_path / "in"), *BASE, "--out", str(tmp_path / "r.parquet")]
+    assert main([*argv, "--consent", sqlite_url, "--purpose", "model_training"]) == 0
+    out = capsys.readouterr().out
+    assert "100 consent" in out
+    assert tm.read_release(tmp_path / "r.parquet").metadata["query"]["purpose"] == "model_training"

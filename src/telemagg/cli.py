@@ -297,6 +297,9 @@ def register_aggregate(sub: Any) -> None:
     parser.add_argument(
         "--intervals", type=float, default=None, help="add <col>_low/_high at this level"
     )
+    parser.add_argument(
+        "--noise", choices=["laplace", "gaussian"], default="laplace", help="noise of the values"
+    )
     parser.add_argument("--label", default="telemagg aggregate", help="the ledger charge's label")
     parser.add_argument("--out", required=True, help="the release file to write (.parquet)")
     parser.add_argument(
@@ -320,7 +323,12 @@ def aggregate_command(args: argparse.Namespace) -> int:
         max_partitions=args.max_partitions,
         max_contributions=args.max_contributions,
     )
-    ReleaseParams(epsilon=args.epsilon, delta=args.delta, private_partitions=not args.partitions)
+    ReleaseParams(
+        epsilon=args.epsilon,
+        delta=args.delta,
+        noise=args.noise,
+        private_partitions=not args.partitions,
+    )
     out = Path(args.out)
     if not out.parent.is_dir():
         raise tm.ConfigError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
@@ -342,7 +350,12 @@ def aggregate_command(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UntrackedReleaseWarning)
         release = agg.release(
-            args.epsilon, args.delta, partitions=partitions, ledger=args.ledger, label=args.label
+            args.epsilon,
+            args.delta,
+            partitions=partitions,
+            ledger=args.ledger,
+            label=args.label,
+            noise=args.noise,
         )
     for warning in caught:  # one line, not a source excerpt
         print(f"telemagg: warning: {warning.message}", file=sys.stderr)
