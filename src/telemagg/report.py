@@ -374,10 +374,16 @@ def _ledger_section(url: str, figures: _Figures) -> str:
     with Ledger.open(url) as ledger:
         charges = ledger.charges()
         (total, _), (spent, _), (left, _) = ledger.total, ledger.spent, ledger.remaining
+        window = ledger.window
     text = (
         f"<h2>Privacy budget</h2><p>Ledger total epsilon = {_fmt(total)}; spent"
         f" {_fmt(spent)}; remaining {_fmt(left)}; {len(charges)} charges.</p>"
     )
+    if window:
+        text += (
+            f"<p>The ledger counts only the charges of the last {html.escape(str(window))}:"
+            " the figure adds up every charge ever made.</p>"
+        )
     if not charges:
         return f"<section>{text}</section>"
     plt = _pyplot()
@@ -385,6 +391,7 @@ def _ledger_section(url: str, figures: _Figures) -> str:
     cumulative = np.cumsum([c.epsilon for c in charges])
     figure, axes = plt.subplots(figsize=(8, 3))
     axes.step(times, cumulative, where="post", label="spent")
+    axes.step(times, np.maximum(total - cumulative, 0), where="post", label="remaining")
     axes.axhline(total, color="#c44e52", linestyle="--", label="total")
     axes.set_ylabel("epsilon")
     axes.set_title("Budget spent over time")
