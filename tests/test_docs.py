@@ -46,6 +46,7 @@ def test_pending_blocks_are_named() -> None:
         assert all(re.fullmatch(r"[\w.-]+", f) for f in features)
 
 
+@pytest.mark.slow  # draws every figure: about 10 CPU seconds
 def test_figures_script_runs(tmp_path: Path) -> None:
     """The figures on the metric pages are made by docs/figures/make_figures.py."""
     pytest.importorskip("matplotlib")

@@ -73,9 +73,7 @@ def count_figure() -> Any:
 
 @figure("unit_count")
 def unit_count_figure() -> Any:
-    return bars(
-        "unit_count", [tm.unit_count()], "distinct users (noisy)", "tm.unit_count() by os"
-    )
+    return bars("unit_count", [tm.unit_count()], "distinct users (noisy)", "tm.unit_count() by os")
 
 
 @figure("sum")
@@ -125,7 +123,9 @@ def histogram_figure() -> Any:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     labels = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
     x = np.arange(len(labels))
-    for i, (os_name, counts) in enumerate(zip(table["os"], table["histogram_latency_ms"], strict=True)):
+    for i, (os_name, counts) in enumerate(
+        zip(table["os"], table["histogram_latency_ms"], strict=True)
+    ):
         ax.bar(x + (i - 2) * 0.16, counts, width=0.16, label=os_name)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlabel("latency bucket (ms)")
