@@ -9,6 +9,7 @@ noise scales telemagg calibrates (no sampling). tests/test_docs.py runs this scr
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
 from collections.abc import Callable
@@ -121,7 +122,7 @@ def histogram_figure() -> Any:
     rel = release([tm.histogram("latency_ms", bins=edges)])
     table = rel.to_pandas()
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    labels = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    labels = [f"{a:g}-{b:g}" for a, b in itertools.pairwise(edges)]
     x = np.arange(len(labels))
     for i, (os_name, counts) in enumerate(
         zip(table["os"], table["histogram_latency_ms"], strict=True)
