@@ -14,26 +14,42 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|mod|data|obj|exc):`~?([^`]+)`")
-_LITERAL = re.compile(r"``(.+?)``")
+_LITERAL = re.compile(r"``(.+?)``", flags=re.S)  # may span lines
+_FLAGS = re.compile(r"\s*# doctest:.*$")
+
+
+def _prose(lines: list[str]) -> list[str]:
+    text = "\n".join(lines)
+    return _LITERAL.sub(r"`\1`", _ROLE.sub(r"`\1`", text)).split("\n") if lines else []
 
 
 def markdown(text: str) -> str:
     """Doctest runs fenced as ``pycon``; reST roles and literals as Markdown code spans."""
     out: list[str] = []
+    prose: list[str] = []
     in_doctest = in_fence = False
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith("```"):
-            in_fence = not in_fence
         if in_doctest and not stripped:
             out.append("```")
             in_doctest = False
-        if not in_fence and not in_doctest and stripped.startswith(">>>"):
-            out.append("```pycon")
+        elif not in_fence and not in_doctest and stripped.startswith(">>>"):
+            out += [*_prose(prose), "```pycon"]
+            prose = []
             in_doctest = True
-        if not in_fence and not in_doctest:
-            line = _LITERAL.sub(r"`\1`", _ROLE.sub(r"`\1`", line))
-        out.append(line)
+        elif stripped.startswith("```") and not in_doctest:
+            out += _prose(prose)
+            prose = []
+            in_fence = not in_fence
+            out.append(line)
+            continue
+        if in_doctest:
+            out.append(_FLAGS.sub("", line))
+        elif in_fence:
+            out.append(line)
+        else:
+            prose.append(line)
+    out += _prose(prose)
     if in_doctest:
         out.append("```")
     return "\n".join(out)
