@@ -74,7 +74,11 @@ def test_submodules_exist() -> None:
 )
 def test_public_name_is_in_the_reference(module: str, name: str, obj: Any) -> None:
     path = reference_path(module, name, obj)
-    assert path in documented(), f"{path} is public but no docs/reference page renders it"
+    page = "index" if path.count(".") == 1 else module.split(".")[1]
+    assert path in documented(), (
+        f"{path} is public but no reference page renders it: add '::: {path}' on its own line"
+        f" to docs/reference/{page}.md"
+    )
 
 
 @pytest.mark.parametrize(
