@@ -1,8 +1,8 @@
 """The Python examples in the README and on every docs page run as written.
 
 A block preceded by ``<!-- pending: FEATURE -->`` documents a feature that is still being
-built; it is skipped until the marker is removed (``test_pending_blocks_are_named`` lists
-them).
+built; it is skipped until the marker is removed (``grep -rn "pending:" docs`` lists them;
+``test_pending_blocks_compile`` checks that they are valid Python already).
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ def python_blocks(page: Path) -> str:
     return "\n".join(code for marker, _, code in BLOCK.findall(page.read_text()) if not marker)
 
 
-def pending_blocks(page: Path) -> list[str]:
-    """The features named by the page's pending blocks."""
-    return [feature for marker, feature, _ in BLOCK.findall(page.read_text()) if marker]
-
-
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # examples may create ledger files
@@ -39,11 +34,12 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     exec(compile(code, str(page), "exec"), {"__name__": "__docs__"})
 
 
-def test_pending_blocks_are_named() -> None:
-    """Every pending marker names its feature; the markers are the coordinator's to-do list."""
-    pending = {str(p.relative_to(ROOT)): pending_blocks(p) for p in PAGES if pending_blocks(p)}
-    for features in pending.values():
-        assert all(re.fullmatch(r"[\w.-]+", f) for f in features)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_pending_blocks_compile(page: Path) -> None:
+    """Pending blocks do not run yet, but they are valid Python already."""
+    for marker, feature, code in BLOCK.findall(page.read_text()):
+        if marker:
+            compile(code, f"{page} (pending: {feature})", "exec")
 
 
 @pytest.mark.slow  # draws every figure: about 10 CPU seconds
