@@ -34,6 +34,7 @@ SUBMODULES = [
     "testing",
     "otel",
     "collector",
+    "report",
 ]
 # Modules without __all__: their public names, chosen here.
 WITHOUT_ALL = {"release": ["Accounting", "MetricReport", "Release"]}

@@ -101,7 +101,20 @@ def write_report(
     level: float = 0.95,
 ) -> Path:
     """Write the HTML report of a release (a file, a directory of windows, or in memory)
-    to ``out``, and its figures as ``<out stem>_<n>_<column>.png`` beside it."""
+    to ``out``, and its figures as ``<out stem>_<n>_<column>.png`` beside it.
+
+    >>> import tempfile, pathlib
+    >>> import telemagg as tm
+    >>> from telemagg.testing import seeded
+    >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="u"), by="e", metrics=[tm.count()],
+    ...                     randomness=seeded(0))
+    >>> agg.add({"u": [1, 2, 3], "e": ["a", "a", "b"]})
+    >>> release = agg.release(1.0, partitions=["a", "b"])
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "report.html"
+    >>> page = write_report(release, out)
+    >>> "count" in page.read_text()
+    True
+    """
     data = _data(release)
     out = Path(out)
     if not out.parent.is_dir():
