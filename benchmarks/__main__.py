@@ -2,8 +2,8 @@
 
 From the repository root, with the project's venv active::
 
-    python -m benchmarks            # the whole suite (about 10 minutes on a quiet 2-core machine)
-    python -m benchmarks --quick    # smaller sizes, one repeat (about 3 minutes)
+    python -m benchmarks            # the whole suite (7.7 min on a loaded 2-core machine)
+    python -m benchmarks --quick    # smaller sizes, one repeat (about 1 minute)
     python -m benchmarks --no-anchors   # skip PipelineDP / OpenDP-polars (no anchors' venv)
 
 Each benchmark runs as its own process (so that one's memory never counts against
