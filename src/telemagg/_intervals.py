@@ -149,8 +149,9 @@ def half_width(mechanism: str, scale: float, alpha: float) -> int:
 
 @lru_cache(maxsize=4096)
 def sum_half_width(mechanism: str, scale: float, terms: int, alpha: float) -> float:
-    """A bound ``t`` with ``P(|Z_1 + ... + Z_terms| >= t) <= alpha`` for independent noises
-    drawn at ``scale`` (Chernoff; exact :func:`half_width` for one term).
+    """A bound ``t`` with ``P(|Z_1 + ... + Z_terms| > t) <= alpha`` for independent noises
+    drawn at ``scale`` (Chernoff, which bounds ``P(|S| >= t)``; exact :func:`half_width`
+    for one term).
 
     Discrete Laplace: ``E[exp(l Z)] = (1 - r)**2 / ((1 - r e**l) (1 - r e**-l))`` for
     ``0 < l < a`` (``r = e**-a``), so ``P(S >= t) <= exp(-l t) E[exp(l Z)]**terms`` for every
