@@ -231,7 +231,10 @@ class Metric(_Model):
 
 
 class Count(Metric):
-    """Number of events per partition, after contribution bounding."""
+    """Number of events per partition kept within the contribution bounds (at most
+    ``max_contributions`` events of each unit in each of at most ``max_partitions``
+    partitions), plus noise: not the number of events received, which
+    ``release.accounting`` gives the operator. Events with missing values count too."""
 
     kind: ClassVar[str] = "count"
 
@@ -243,7 +246,8 @@ class UnitCount(Metric):
 
 
 class ValueMetric(Metric):
-    """A metric over a numeric column, each value clamped to ``bounds``."""
+    """A metric over a numeric column, each value clamped to ``bounds``. Events whose value
+    is missing (NaN, None, +-inf) are left out of this metric only."""
 
     column: Annotated[str, Field(min_length=1)]
     bounds: tuple[float, float]
@@ -338,13 +342,16 @@ class Sum(FixedPointMetric):
 
 
 class Mean(FixedPointMetric):
-    """Mean of the clamped values per partition; always inside ``bounds``."""
+    """Mean of the clamped values per partition; inside ``bounds``, or NaN when the noisy
+    count of present values is too small to say anything (``insufficient_data`` in the
+    release metadata)."""
 
     kind: ClassVar[str] = "mean"
 
 
 class Variance(FixedPointMetric):
-    """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2]."""
+    """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2], or NaN
+    as for :class:`Mean`."""
 
     kind: ClassVar[str] = "variance"
 
@@ -529,7 +536,7 @@ class TopK(Metric):
 
 
 def count(*, name: str = "") -> Count:
-    """Events per partition.
+    """Events per partition kept within the contribution bounds (see :class:`Count`).
 
     >>> count().name
     'count'
