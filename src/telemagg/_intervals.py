@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
 from statistics import NormalDist
 from typing import Any
@@ -45,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
+from telemagg import _samplers
 from telemagg._plan import (
     Calibrated,
     Column,
@@ -55,7 +55,7 @@ from telemagg._plan import (
     square_step,
     sum_key,
 )
-from telemagg._samplers import dyadic_below, laplace_rate
+from telemagg._samplers import laplace_rate
 from telemagg.errors import ConfigError
 from telemagg.policy import (
     Count,
@@ -182,10 +182,10 @@ def sum_half_width(mechanism: str, scale: float, terms: int, alpha: float) -> fl
 
 
 def sampler_sigma(sigma: float) -> float:
-    """The sigma the discrete Gaussian sampler actually uses for ``sigma``: ``1 / (2
-    sigma'**2)`` is the largest float64 not above ``1 / (2 sigma**2)`` (``_samplers``)."""
-    weight = dyadic_below(1 / (2 * Fraction(sigma) ** 2))
-    return math.sqrt(1 / (2 * weight))
+    """The sigma the discrete Gaussian sampler actually uses for ``sigma`` (``sigma' >=
+    sigma``, see :func:`telemagg._samplers.discrete_gaussian`): its own plan, so the two
+    cannot drift apart."""
+    return _samplers._gaussian_plan(sigma).sigma
 
 
 def _gaussian_half_width(sigma: float, alpha: float) -> int:
