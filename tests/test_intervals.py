@@ -147,9 +147,10 @@ def aggregator(data: dict[str, np.ndarray]) -> tm.Aggregator:
     return agg
 
 
-def release_with(agg: tm.Aggregator, noise: Any) -> tm.Release:
+def release_with(agg: tm.Aggregator, noise: Any, family: str = "laplace") -> tm.Release:
     agg._randomness = Randomness(agg._randomness.sampling_key, noise)  # white-box: noise only
-    return agg.release(epsilon=2.0, partitions=PARTITIONS)
+    delta = 1e-6 if family == "gaussian" else 0.0
+    return agg.release(epsilon=2.0, delta=delta, partitions=PARTITIONS, noise=family)
 
 
 def test_interval_columns_follow_each_value_column_and_hold_the_value() -> None:
@@ -176,6 +177,14 @@ def test_interval_columns_follow_each_value_column_and_hold_the_value() -> None:
     assert described["level"] == 0.95
     assert set(described["methods"]) >= {"count", "mean_x", "p50_x", "histogram_x"}
     assert "intervals" not in release.metadata  # only exports with intervals carry it
+
+
+def test_a_release_pickles_with_what_its_intervals_need() -> None:
+    import pickle
+
+    release = release_with(aggregator(workload()), SeededNoise(2))
+    copy = pickle.loads(pickle.dumps(release))
+    assert copy.to_pandas(intervals=0.9).equals(release.to_pandas(intervals=0.9))
 
 
 def test_intervals_go_to_parquet_with_their_level(tmp_path: Any) -> None:
@@ -222,16 +231,18 @@ def test_published_intervals_and_metadata_change_only_through_noise() -> None:
 SHRINKS = (1.0, 0.7, 1.3)
 
 
-def coverage(level: float, runs: int) -> tuple[dict[float, dict[str, int]], dict[str, float]]:
+def coverage(
+    level: float, runs: int, family: str = "laplace"
+) -> tuple[dict[float, dict[str, int]], dict[str, float]]:
     """Intervals covering the exact value over ``runs`` seeded releases, per column, with
     every half-width around the value scaled by each of :data:`SHRINKS` (30% narrower or
     wider must be detected), and the mean width of the unscaled ones."""
     agg = aggregator(workload())
-    truth = release_with(agg, ExactValues()).to_dict()
+    truth = release_with(agg, ExactValues(), family).to_dict()
     hits: dict[float, dict[str, int]] = {shrink: {} for shrink in SHRINKS}
     widths: dict[str, float] = {}
     for seed in range(runs):
-        table = release_with(agg, SeededNoise(10_000 + seed)).to_dict(intervals=level)
+        table = release_with(agg, SeededNoise(10_000 + seed), family).to_dict(intervals=level)
         for name, exact_values in truth.items():
             if name == "event":
                 continue
@@ -272,3 +283,15 @@ def test_every_interval_covers_the_bounded_truth_at_its_level() -> None:
         for shrink in (0.7, 1.3):
             off = hits[shrink][name]
             assert stats.binomtest(off, trials, p).pvalue < ALPHA, (name, shrink, off / trials)
+
+
+@pytest.mark.slow
+def test_gaussian_intervals_cover_at_their_level() -> None:
+    level, runs = 0.8, 400
+    hits, _ = coverage(level, runs, "gaussian")
+    trials = runs * len(PARTITIONS)
+    for name, hit in hits[1.0].items():
+        n = trials * (3 if name == "histogram_x" else 1)
+        assert hit >= stats.binom.ppf(ALPHA, n, level), (name, hit / n)
+    for name in ("count", "sum_x"):  # 30% narrower: detected
+        assert hits[0.7][name] < stats.binom.ppf(ALPHA, trials, level), name

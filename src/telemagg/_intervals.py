@@ -260,6 +260,10 @@ class Measured:
     calibrated: Mapping[str, Calibrated]
     selection: mech.ThresholdPlan | None = None
 
+    def __post_init__(self) -> None:
+        kept = {key: cal.without_data() for key, cal in self.calibrated.items()}
+        object.__setattr__(self, "calibrated", kept)
+
 
 Bounds = tuple[F64, F64]
 

@@ -48,7 +48,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -126,6 +126,12 @@ class Calibrated:
     delta: float
     rho: float
 
+    def without_data(self) -> Calibrated:
+        """This calibration without the functions that read data: what a Release keeps to
+        derive intervals (plain values, so a Release pickles)."""
+        spec = replace(self.spec, compute=_no_data, compute_by_value=None)
+        return replace(self, spec=spec)
+
     @property
     def stddev(self) -> float:
         """Standard deviation of the noise on each value, in the values' units."""
@@ -150,6 +156,10 @@ class Calibrated:
 
 
 # --------------------------------------------------------------------------- measurements
+
+
+def _no_data(state: State, n: int) -> I64:
+    raise TelemaggError("internal: a released calibration does not read data")
 
 
 def _integer_sums(state: State, n: int, units: I64 | None = None) -> I64:
