@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 import telemagg as tm
@@ -295,3 +297,24 @@ def test_gaussian_intervals_cover_at_their_level() -> None:
         assert hit >= stats.binom.ppf(ALPHA, n, level), (name, hit / n)
     for name in ("count", "sum_x"):  # 30% narrower: detected
         assert hits[0.7][name] < stats.binom.ppf(ALPHA, trials, level), name
+
+
+@given(
+    n=st.tuples(st.floats(-50, 5000), st.floats(0, 500)),
+    c=st.tuples(st.floats(-5e4, 5e4), st.floats(0, 5e4)),
+    s=st.tuples(st.floats(-1e6, 1e7), st.floats(0, 1e7)),
+    picks=st.lists(st.tuples(*[st.floats(0, 1)] * 3), min_size=1, max_size=20),
+)
+@settings(max_examples=200, deadline=None)
+def test_variance_range_contains_every_point_of_its_box(
+    n: tuple[float, float], c: tuple[float, float], s: tuple[float, float], picks: list[Any]
+) -> None:
+    boxes = [(np.array([lo]), np.array([lo + width])) for lo, width in (n, c, s)]
+    low, high = _intervals._variance_range(*boxes)
+    for u, v, w in picks:
+        count = max(n[0] + u * n[1], 1.0)  # the range reads counts below 1 as 1
+        centred = c[0] + v * c[1]
+        squares = s[0] + w * s[1]
+        value = squares / count - centred**2 / count**2
+        scale = max(1.0, abs(value))
+        assert low[0] - 1e-9 * scale <= value <= high[0] + 1e-9 * scale

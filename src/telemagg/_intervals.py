@@ -315,12 +315,34 @@ def _mean_variance_bounds(metric: Mean | Variance, measured: Measured, level: fl
     squares = _noise_bounds(
         measured, centred_key(metric.column, metric.bounds, 2, square_step(metric)), alpha
     )
-    q_low, q_high = _ratio_range(squares, count)
-    q_low, q_high = np.clip(q_low, 0.0, half**2), np.clip(q_high, 0.0, half**2)
-    straddles = (m_low <= 0.0) & (m_high >= 0.0)
-    sq_low = np.where(straddles, 0.0, np.minimum(m_low**2, m_high**2))
-    sq_high = np.maximum(m_low**2, m_high**2)
-    return np.clip(q_low - sq_high, 0.0, half**2), np.clip(q_high - sq_low, 0.0, half**2)
+    low, high = _variance_range(count, centred_sum, squares)
+    return np.clip(low, 0.0, half**2), np.clip(high, 0.0, half**2)
+
+
+def _variance_range(count: Bounds, centred_sum: Bounds, squares: Bounds) -> Bounds:
+    """Range of ``v = s / n - c**2 / n**2`` over the box ``n`` x ``c`` x ``s`` (``n >= 1``).
+
+    For a fixed ``n`` the terms separate: the extremes take ``s`` at an end and ``c**2`` at
+    its least or largest. Each is then ``f(n) = a / n - b / n**2`` with ``b >= 0``, whose only
+    critical point is ``n = 2 b / a``; so the range over ``n`` is reached at the ends of its
+    interval or at that point (clipped into it). Keeping ``n`` shared by both terms is what
+    makes this tighter than combining the ranges of ``s / n`` and ``(c / n)**2``.
+    """
+    n_ends = (np.maximum(count[0], 1.0), np.maximum(count[1], 1.0))
+    straddles = (centred_sum[0] <= 0.0) & (centred_sum[1] >= 0.0)
+    c2_least = np.where(straddles, 0.0, np.minimum(centred_sum[0] ** 2, centred_sum[1] ** 2))
+    c2_most = np.maximum(centred_sum[0] ** 2, centred_sum[1] ** 2)
+
+    def extremes(a: F64, b: F64) -> tuple[F64, F64]:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            critical = np.where(a > 0, 2.0 * b / a, n_ends[0])
+        candidates = [*n_ends, np.clip(np.nan_to_num(critical, nan=1.0), *n_ends)]
+        values = np.stack([a / n - b / n**2 for n in candidates])
+        return values.min(axis=0), values.max(axis=0)
+
+    low, _ = extremes(squares[0], c2_most)
+    _, high = extremes(squares[1], c2_least)
+    return low, high
 
 
 def _bounds(metric: Metric, measured: Measured, level: float) -> dict[str, Bounds]:
@@ -389,7 +411,8 @@ _METHODS: Mapping[type[Metric], str] = {
     ),
     Variance: (
         "range of squares / count - (centred sum / count)**2 over the three components'"
-        " intervals at level 1 - (1 - level) / 3 each (Bonferroni), inside [0, half-width**2]"
+        " intervals at level 1 - (1 - level) / 3 each (Bonferroni; exact over that box),"
+        " inside [0, half-width**2]"
     ),
     Quantiles: "grid points consistent with the noisy cumulative counts at that confidence",
 }
