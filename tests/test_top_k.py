@@ -177,3 +177,43 @@ def test_top_k_metadata_does_not_move_when_one_unit_is_added() -> None:
 
     for candidates in (None, CODES):
         assert metadata(data, candidates) == metadata(extra, candidates)
+
+
+@pytest.mark.slow
+def test_values_appear_as_often_as_the_metadata_says() -> None:
+    """A value with ``half_the_time`` bounded events appears with probability P(Z >= 0),
+    one with ``95_percent_of_the_time`` events at least 95% of the time."""
+    from scipy import stats
+
+    from telemagg._samplers import laplace_rate
+
+    def appearances(events_of_value: int, runs: int) -> tuple[int, dict[str, Any]]:
+        data = {
+            "user": np.arange(events_of_value),
+            "event": np.zeros(events_of_value, np.int64),
+            "code": np.asarray(["V"] * events_of_value, dtype=object),
+        }
+        seen, metadata = 0, {}
+        for seed in range(runs):
+            release = tm.aggregate(
+                data,
+                by="event",
+                metrics=[tm.top_k("code", k=1)],
+                policy=POLICY,
+                epsilon=1.0,
+                delta=1e-6,
+                partitions=[0],
+                randomness=seeded(seed),
+            )
+            seen += release.to_dict()["top_code"][0] == ["V"]
+            metadata = release.metadata["metrics"]["top_code"]
+        return seen, metadata
+
+    _, metadata = appearances(1, 1)
+    appear = metadata["selection"]["min_events_to_appear"]
+    runs = 300
+    half, _ = appearances(appear["half_the_time"], runs)
+    r = np.exp(-float(laplace_rate(metadata["components"][0]["scale"])))
+    assert stats.binomtest(half, runs, 1.0 / (1.0 + r)).pvalue > 1e-3
+    most, _ = appearances(appear["95_percent_of_the_time"], runs)
+    assert most >= stats.binom.ppf(1e-3, runs, 0.95)
