@@ -132,8 +132,9 @@ def test_a_mean_with_too_few_values_is_nan_with_its_rule_in_the_metadata() -> No
     rule = release.metadata["metrics"]["mean_x"]["insufficient_data"]
     assert rule["value"] == "NaN"
     assert "noisy count of present 'x' values" in rule["rule"]
-    count_stddev = release.metrics["mean_x"].components[0]["stddev"]
-    assert rule["min_noisy_count"] == pytest.approx(max(1.0, 2 * count_stddev))
+    count, centred = release.metrics["mean_x"].components
+    expected = max(1.0, 2 * count["stddev"], centred["stddev"] / 50.0)  # half-width 50
+    assert rule["min_noisy_count"] == pytest.approx(expected)
 
 
 @given(rows=event_rows(), policy=policies, missing=st.data())

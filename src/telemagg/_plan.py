@@ -421,34 +421,54 @@ def measurement_specs(metric: Metric, policy: Policy) -> list[MeasurementSpec]:
 
 INSUFFICIENT_STDDEVS = 2.0
 """A mean or variance is NaN where the noisy count of present values is below
-``max(1, INSUFFICIENT_STDDEVS * stddev)`` of that count's noise (see :func:`insufficient_below`)."""
+:func:`insufficient_below`."""
 
 
-def insufficient_below(count: Calibrated) -> float:
+def _sum_keys(metric: Mean | Variance) -> list[tuple[str, float]]:
+    """The centred sums of a mean or variance, each with the largest size its ratio to the
+    count can have (the half-width, or its square)."""
+    half = (metric.bounds[1] - metric.bounds[0]) / 2.0
+    keys = [(centred_key(metric.column, metric.bounds, 1, metric.step), half)]
+    if isinstance(metric, Variance):
+        keys.append((centred_key(metric.column, metric.bounds, 2, square_step(metric)), half**2))
+    return keys
+
+
+def insufficient_below(metric: Mean | Variance, calibrated: Mapping[str, Calibrated]) -> float:
     """The noisy count of present values under which a mean or variance says nothing and
-    is released as NaN: ``max(1, 2 * stddev of the count's noise)``. Below it the noise of
-    the denominator is as large as the count itself, and the ratio would mostly be clamped
-    to a bound: a bound is not a measurement. The rule reads the plan only (never the data).
+    is released as NaN: ``max(1, 2 * stddev of the count's noise, stddev of each centred
+    sum's noise / its largest ratio)``. Below it, either the count is not told apart from
+    zero, or the noise of a numerator divided by the count exceeds the whole half-range of
+    the result (which would then mostly be clamped to a bound: a bound is not a
+    measurement). The rule reads the plan only, never the data.
 
-    >>> from telemagg.policy import Policy
-    >>> spec = present_count_spec(Policy(privacy_unit="u"), "x")
-    >>> insufficient_below(Calibrated(spec, "laplace", 1.0, 10.0, 0.1, 0.0, 0.0)) > 20
-    True
+    >>> from telemagg.policy import Policy, mean
+    >>> metric, policy = mean("x", bounds=(0, 10)), Policy(privacy_unit="u")
+    >>> plan = {s.key: Calibrated(s, "laplace", 1.0, 10.0, 0.1, 0.0, 0.0)
+    ...         for s in measurement_specs(metric, policy)}
+    >>> round(insufficient_below(metric, plan), 1)  # 2 x the count's noise stddev
+    28.3
     """
-    return max(1.0, INSUFFICIENT_STDDEVS * count.stddev)
+    count = calibrated[present_count_key(metric.column)]
+    sums = [calibrated[key].stddev / largest for key, largest in _sum_keys(metric)]
+    return max(1.0, INSUFFICIENT_STDDEVS * count.stddev, *sums)
 
 
 def insufficient_rule(metric: Metric, calibrated: Mapping[str, Calibrated]) -> dict[str, Any]:
     """The publishable ``insufficient_data`` entry of a mean or variance (plan only)."""
     assert isinstance(metric, Mean | Variance)
-    below = insufficient_below(calibrated[present_count_key(metric.column)])
     return {
         "value": "NaN",
         "rule": (
-            f"NaN where the noisy count of present {metric.column!r} values is below"
-            f" max(1, {INSUFFICIENT_STDDEVS:g} x the stddev of its noise)"
+            f"NaN (and NaN interval) where the noisy count of present {metric.column!r} values"
+            f" is below max(1, {INSUFFICIENT_STDDEVS:g} x the stddev of its noise, the stddev"
+            " of each noisy centred sum / the largest value of its ratio to the count)"
         ),
-        "min_noisy_count": below,
+        "min_noisy_count": insufficient_below(metric, calibrated),
+        "otherwise": (
+            "the ratio, clamped into what the bounds allow (post-processing); a value at a"
+            " bound is an estimate that fell outside them: see its interval"
+        ),
     }
 
 
@@ -463,7 +483,7 @@ def finalize(
     Post-processing never costs privacy; it keeps counts non-negative, means and
     variances inside what their bounds allow, and quantiles monotone and inside theirs.
     A mean or variance whose noisy count of present values is too small is NaN
-    (:func:`insufficient_below`; ``calibrated`` holds that count's calibration).
+    (:func:`insufficient_below`; ``calibrated`` holds the plan's calibrations).
     ``value_counts`` holds the released (partition, value) counts that ``top_k`` reads.
     """
     if isinstance(metric, Quantiles):
@@ -487,7 +507,7 @@ def finalize(
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     count_key = present_count_key(metric.column)
     noisy_count = noisy[count_key][:, 0]
-    unknown = noisy_count < insufficient_below(calibrated[count_key])
+    unknown = noisy_count < insufficient_below(metric, calibrated)
     n = np.maximum(noisy_count, 1.0)
     centred = noisy[centred_key(metric.column, metric.bounds, 1, metric.step)][:, 0]
     centred_mean = np.clip(centred / n, -half, half)
