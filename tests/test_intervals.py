@@ -318,3 +318,21 @@ def test_variance_range_contains_every_point_of_its_box(
         value = squares / count - centred**2 / count**2
         scale = max(1.0, abs(value))
         assert low[0] - 1e-9 * scale <= value <= high[0] + 1e-9 * scale
+
+
+def test_windowed_releases_export_intervals_after_their_window_keys() -> None:
+    agg = tm.Aggregator(
+        policy=POLICY,
+        by="event",
+        metrics=[tm.count(), tm.mean("x", bounds=BOUNDS)],
+        window="1h",
+        time="t",
+        start=0,
+        randomness=seeded(6),
+    )
+    data = workload()
+    agg.add({**data, "t": np.zeros(data["user"].size)}, now=10)
+    release = agg.release_closed(epsilon=1.0, partitions=PARTITIONS, now=3600)[0]
+    names = list(release.to_pandas(intervals=0.95).columns)
+    assert names[:3] == ["window_start", "window_end", "event"]
+    assert names[3:6] == ["count", "count_low", "count_high"]
