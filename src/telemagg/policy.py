@@ -194,7 +194,15 @@ class Policy(_Model):
 
 
 class Metric(_Model):
-    """A statistic released per partition. Every metric takes ``name=`` for its column."""
+    """A statistic released per partition. Every metric takes ``name=`` for its column.
+
+    Build metrics with the functions (:func:`count`, :func:`mean`, ...), not the classes:
+
+    >>> import telemagg as tm
+    >>> metric = tm.count(name="events")
+    >>> isinstance(metric, tm.Metric), metric.output_names
+    (True, ('events',))
+    """
 
     kind: ClassVar[str]
     name: str = ""
@@ -234,20 +242,36 @@ class Count(Metric):
     """Number of events per partition kept within the contribution bounds (at most
     ``max_contributions`` events of each unit in each of at most ``max_partitions``
     partitions), plus noise: not the number of events received, which
-    ``release.accounting`` gives the operator. Events with missing values count too."""
+    ``release.accounting`` gives the operator. Events with missing values count too.
+
+    >>> import telemagg as tm
+    >>> tm.count()
+    Count(name='count')
+    """
 
     kind: ClassVar[str] = "count"
 
 
 class UnitCount(Metric):
-    """Number of distinct privacy units per partition."""
+    """Number of distinct privacy units per partition.
+
+    >>> import telemagg as tm
+    >>> tm.unit_count(name="users")
+    UnitCount(name='users')
+    """
 
     kind: ClassVar[str] = "unit_count"
 
 
 class ValueMetric(Metric):
     """A metric over a numeric column, each value clamped to ``bounds``. Events whose value
-    is missing (NaN, None, +-inf) are left out of this metric only."""
+    is missing (NaN, None, +-inf) are left out of this metric only.
+
+    >>> import telemagg as tm
+    >>> metric = tm.quantiles("latency_ms", [0.5], bounds=(1, 10_000))
+    >>> isinstance(metric, ValueMetric), metric.column, metric.bounds
+    (True, 'latency_ms', (1.0, 10000.0))
+    """
 
     column: Annotated[str, Field(min_length=1)]
     bounds: tuple[float, float]
@@ -296,6 +320,12 @@ class FixedPointMetric(ValueMetric):
     Values are clamped to ``bounds``, centred for mean and variance, then rounded to the
     nearest multiple of the resolution and summed as int64, so the sensitivity holds
     exactly (no float summation error; Casacuberta et al., CCS 2022).
+
+    >>> import telemagg as tm
+    >>> tm.sum("duration_ms", bounds=(0, 60_000)).step     # automatic resolution
+    0.0625
+    >>> tm.sum("duration_ms", bounds=(0, 60_000), resolution=1).step
+    1.0
     """
 
     resolution: float | None = None
@@ -336,7 +366,12 @@ class FixedPointMetric(ValueMetric):
 
 
 class Sum(FixedPointMetric):
-    """Sum of the clamped values per partition."""
+    """Sum of the clamped values per partition.
+
+    >>> import telemagg as tm
+    >>> tm.sum("duration_ms", bounds=(0, 60_000)).output_names
+    ('sum_duration_ms',)
+    """
 
     kind: ClassVar[str] = "sum"
 
@@ -344,14 +379,24 @@ class Sum(FixedPointMetric):
 class Mean(FixedPointMetric):
     """Mean of the clamped values per partition; inside ``bounds``, or NaN when the noisy
     count of present values is too small to say anything (``insufficient_data`` in the
-    release metadata)."""
+    release metadata).
+
+    >>> import telemagg as tm
+    >>> tm.mean("duration_ms", bounds=(0, 60_000)).output_names
+    ('mean_duration_ms',)
+    """
 
     kind: ClassVar[str] = "mean"
 
 
 class Variance(FixedPointMetric):
     """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2], or NaN
-    as for :class:`Mean`."""
+    as for :class:`Mean`.
+
+    >>> import telemagg as tm
+    >>> tm.variance("duration_ms", bounds=(0, 60_000)).output_names
+    ('variance_duration_ms',)
+    """
 
     kind: ClassVar[str] = "variance"
 
@@ -389,6 +434,10 @@ class Quantiles(ValueMetric):
     every level is read from it, so more levels cost nothing. Outputs are monotone in the
     level and inside ``bounds``. Columns: ``p50_<name>``, ``p90_<name>``, ``p99_9_<name>``
     for 0.999, ...; ``name`` defaults to the column.
+
+    >>> import telemagg as tm
+    >>> tm.quantiles("latency_ms", [0.5, 0.9, 0.999], bounds=(1, 10_000), scale="log").output_names
+    ('p50_latency_ms', 'p90_latency_ms', 'p99_9_latency_ms')
     """
 
     kind: ClassVar[str] = "quantiles"
@@ -450,6 +499,11 @@ class Histogram(Metric):
     exponential histograms have a hundred buckets or more, and pandas (lists in an object
     column), pyarrow (``list<double>``) and polars (``List(Float64)``) all carry lists; the
     edges travel in the release metadata (``query.metrics``).
+
+    >>> import telemagg as tm
+    >>> metric = tm.histogram("latency_ms", bins=[0, 10, 100, 1000])
+    >>> metric.output_names, len(metric.bins) - 1     # one list column, three buckets
+    (('histogram_latency_ms',), 3)
     """
 
     kind: ClassVar[str] = "histogram"
@@ -490,6 +544,10 @@ class TopK(Metric):
     that does not come from the data, e.g. the documented error codes), each partition's
     candidates get noisy counts and every released partition lists its top ``k`` of them;
     values outside the list are ignored by this metric.
+
+    >>> import telemagg as tm
+    >>> tm.top_k("error_code", k=3).output_names
+    ('top_error_code', 'top_error_code_count')
     """
 
     kind: ClassVar[str] = "top_k"
