@@ -4,8 +4,8 @@ The state keeps, for each event that survives contribution bounding, its unit id
 partition, the two bottom-k priorities and the values the metrics read. Memory therefore
 grows with units x max_partitions x max_contributions, never with the number of events.
 ``absorb`` (new events, or other states on merge) queues rows and bounds them together
-with the kept ones once they outnumber them (LSM-style), so a batch costs O(batch)
-amortised; bounding is exact for bottom-k samples (see ``_bounding``), so ``add``/``merge``
+with the kept ones once they outnumber them twice over (LSM-style), so a batch costs
+O(batch) amortised; bounding is exact for bottom-k samples (see ``_bounding``), so ``add``/``merge``
 in any order and any batching give the same state for the same rows and priorities.
 """
 
@@ -66,17 +66,22 @@ class SamplingKey:
 _CHUNK_ROWS = 1 << 20
 
 
-# A state bounds its pending rows once they outnumber its bounded rows (and this floor), so
-# each bounding pass is paid for by at least as many new rows: ``absorb`` costs O(batch)
-# amortised, and memory stays within about twice the bounded state plus one batch.
+# A state bounds its pending rows once they reach ``_PENDING_RATIO`` times its bounded rows
+# (and this floor), so each bounding pass is paid for by at least twice as many new rows:
+# ``absorb`` costs O(batch) amortised, and a stream re-bounds its kept rows less often than
+# with a ratio of 1 (10M events, 1M users, in 20 batches: 15.3M rows bounded in all instead
+# of 20.8M; one pass over the 10M is the floor). Memory stays within (1 + ratio) times the
+# bounded state plus one batch: set by the units x max_partitions x max_contributions cap,
+# never by the stream's length.
 _MIN_PENDING_ROWS = 1 << 16
+_PENDING_RATIO = 2
 
 
 class State:
     """Bounded rows plus the event accounting of everything absorbed so far.
 
     ``absorb`` is lazy, LSM-style: new rows wait in a pending list and are bounded together
-    with the bounded rows when they outnumber them, or when any column, ``len`` or
+    with the bounded rows when they outnumber them twice over, or when any column, ``len`` or
     ``dropped`` is read. As bottom-k bounding of a union equals bounding the union of
     bounded parts (see ``_bounding``), when that happens does not change the result.
 
@@ -294,7 +299,7 @@ class State:
         out._pending = [*self._pending, queued]
         out._pending_rows = self._pending_rows + int(rows._unit_id.size)
         out._limits = limits
-        if out._pending_rows >= max(out._unit_id.size, _MIN_PENDING_ROWS):
+        if out._pending_rows >= max(_PENDING_RATIO * out._unit_id.size, _MIN_PENDING_ROWS):
             out._settle()
         else:
             queued._numeric = {c: np.array(v) for c, v in rows._numeric.items()}
