@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.strategies import colliding_rows
 
+from telemagg import _bounding
 from telemagg._bounding import bottom_k, bound_contributions
 
 
@@ -106,6 +107,28 @@ def test_bottom_k_matches_sorting_with_collisions_and_ties(
     expected = np.zeros(n, dtype=bool)
     expected[order] = rank < k
     assert bottom_k(group, prio, k).tolist() == expected.tolist()
+
+
+@given(
+    n=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 4),
+    low_groups=st.integers(1, 4),
+)
+@settings(max_examples=150, deadline=None)
+def test_group_starts_after_clash_resorts_match_a_full_recount(n, seed, k, low_groups) -> None:
+    """Groups sharing their packed prefix (they differ in low bits only) force the exact
+    re-sort of their runs; the starts updated there equal a full recount, and the order is
+    the exact (group, priority, position) order wherever groups are concerned."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 4, n).astype(np.uint64) << np.uint64(62)
+    group |= rng.integers(0, low_groups, n).astype(np.uint64)
+    priority = rng.integers(0, 4, n).astype(np.uint64) << np.uint64(60)
+    order, starts, firsts = _bounding._sorted_groups(group, priority, k)
+    assert starts.tolist() == _bounding._group_starts(group, order).tolist()
+    exact = np.lexsort((np.arange(n), priority, group))
+    assert group[order].tolist() == group[exact].tolist()
+    assert firsts.tolist() == group[order[starts]].tolist()
 
 
 @given(seed=st.integers(0, 2**32 - 1), l0=st.integers(1, 5), linf=st.integers(1, 5))

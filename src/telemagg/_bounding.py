@@ -73,9 +73,9 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
         lo = np.searchsorted(coarse, runs << priority_bits, "left")
         hi = np.searchsorted(coarse, (runs + _ONE) << priority_bits, "left")
         positions = _resort(order, lo, hi, group, priority)
-        starts = _group_starts(group, order)
         exact = np.zeros(n, dtype=bool)
         exact[positions] = True
+        starts = _restarted(group, order, starts, positions, lo)
     # (b) outside re-sorted runs, a tie of (group, priority) prefixes across the k-th place:
     # re-sort the tied block (rows sharing that prefix pair; one group) exactly.
     sizes = np.diff(np.append(starts, n))
@@ -105,6 +105,21 @@ def _group_starts(group: U64, order: I64) -> I64:
         hi = min(lo + _CHUNK, n - 1)
         here = group[order[lo : hi + 1]]
         np.not_equal(here[1:], here[:-1], out=start[lo + 1 : hi + 1])
+    return np.flatnonzero(start)
+
+
+def _restarted(group: U64, order: I64, starts: I64, positions: I64, lo: I64) -> I64:
+    """:func:`_group_starts` after the runs starting at ``lo`` (``positions``, ascending)
+    were re-sorted: only their rows are compared again. A run's first position
+    stays a start (the row before it has a smaller group prefix), and so does the position
+    after it (a larger prefix)."""
+    start = np.zeros(order.size, dtype=bool)
+    start[starts] = True
+    here = group[order[positions]]
+    again = np.ones(positions.size, dtype=bool)
+    np.not_equal(here[1:], here[:-1], out=again[1:])
+    again[np.searchsorted(positions, lo)] = True
+    start[positions] = again
     return np.flatnonzero(start)
 
 
