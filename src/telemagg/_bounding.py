@@ -218,7 +218,7 @@ def bound_contributions(
     # temporaries stay bucket-sized. Rows keep their order within a bucket, so ties break
     # by position as before, and a pair key shared by two units in two buckets is two
     # groups, as the exact path makes it: the kept rows are those of one pass.
-    bits = (n // _BUCKET_ROWS).bit_length()
+    bits = min((n // _BUCKET_ROWS).bit_length(), _MAX_BUCKET_BITS)
     bucket = (unit_id >> np.uint64(64 - bits)).astype(np.uint16)
     keep = np.zeros(n, dtype=bool)
     for b in range(1 << bits):
@@ -232,9 +232,13 @@ def bound_contributions(
     return keep
 
 
-_BUCKET_ROWS = 1 << 21
-"""Rows bounded at once: about 2M rows (a few tens of MB of temporaries), cache-friendly
-sorts; larger inputs are split by unit into buckets of about this size."""
+_BUCKET_ROWS = 1 << 18
+"""Rows bounded at once: about 256k rows (a few MB of temporaries), cache-friendly sorts;
+larger inputs are split by unit into buckets of about this size (10M rows, 100k partitions:
+1.77 CPU s against 2.05 with 2M-row buckets, loaded machine)."""
+_MAX_BUCKET_BITS = 6
+"""At most 64 buckets: each is found by one pass over the rows, so the passes stay a
+constant number whatever the input's size (buckets grow beyond ``_BUCKET_ROWS`` instead)."""
 
 
 def _bound(
