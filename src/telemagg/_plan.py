@@ -18,9 +18,9 @@ contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` ev
 * centred sum of rint((x - mid) / r), mid = (lo + hi) / 2: Linf * the same at the ends;
 * centred sum of squares, at a resolution r2 >= r (:func:`square_step`): Linf * the
   square of the largest centred integer, in units of r2**2;
-* a histogram (``histogram`` buckets, or the fine grid ``quantiles`` reads): each kept
-  event adds 1 to one bin, so L1 <= Linf, and L2 <= Linf too (all Linf events may fall in
-  one bin).
+* a histogram (``histogram`` buckets): each kept event adds 1 to one bin, so L1 <= Linf,
+  and L2 <= Linf too (all Linf events may fall in one bin);
+* the tree histogram ``quantiles`` reads: Linf per level (``_quantiles``).
 
 ``top_k`` is not a per-partition vector but a threshold over (partition, value) counts,
 see :func:`value_threshold`.
@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
+from telemagg._quantiles import quantile_columns, quantile_key, quantile_spec
 from telemagg._state import State
 from telemagg.errors import ConfigError, TelemaggError
 from telemagg.policy import (
@@ -263,37 +264,6 @@ def _histogram(state: State, n: int, bins: I64, width: int) -> I64:
     return flat.reshape(n, width).astype(np.int64)
 
 
-def quantile_grid(metric: Quantiles, values: F64) -> I64:
-    """Grid bin of each value: ``metric.bins`` equal bins of the (log-)scaled bounds."""
-    lo, hi = metric.bounds
-    clamped = np.clip(values, lo, hi)
-    if metric.scale == "log":
-        position = np.log(clamped / lo) / math.log(hi / lo)
-    else:
-        position = (clamped - lo) / (hi - lo)
-    return np.clip(np.floor(position * metric.bins).astype(np.int64), 0, metric.bins - 1)
-
-
-def quantile_key(metric: Quantiles) -> str:
-    lo, hi = metric.bounds
-    return (
-        f"quantile_grid({metric.column},{_number(lo)},{_number(hi)},{metric.scale},{metric.bins})"
-    )
-
-
-def quantile_spec(policy: Policy, metric: Quantiles) -> MeasurementSpec:
-    """The noisy grid histogram every level of ``metric`` is read from (L1 = L2 = Linf)."""
-    bound = policy.max_contributions
-    return MeasurementSpec(
-        quantile_key(metric),
-        bound,
-        float(bound),
-        lambda s, n: _histogram(s, n, quantile_grid(metric, s.numeric[metric.column]), metric.bins),
-        width=metric.bins,
-        details={"bins": metric.bins, "spacing": metric.scale},
-    )
-
-
 def histogram_buckets(edges: Sequence[float], values: F64) -> I64:
     """Bucket of each value: ``(edges[i], edges[i + 1]]``, clamped into the end buckets."""
     inside = np.searchsorted(np.asarray(edges), values, side="left") - 1
@@ -390,82 +360,6 @@ def list_column(rows: Sequence[list[Any]]) -> Column:
     for i, row in enumerate(rows):
         out[i] = row
     return out
-
-
-# --------------------------------------------------------------------------- quantiles
-
-
-def grid_positions(counts: F64, levels: Sequence[float]) -> F64:
-    """Where each level falls on a grid histogram, as a fraction of the grid, per partition.
-
-    ``counts`` (P, bins) are noisy bin counts. Their running sum is the noisy cumulative
-    count at each grid edge; it wanders, so it is made monotone as the mean of its running
-    maximum from the left and running minimum from the right (each within the noise's
-    largest excursion W of the true cumulative counts, so their mean is too), then divided
-    by the noisy total, the unbiased estimate of the partition's count (the monotone
-    curve's own end point is biased up by the excursion, which would push high quantiles
-    into the tail). A level's position interpolates linearly inside the bin where this CDF
-    first reaches it. Clipping each bin at zero first would be simpler, but it turns the
-    noise of empty tail bins into phantom events and drags high quantiles up. Partitions
-    whose noisy total is not positive carry no information; they get the uniform CDF.
-    Positions are monotone in the level and in [0, 1].
-
-    >>> grid_positions(np.array([[10.0, 0.0, 10.0, 0.0]]), [0.25, 0.5, 0.75]).round(3).tolist()
-    [[0.125, 0.25, 0.625]]
-    """
-    n_partitions, bins = counts.shape
-    cumulative = np.zeros((n_partitions, bins + 1))
-    np.cumsum(counts, axis=1, out=cumulative[:, 1:])
-    upper = np.maximum.accumulate(cumulative, axis=1)
-    lower = np.minimum.accumulate(cumulative[:, ::-1], axis=1)[:, ::-1]
-    total = cumulative[:, -1]
-    informative = total > 0.0
-    # cdf[:, 0] <= 0 < level and cdf[:, -1] >= 1 > level: every level is crossed
-    cdf = np.where(
-        informative[:, None],
-        (upper + lower) / 2.0 / np.where(informative, total, 1.0)[:, None],
-        np.linspace(0.0, 1.0, bins + 1),
-    )
-    rows = np.arange(n_partitions)
-    out = np.empty((n_partitions, len(levels)))
-    for i, level in enumerate(levels):
-        edge = np.argmax(cdf >= level, axis=1)  # >= 1
-        below, above = cdf[rows, edge - 1], cdf[rows, edge]
-        out[:, i] = (edge - 1 + (level - below) / (above - below)) / bins
-    return np.clip(out, 0.0, 1.0)
-
-
-def quantile_columns(metric: Quantiles, counts: F64) -> dict[str, Column]:
-    """The released quantiles of ``metric`` from its noisy grid histogram."""
-    lo, hi = metric.bounds
-    position = grid_positions(counts, metric.levels)
-    if metric.scale == "log":
-        values = lo * np.exp(position * math.log(hi / lo))
-    else:
-        values = lo + position * (hi - lo)
-    values = np.clip(values, lo, hi)  # rounding can step past a bound
-    return {name: values[:, i] for i, name in enumerate(metric.output_names)}
-
-
-def quantile_rank_error(stddev: float, bins: int, n: float, z: float = 4.0) -> float:
-    """Bound on how far a released quantile's true rank may be from its level.
-
-    With ``n`` bounded events in the partition and ``stddev`` the noise per grid bin
-    (``release.metrics[...].stddev``), the released ``x`` for level ``q`` satisfies
-    ``|F(x) - q| <= share of events in x's bin + quantile_rank_error(stddev, bins, n)``.
-    Why: the noise's running sum over the bins stays within ``W = z * stddev * sqrt(bins)``
-    except with probability about ``2 * P(|Z| > z)`` (Levy's maximal inequality); then every
-    point of the monotone curve of :func:`grid_positions` and its noisy total are within
-    ``W`` of the true cumulative counts, so its CDF is within ``2W / (n - W)`` of the true
-    one, and the bin edges around ``x`` pin ``F(x)`` to three times that.
-
-    >>> round(quantile_rank_error(stddev=1.0, bins=16, n=10_000), 4)
-    0.0096
-    """
-    excursion = z * stddev * math.sqrt(bins)
-    if n <= excursion:
-        return math.inf
-    return 6.0 * excursion / (n - excursion)
 
 
 # --------------------------------------------------------------------------- top_k
