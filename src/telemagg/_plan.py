@@ -173,7 +173,7 @@ def _largest_units(bounds: tuple[float, float], centre: float, step: float) -> i
 
 
 def count_spec(policy: Policy) -> MeasurementSpec:
-    c = policy.max_contributions
+    c = policy.linf
     return MeasurementSpec("count", c, float(c), lambda s, n: _integer_sums(s, n))
 
 
@@ -221,9 +221,9 @@ def square_step(metric: FixedPointMetric) -> float:
 def sum_spec(policy: Policy, metric: FixedPointMetric) -> MeasurementSpec:
     """Sum of values clamped to the bounds, in units of ``metric.step``: one event moves it
     by at most ``max(|rint(lo / step)|, |rint(hi / step)|)`` units."""
-    column, bounds, step = metric.column, metric.bounds, metric.step
+    column, bounds, step = metric.column, metric.value_bounds, metric.step
     largest = _largest_units(bounds, 0.0, step)
-    bound = policy.max_contributions * largest
+    bound = policy.linf * largest
     return MeasurementSpec(
         sum_key(column, bounds, step),
         bound,
@@ -236,11 +236,11 @@ def sum_spec(policy: Policy, metric: FixedPointMetric) -> MeasurementSpec:
 def centred_spec(policy: Policy, metric: FixedPointMetric, power: int) -> MeasurementSpec:
     """Centred sum (power 1) of ``rint((x - mid) / step)``, or of its square (power 2, at
     :func:`square_step`, in units of ``step**2``)."""
-    column, bounds = metric.column, metric.bounds
+    column, bounds = metric.column, metric.value_bounds
     lo, hi = bounds
     mid = (lo + hi) / 2.0
     step = metric.step if power == 1 else square_step(metric)
-    bound = policy.max_contributions * _largest_units(bounds, mid, step) ** power
+    bound = policy.linf * _largest_units(bounds, mid, step) ** power
 
     def compute(s: State, n: int) -> I64:
         return _integer_sums(s, n, _fixed_point(s.numeric[column], bounds, mid, step) ** power)
@@ -284,7 +284,7 @@ def histogram_spec(policy: Policy, metric: Histogram) -> MeasurementSpec:
     """Noisy counts per bucket (L1 = L2 = Linf per partition)."""
     edges = metric.bins
     width = len(edges) - 1
-    bound = policy.max_contributions
+    bound = policy.linf
     return MeasurementSpec(
         histogram_key(metric),
         bound,
@@ -340,16 +340,16 @@ def finalize(
         key = "count" if isinstance(metric, Count) else "unit_count"
         return {metric.name: np.maximum(noisy[key][:, 0], 0.0)}
     if isinstance(metric, Sum):
-        return {metric.name: noisy[sum_key(metric.column, metric.bounds, metric.step)][:, 0]}
+        return {metric.name: noisy[sum_key(metric.column, metric.value_bounds, metric.step)][:, 0]}
     assert isinstance(metric, Mean | Variance)
-    lo, hi = metric.bounds
+    lo, hi = metric.value_bounds
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     n = np.maximum(noisy["count"][:, 0], 1.0)
-    centred = noisy[centred_key(metric.column, metric.bounds, 1, metric.step)][:, 0]
+    centred = noisy[centred_key(metric.column, metric.value_bounds, 1, metric.step)][:, 0]
     centred_mean = np.clip(centred / n, -half, half)
     if isinstance(metric, Mean):  # clipped again: mid + x can round past a bound
         return {metric.name: np.clip(mid + centred_mean, lo, hi)}
-    squares_key = centred_key(metric.column, metric.bounds, 2, square_step(metric))
+    squares_key = centred_key(metric.column, metric.value_bounds, 2, square_step(metric))
     squares = noisy[squares_key][:, 0] / n
     return {metric.name: np.clip(squares - centred_mean**2, 0.0, half**2)}
 
@@ -412,8 +412,8 @@ class ValueThreshold:
 
 def value_threshold(policy: Policy, column: str, epsilon: float, delta: float) -> ValueThreshold:
     """Calibrate the (partition, value) threshold of ``column`` (see :class:`ValueThreshold`)."""
-    linf = policy.max_contributions
-    l0 = policy.max_partitions * linf
+    linf = policy.linf
+    l0 = policy.l0 * linf
     plan = mech.laplace_threshold(l0, linf, epsilon, delta, l0)
     return ValueThreshold(column, plan, l0, l0, linf)
 
@@ -590,7 +590,7 @@ def _checked(scale: float, spec: MeasurementSpec) -> float:
 
 def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) -> Plan:
     """Split the budget over the measurements the metrics need and calibrate each."""
-    l0 = policy.max_partitions
+    l0 = policy.l0
     private = params.private_partitions
     specs: dict[str, MeasurementSpec] = {}
     metric_measurements: dict[str, tuple[str, ...]] = {}

@@ -70,7 +70,7 @@ def tree_nodes(height: int) -> int:
 
 def quantile_grid(metric: Quantiles, values: F64) -> I64:
     """Leaf bin of each value: equal bins of the (log-)scaled bounds."""
-    lo, hi = metric.bounds
+    lo, hi = metric.value_bounds
     leaves = tree_leaves(metric)
     clamped = np.clip(values, lo, hi)
     if metric.scale == "log":
@@ -82,7 +82,7 @@ def quantile_grid(metric: Quantiles, values: F64) -> I64:
 
 def grid_values(metric: Quantiles, position: F64) -> F64:
     """Values at ``position`` (fractions of the grid, in [0, 1]), inside the bounds."""
-    lo, hi = metric.bounds
+    lo, hi = metric.value_bounds
     if metric.scale == "log":
         values = lo * np.exp(position * math.log(hi / lo))
     else:
@@ -95,7 +95,7 @@ def _number(x: float) -> str:
 
 
 def quantile_key(metric: Quantiles) -> str:
-    lo, hi = metric.bounds
+    lo, hi = metric.value_bounds
     return (
         f"quantile_tree({metric.column},{_number(lo)},{_number(hi)},{metric.scale},"
         f"{tree_leaves(metric)}/{BRANCHING})"
@@ -128,7 +128,7 @@ def quantile_spec(policy: Policy, metric: Quantiles) -> MeasurementSpec:
 
     height = tree_height(metric)
     leaves, levels = tree_leaves(metric), height + 1
-    linf = policy.max_contributions
+    linf = policy.linf
 
     def compute(state: State, n: int) -> I64:
         bins = quantile_grid(metric, state.numeric[metric.column])

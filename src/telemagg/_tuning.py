@@ -1,0 +1,348 @@
+"""Choosing ``"auto"`` contribution bounds and value bounds privately, at release.
+
+A declared share of the release's epsilon (``tuning_share``, default 0.1) is spent here;
+the rest goes to the release's measurements. Both parts are pure epsilon-DP measurements
+of the same data, so they compose by summing (Dwork & Roth 2014, Theorem 3.16) and the
+ledger is charged once for their sum.
+
+What is measured, all with exact discrete Laplace noise on integer histograms over a
+fixed public domain of buckets, each unit adding 1 to one bucket of each histogram (L1
+sensitivity 1 under adding or removing a unit; scales from OpenDP's integer Laplace map,
+``_mechanisms.laplace_scale``):
+
+* each unit's number of partitions (its (unit, partition) pairs), for ``max_partitions``;
+* the number of events of each unit's *representative* pair (the one with the smallest
+  keyed pair priority, a uniform random pick), for ``max_contributions``;
+* with private partition selection, the number of partitions holding a representative
+  pair (adding a unit adds one representative pair to one partition, so that number moves
+  by at most 1); with public partitions their number is public and costs nothing;
+* per ``"auto"`` column, the value of each unit's representative event in signed octave
+  buckets (``(-2^(e+1), -2^e]``, ``[-2^-20, 2^-20)``, ``[2^e, 2^(e+1))``).
+
+Everything else is post-processing. L0 and Linf minimise the summed expected relative
+error of the requested metrics over a grid: for counts and sums the share of events the
+bounds drop (bias) plus the noise the bounds cause at a typical partition's size; for
+means, variances and quantiles the noise relative to the kept events (uniform sampling of
+a unit's events does not bias them). The share kept is estimated as the product of the
+pair share kept by L0 and the event share kept by Linf (independence assumed). Value
+bounds are approximate bounds (as Google's differential-privacy library's ApproxBounds):
+the outermost octave buckets whose noisy count passes a threshold that an empty bucket
+passes with probability below 5% (over all buckets), so the bounds sit where there is
+enough mass to see.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from telemagg import _mechanisms as mech
+from telemagg._plan import Plan, make_plan
+from telemagg._state import State
+from telemagg.errors import ConfigError
+from telemagg.policy import (
+    AUTO,
+    MAX_CONTRIBUTIONS,
+    MAX_PARTITIONS,
+    Count,
+    Metric,
+    Policy,
+    Quantiles,
+    ReleaseParams,
+    Sum,
+    TopK,
+    UnitCount,
+    ValueMetric,
+)
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+LADDER = np.unique(
+    np.concatenate([np.arange(1, 17), np.round(np.geomspace(16, MAX_CONTRIBUTIONS, 40))])
+).astype(np.int64)
+"""Buckets (lower edges) of per-unit partition counts and per-pair event counts, and the
+candidate values of max_partitions and max_contributions."""
+OCTAVES = np.arange(-20, 61)
+"""Octaves 2^e of the value buckets, each sign (beyond: the end buckets)."""
+TAIL_FAILURE = 0.05
+"""Probability that noise alone moves a value bound past every bucket holding data."""
+
+
+def needs_tuning(policy: Policy, metrics: Sequence[Metric]) -> bool:
+    """Whether a release of this query chooses anything privately."""
+    return policy.auto or any(_auto_bounds(m) for m in metrics)
+
+
+def _auto_bounds(metric: Metric) -> bool:
+    return isinstance(metric, ValueMetric) and metric.bounds == AUTO
+
+
+def provisional(policy: Policy, metrics: Sequence[Metric]) -> tuple[Policy, tuple[Metric, ...]]:
+    """Placeholder choices (1, 1, bounds (1, 2)) to validate a query before any charge."""
+    chosen = policy.model_copy(
+        update={
+            "max_partitions": 1 if policy.max_partitions == AUTO else policy.max_partitions,
+            "max_contributions": 1
+            if policy.max_contributions == AUTO
+            else policy.max_contributions,
+        }
+    )
+    out = tuple(
+        m.with_bounds((1.0, 2.0)) if isinstance(m, ValueMetric) and _auto_bounds(m) else m
+        for m in metrics
+    )
+    return chosen, out
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The choices of one release and what they cost."""
+
+    policy: Policy
+    metrics: tuple[Metric, ...]
+    plan: Plan
+    state: State
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Units:
+    """Per unit: its number of (unit, partition) pairs, the events of its representative
+    pair, the row of its representative event and that pair's partition."""
+
+    pairs: I64
+    events: I64
+    row: I64
+    partition: I64
+
+
+def _units(state: State) -> _Units:
+    """Each unit's representative pair (smallest pair key) and event (smallest priority)."""
+    order = np.lexsort((state.event_priority, state.pair_key, state.unit_id))
+    unit, pair = state.unit_id[order], state.pair_key[order]
+    n = order.size
+    new_unit = np.ones(n, dtype=bool)
+    new_pair = np.ones(n, dtype=bool)
+    if n:
+        np.not_equal(unit[1:], unit[:-1], out=new_unit[1:])
+        new_pair[1:] = new_unit[1:] | (pair[1:] != pair[:-1])
+    unit_starts, pair_starts = np.flatnonzero(new_unit), np.flatnonzero(new_pair)
+    first_pair = np.searchsorted(pair_starts, unit_starts)
+    pairs = np.diff(np.append(first_pair, pair_starts.size))
+    pair_sizes = np.diff(np.append(pair_starts, n))
+    row = order[unit_starts]
+    return _Units(pairs, pair_sizes[first_pair], row, state.partition[row])
+
+
+class _Budget:
+    """Epsilon pieces of the tuning step, each spent on one integer histogram of L1
+    sensitivity 1 (one unit adds 1 to one bucket): the discrete Laplace scale of the
+    piece's epsilon by OpenDP's map, and the epsilon that map gives back at that scale."""
+
+    def __init__(self, epsilon: float, pieces: int, noise: mech.Noise) -> None:
+        self.piece = epsilon / pieces
+        self.spent = 0.0
+        self.noise = noise
+
+    def scale(self, pieces: int = 1) -> float:
+        return mech.laplace_scale(1, self.piece * pieces)
+
+    def counts(self, exact: I64, pieces: int = 1) -> F64:
+        scale = self.scale(pieces)
+        self.spent += mech.laplace_epsilon(1, scale)
+        return self.noise.laplace(exact.astype(np.int64), scale).astype(np.float64)
+
+    def histogram(self, bucket: I64, width: int, pieces: int = 1) -> F64:
+        return self.counts(np.bincount(bucket, minlength=width), pieces)
+
+
+def _ladder_bucket(counts: I64) -> I64:
+    return np.searchsorted(LADDER, counts, side="right") - 1
+
+
+def _supported(noisy: F64, scale: float) -> F64:
+    """Noisy counts clipped at 0, zero beyond the last bucket that passes the detection
+    threshold (noise alone passes it in some bucket with probability <= TAIL_FAILURE)."""
+    threshold = scale * math.log(noisy.size / (2 * TAIL_FAILURE))
+    above = np.flatnonzero(noisy >= threshold)
+    out = np.maximum(noisy, 0.0)
+    if above.size:
+        out[above[-1] + 1 :] = 0.0
+    return out
+
+
+def _kept_share(histogram: F64, limits: I64) -> F64:
+    """Per candidate limit, the share of the histogram's mass ``sum h * x`` (x = LADDER)
+    kept by ``min(x, limit)``."""
+    total = float((histogram * LADDER).sum())
+    if total <= 0.0:
+        return np.ones(limits.size)
+    kept = (histogram[None, :] * np.minimum(LADDER[None, :], limits[:, None])).sum(axis=1)
+    return np.asarray(kept / total, dtype=np.float64)
+
+
+def _value_bucket(values: F64) -> I64:
+    """Signed octave bucket of each value: negatives, the zero bucket, positives."""
+    magnitude = np.abs(values)
+    octave = np.clip(
+        np.floor(np.log2(np.maximum(magnitude, 2.0 ** OCTAVES[0]))), OCTAVES[0], OCTAVES[-1]
+    ).astype(np.int64) - int(OCTAVES[0])
+    zero = OCTAVES.size
+    tiny = magnitude < 2.0 ** OCTAVES[0]
+    return np.where(tiny, zero, np.where(values < 0, zero - 1 - octave, zero + 1 + octave))
+
+
+def _bucket_edges() -> F64:
+    """Lower edges of the value buckets, plus the upper edge of the last."""
+    powers = 2.0 ** np.append(OCTAVES, OCTAVES[-1] + 1)
+    return np.concatenate([-powers[::-1], [2.0 ** OCTAVES[0]], powers[1:]])
+
+
+def _value_bounds(noisy: F64, scale: float, log: bool) -> tuple[tuple[float, float], float]:
+    """Approximate bounds from a noisy value histogram, and the (noisy) share inside."""
+    edges = _bucket_edges()
+    threshold = scale * math.log(noisy.size / TAIL_FAILURE)
+    eligible = noisy >= threshold
+    if log:  # log-scaled quantiles need lower > 0: positive buckets only
+        eligible[: OCTAVES.size + 1] = False
+    above = np.flatnonzero(eligible)
+    if above.size == 0:  # nothing visible: the fullest bucket
+        candidates = noisy.copy()
+        if log:
+            candidates[: OCTAVES.size + 1] = -np.inf
+        above = np.array([int(np.argmax(candidates))])
+    first, last = int(above[0]), int(above[-1])
+    lo, hi = float(edges[first]), float(edges[last + 1])
+    mass = np.maximum(noisy, 0.0)
+    inside = float(mass[first : last + 1].sum() / max(mass.sum(), 1.0))
+    return (lo, hi), min(inside, 1.0)
+
+
+def _objective(
+    metrics: Sequence[Metric],
+    l0: I64,
+    linf: I64,
+    pair_share: F64,
+    event_share: F64,
+    typical: tuple[float, float],
+    eps: float,
+) -> F64:
+    """Expected relative error of the metrics for each candidate (L0, Linf): (l0, linf)
+    grid, with the shares of pairs and events those limits keep, at a partition of
+    ``typical`` (units, events) and a measurement's epsilon ``eps``."""
+    units, events = (max(t, 1.0) for t in typical)
+    rows, cols = l0.astype(np.float64)[:, None], linf.astype(np.float64)[None, :]
+    kept = pair_share[:, None] * event_share[None, :]
+    noise = math.sqrt(2.0) * rows * cols / (eps * events)
+    total = np.zeros((l0.size, linf.size))
+    for metric in metrics:
+        if isinstance(metric, UnitCount):
+            total += (1.0 - pair_share[:, None]) + math.sqrt(2.0) * rows / (eps * units)
+        elif isinstance(metric, Count | Sum | TopK):
+            total += (1.0 - kept) + noise
+        else:  # mean, variance, quantiles, histogram: noise on what is kept
+            total += noise / np.maximum(kept, 1e-9)
+    return total
+
+
+def tune(
+    state: State,
+    policy: Policy,
+    metrics: Sequence[Metric],
+    params: ReleaseParams,
+    noise: mech.Noise,
+    empty: State,
+    public_partitions: int | None = None,
+) -> Tuned:
+    """Choose the ``"auto"`` values on ``state`` (bounded at the ceilings), plan the
+    release on the rest of the budget, and bound ``state`` with the choices (absorbed into
+    ``empty``). The returned plan's loss is the whole release's, tuning included."""
+    share = params.tuning_share
+    release_params = params.model_copy(update={"epsilon": params.epsilon * (1.0 - share)})
+    auto_l0, auto_linf = policy.max_partitions == AUTO, policy.max_contributions == AUTO
+    columns = list(
+        dict.fromkeys(m.column for m in metrics if isinstance(m, ValueMetric) and _auto_bounds(m))
+    )
+    contributions = auto_l0 or auto_linf
+    pieces = 2 * len(columns) + (2 + (public_partitions is None) if contributions else 0)
+    budget = _Budget(params.epsilon * share, pieces, noise)
+    units = _units(state)
+    report: dict[str, Any] = {"tuning_share": share, "mechanism": "laplace histograms"}
+
+    bounds: dict[str, tuple[float, float]] = {}
+    log_columns = {m.column for m in metrics if isinstance(m, Quantiles) and m.scale == "log"}
+    for column in columns:  # two pieces each: values get twice the others' budget
+        values = state.numeric[column][units.row]
+        histogram = budget.histogram(
+            _value_bucket(values[np.isfinite(values)]), 2 * OCTAVES.size + 1, pieces=2
+        )
+        chosen, inside = _value_bounds(histogram, budget.scale(2), column in log_columns)
+        bounds[column] = chosen
+        report.setdefault("bounds", {})[column] = list(chosen)
+        report.setdefault("values_within_bounds_share", {})[column] = inside
+
+    l0 = policy.max_partitions
+    linf = policy.max_contributions
+    if contributions:
+        scale = budget.scale()
+        partitions = _supported(budget.histogram(_ladder_bucket(units.pairs), LADDER.size), scale)
+        events = _supported(budget.histogram(_ladder_bucket(units.events), LADDER.size), scale)
+        if public_partitions is None:
+            held = np.unique(units.partition).size
+            count = float(budget.counts(np.array([held], np.int64))[0])
+        else:
+            count = float(public_partitions)
+        # a typical partition: the mean over them of units and of events (pairs times the
+        # mean events of a pair)
+        pairs = float((partitions * LADDER).sum())
+        mean_events = float((events * LADDER).sum() / max(events.sum(), 1.0))
+        typical = (pairs / max(count, 1.0), pairs * mean_events / max(count, 1.0))
+        probe_policy, probe_metrics = provisional(policy, metrics)
+        probe = make_plan(probe_metrics, probe_policy, release_params)
+        shares = len(probe.measurements) + len(probe.value_thresholds)
+        shares += probe.selection is not None
+        l0_grid = LADDER[LADDER <= MAX_PARTITIONS] if auto_l0 else np.array([l0], np.int64)
+        linf_grid = LADDER if auto_linf else np.array([linf], np.int64)
+        pair_share, event_share = _kept_share(partitions, l0_grid), _kept_share(events, linf_grid)
+        error = _objective(
+            metrics,
+            l0_grid,
+            linf_grid,
+            pair_share,
+            event_share,
+            typical,
+            release_params.epsilon / max(shares, 1),
+        )
+        i, j = np.unravel_index(int(np.argmin(error)), error.shape)
+        l0, linf = int(l0_grid[i]), int(linf_grid[j])
+        report["events_kept_share"] = float(pair_share[i] * event_share[j])
+        report["max_partitions"] = l0
+        report["max_contributions"] = linf
+
+    chosen_policy = Policy(
+        **{**policy.model_dump(), "max_partitions": int(l0), "max_contributions": int(linf)}
+    )
+    chosen_metrics = tuple(
+        m.with_bounds(bounds[m.column]) if isinstance(m, ValueMetric) and _auto_bounds(m) else m
+        for m in metrics
+    )
+    plan = make_plan(chosen_metrics, chosen_policy, release_params)
+    spent = budget.spent
+    loss = mech.PrivacyLoss(
+        plan.loss.epsilon + spent,
+        plan.loss.delta,
+        plan.loss.approx_epsilon + spent,
+        plan.loss.approx_delta,
+        plan.loss.rho,
+    )
+    if loss.epsilon > params.epsilon * (1 + 1e-9):
+        raise ConfigError(f"internal: tuning and release exceed epsilon {params.epsilon}")
+    report["epsilon"] = spent
+    bounded = empty.absorb(state, max_partitions=int(l0), max_contributions=int(linf))
+    return Tuned(chosen_policy, chosen_metrics, replace(plan, loss=loss), bounded, report)
