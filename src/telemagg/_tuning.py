@@ -64,7 +64,7 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 LADDER = np.unique(
-    np.concatenate([np.arange(1, 17), np.round(np.geomspace(16, MAX_CONTRIBUTIONS, 40))])
+    np.concatenate([np.arange(1, 9), np.round(np.geomspace(8, MAX_CONTRIBUTIONS, 28))])
 ).astype(np.int64)
 """Buckets (lower edges) of per-unit partition counts and per-pair event counts, and the
 candidate values of max_partitions and max_contributions."""
@@ -166,25 +166,42 @@ def _ladder_bucket(counts: I64) -> I64:
     return np.searchsorted(LADDER, counts, side="right") - 1
 
 
-def _supported(noisy: F64, scale: float) -> F64:
-    """Noisy counts clipped at 0, zero beyond the last bucket that passes the detection
-    threshold (noise alone passes it in some bucket with probability <= TAIL_FAILURE)."""
-    threshold = scale * math.log(noisy.size / (2 * TAIL_FAILURE))
-    above = np.flatnonzero(noisy >= threshold)
-    out = np.maximum(noisy, 0.0)
-    if above.size:
-        out[above[-1] + 1 :] = 0.0
-    return out
+def _at_least(noisy: F64, scale: float) -> tuple[F64, float]:
+    """Share of units with a count >= each LADDER edge (G_0 = 1), and the number of units,
+    from a noisy histogram.
+
+    Units at or above edge k are the suffix sum of the noisy counts from k up, whose noise
+    has standard deviation ``scale * sqrt(2 * buckets above)``: small where the tail is,
+    so the tail is read where it is visible. Where the suffix falls below twice that, the
+    tail is indistinguishable from noise and cut to 0 (noise in the wide top buckets would
+    otherwise read as units with thousands of events); the curve is then made
+    non-increasing."""
+    suffix = np.cumsum(noisy[::-1])[::-1]
+    level = 2.0 * scale * np.sqrt(2.0 * np.arange(noisy.size, 0, -1))
+    visible = suffix >= level
+    visible = np.logical_and.accumulate(visible)
+    total = max(float(suffix[0]), 1.0)
+    above = np.where(visible, np.clip(suffix, 0.0, total), 0.0)
+    above = np.minimum.accumulate(above)
+    above[0] = total
+    return np.asarray(above / total, dtype=np.float64), total
 
 
-def _kept_share(histogram: F64, limits: I64) -> F64:
-    """Per candidate limit, the share of the histogram's mass ``sum h * x`` (x = LADDER)
-    kept by ``min(x, limit)``."""
-    total = float((histogram * LADDER).sum())
+def _area(at_least: F64) -> tuple[F64, float]:
+    """E[min(X, c)] for c at each LADDER edge and, last, E[X]: the sum over u = 1..c of
+    P(X >= u), linear inside each bucket."""
+    widths = np.diff(np.append(LADDER, LADDER[-1] + 1)).astype(np.float64)
+    following = np.append(at_least[1:], 0.0)
+    inside = np.cumsum(widths * (at_least + following) / 2.0)
+    return np.concatenate([[0.0], inside[:-1]]) + at_least, float(inside[-1])
+
+
+def _kept_share(at_least: F64, limits: I64) -> F64:
+    """Per candidate limit c (LADDER edges), the share E[min(X, c)] / E[X]."""
+    upto, total = _area(at_least)
     if total <= 0.0:
         return np.ones(limits.size)
-    kept = (histogram[None, :] * np.minimum(LADDER[None, :], limits[:, None])).sum(axis=1)
-    return np.asarray(kept / total, dtype=np.float64)
+    return np.asarray(np.minimum(upto[np.searchsorted(LADDER, limits)] / total, 1.0))
 
 
 def _value_bucket(values: F64) -> I64:
@@ -219,9 +236,9 @@ def _value_bounds(noisy: F64, scale: float, log: bool) -> tuple[tuple[float, flo
         above = np.array([int(np.argmax(candidates))])
     first, last = int(above[0]), int(above[-1])
     lo, hi = float(edges[first]), float(edges[last + 1])
-    mass = np.maximum(noisy, 0.0)
-    inside = float(mass[first : last + 1].sum() / max(mass.sum(), 1.0))
-    return (lo, hi), min(inside, 1.0)
+    inside = max(float(noisy[first : last + 1].sum()), 0.0)  # sums: noise averages out
+    outside = max(float(noisy.sum()) - inside, 0.0)
+    return (lo, hi), inside / max(inside + outside, 1.0)
 
 
 def _objective(
@@ -270,7 +287,8 @@ def tune(
         dict.fromkeys(m.column for m in metrics if isinstance(m, ValueMetric) and _auto_bounds(m))
     )
     contributions = auto_l0 or auto_linf
-    pieces = 2 * len(columns) + (2 + (public_partitions is None) if contributions else 0)
+    # pieces: 2 per value column, 1 for pairs, 1 for events, 2 for the partition count
+    pieces = 2 * len(columns) + (2 + 2 * (public_partitions is None) if contributions else 0)
     budget = _Budget(params.epsilon * share, pieces, noise)
     units = _units(state)
     report: dict[str, Any] = {"tuning_share": share, "mechanism": "laplace histograms"}
@@ -291,18 +309,20 @@ def tune(
     linf = policy.max_contributions
     if contributions:
         scale = budget.scale()
-        partitions = _supported(budget.histogram(_ladder_bucket(units.pairs), LADDER.size), scale)
-        events = _supported(budget.histogram(_ladder_bucket(units.events), LADDER.size), scale)
+        partitions, n_units = _at_least(
+            budget.histogram(_ladder_bucket(units.pairs), LADDER.size), scale
+        )
+        events, _ = _at_least(budget.histogram(_ladder_bucket(units.events), LADDER.size), scale)
         if public_partitions is None:
             held = np.unique(units.partition).size
-            count = float(budget.counts(np.array([held], np.int64))[0])
+            count = float(budget.counts(np.array([held], np.int64), pieces=2)[0])
         else:
             count = float(public_partitions)
         # a typical partition: the mean over them of units and of events (pairs times the
         # mean events of a pair)
-        pairs = float((partitions * LADDER).sum())
-        mean_events = float((events * LADDER).sum() / max(events.sum(), 1.0))
-        typical = (pairs / max(count, 1.0), pairs * mean_events / max(count, 1.0))
+        pairs = n_units * float(_area(partitions)[1])
+        per_pair = float(_area(events)[1])
+        typical = (pairs / max(count, 1.0), pairs * per_pair / max(count, 1.0))
         probe_policy, probe_metrics = provisional(policy, metrics)
         probe = make_plan(probe_metrics, probe_policy, release_params)
         shares = len(probe.measurements) + len(probe.value_thresholds)
