@@ -172,13 +172,18 @@ def _at_least(noisy: F64, scale: float) -> tuple[F64, float]:
 
     Units at or above edge k are the suffix sum of the noisy counts from k up, whose noise
     has standard deviation ``scale * sqrt(2 * buckets above)``: small where the tail is,
-    so the tail is read where it is visible. Where the suffix falls below twice that, the
-    tail is indistinguishable from noise and cut to 0 (noise in the wide top buckets would
+    so the tail is read where it is visible. Where the suffix falls below 1.5 times that, the
+    tail is hard to tell from noise and cut to 0 (noise in the wide top buckets would
     otherwise read as units with thousands of events); the curve is then made
     non-increasing."""
     suffix = np.cumsum(noisy[::-1])[::-1]
-    level = 2.0 * scale * np.sqrt(2.0 * np.arange(noisy.size, 0, -1))
+    level = 1.5 * scale * np.sqrt(2.0 * np.arange(noisy.size, 0, -1))
     visible = suffix >= level
+    # and no further than twice the top of the last bucket that passes a threshold which
+    # an empty bucket passes with probability <= TAIL_FAILURE (as the value bounds)
+    passing = np.flatnonzero(noisy >= scale * math.log(noisy.size / (2 * TAIL_FAILURE)))
+    top = LADDER[min(int(passing[-1]) + 1, LADDER.size - 1)] if passing.size else LADDER[1]
+    visible &= LADDER < 2 * top
     visible = np.logical_and.accumulate(visible)
     total = max(float(suffix[0]), 1.0)
     above = np.where(visible, np.clip(suffix, 0.0, total), 0.0)
@@ -256,11 +261,11 @@ def _objective(
     units, events = (max(t, 1.0) for t in typical)
     rows, cols = l0.astype(np.float64)[:, None], linf.astype(np.float64)[None, :]
     kept = pair_share[:, None] * event_share[None, :]
-    noise = math.sqrt(2.0) * rows * cols / (eps * events)
+    noise = rows * cols / (eps * events)  # mean |Laplace| at the count's scale
     total = np.zeros((l0.size, linf.size))
     for metric in metrics:
         if isinstance(metric, UnitCount):
-            total += (1.0 - pair_share[:, None]) + math.sqrt(2.0) * rows / (eps * units)
+            total += (1.0 - pair_share[:, None]) + rows / (eps * units)
         elif isinstance(metric, Count | Sum | TopK):
             total += (1.0 - kept) + noise
         else:  # mean, variance, quantiles, histogram: noise on what is kept
@@ -315,7 +320,11 @@ def tune(
         events, _ = _at_least(budget.histogram(_ladder_bucket(units.events), LADDER.size), scale)
         if public_partitions is None:
             held = np.unique(units.partition).size
-            count = float(budget.counts(np.array([held], np.int64), pieces=2)[0])
+            noisy = float(budget.counts(np.array([held], np.int64), pieces=2)[0])
+            # few partitions are poorly known at this budget: the geometric mean of a
+            # low and a high reading (two noise scales either side), at least 1
+            reach = 2.0 * budget.scale(2)
+            count = math.sqrt(max(noisy - reach, 1.0) * max(noisy + reach, 1.0))
         else:
             count = float(public_partitions)
         # a typical partition: the mean over them of units and of events (pairs times the
