@@ -178,18 +178,19 @@ def test_streaming_batches_merges_windows_and_pickles_with_auto() -> None:
 def test_the_tuning_noise_has_the_scale_its_budget_claims() -> None:
     """Every tuning histogram gets discrete Laplace noise of the scale OpenDP's map gives its
     epsilon piece (sensitivity 1); accept that scale, reject 30% off."""
-    pieces = 2 + 1 + 1 + 2  # values (double), pairs, events, partition count (double)
-    single, double = (mech.laplace_scale(1, 0.1 * k / pieces) for k in (1, 2))
-    samples: dict[float, list[np.ndarray]] = {single: [], double: []}
+    pieces = 2 + 1 + 2 + 3  # values (2), pairs (1), events (2), partition count (3)
+    scales = {k: mech.laplace_scale(1, 0.1 * k / pieces) for k in (1, 2, 3)}
+    samples: dict[float, list[np.ndarray]] = {s: [] for s in scales.values()}
     for seed in range(12):
         randomness, recorder = recording(seed)
         release(shaped(300), [tm.count(), tm.mean("value", bounds="auto")], randomness=randomness)
         tuning = [(e, n, s) for e, n, s in recorder.draws if s in samples]
-        assert sorted(s for *_, s in tuning) == sorted([single, single, double, double])
+        expected = [scales[1], scales[2], scales[2], scales[3]]  # pairs; values, events; count
+        assert sorted(s for *_, s in tuning) == sorted(expected)
         for exact, noisy, scale in tuning:
             samples[scale].append(noisy - exact)
-    assert_discrete_noise_scale(np.concatenate(samples[single]), "laplace", single)
-    assert_discrete_noise_scale(np.concatenate(samples[double]), "laplace", double)
+    for scale in (scales[1], scales[2]):  # the single partition count: too few draws
+        assert_discrete_noise_scale(np.concatenate(samples[scale]), "laplace", scale)
 
 
 def test_neighbouring_inputs_change_the_tuning_only_through_noise(tmp_path) -> None:
