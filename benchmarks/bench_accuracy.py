@@ -415,7 +415,7 @@ def quantiles_main(args: argparse.Namespace) -> None:
             mine = np.array([release.to_dict()[c][0] for c in metric.output_names])
             tree.append(np.abs(mine - truth) / 9_999)
             grid.append(np.abs(flat_grid(values, metric, 8 / 0.25, rng) - truth) / 9_999)
-        for name, errs in (("tree (256 leaves)", tree), ("grid (32 bins, before)", grid)):
+        for name, errs in (("tree (64 leaves)", tree), ("grid (32 bins, before)", grid)):
             median = np.median(np.asarray(errs), axis=0)
             rows.append([f"{size:,}", name, *(f"{e:.4f}" for e in median)])
     print(machine())
