@@ -45,6 +45,14 @@ def test_the_consistent_tree_is_exact_without_noise_and_consistent_with_it(leave
     np.testing.assert_allclose(quant.consistent_leaves(rebuilt), fitted, atol=1e-9)
 
 
+def test_no_partition_released_gives_empty_quantile_columns() -> None:
+    metric = quantiles("value", [0.5, 0.9], bounds=(1, 100))
+    nodes = np.zeros((0, quant.tree_nodes(quant.tree_height(metric))))
+    columns = quant.quantile_columns(metric, nodes)
+    assert [c.shape for c in columns.values()] == [(0,), (0,)]
+    assert quant.tree_counts(np.zeros((0, 64), np.int64)).shape == nodes.shape
+
+
 def test_prefix_nodes_sum_to_the_prefix_counts() -> None:
     rng = np.random.default_rng(0)
     for height in (1, 2, 3):

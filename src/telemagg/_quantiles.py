@@ -108,7 +108,8 @@ def tree_counts(leaf_counts: I64) -> I64:
     levels = [leaf_counts]
     while levels[-1].shape[1] > 1:
         above = levels[-1]
-        levels.append(above.reshape(above.shape[0], -1, BRANCHING).sum(axis=2))
+        rows, width = above.shape
+        levels.append(above.reshape(rows, width // BRANCHING, BRANCHING).sum(axis=2))
     return np.concatenate(levels[::-1], axis=1)
 
 
@@ -157,13 +158,13 @@ def consistent_leaves(nodes: F64) -> F64:
     k = BRANCHING
     z = [levels[-1]]  # bottom-up, leaves first; a node at height i (leaves: 1)
     for i, level in enumerate(reversed(levels[:-1]), start=2):
-        children = z[-1].reshape(level.shape[0], -1, k).sum(axis=2)
+        children = z[-1].reshape(level.shape[0], level.shape[1], k).sum(axis=2)
         own = (k**i - k ** (i - 1)) / (k**i - 1)
         z.append(own * level + (1.0 - own) * children)
     z.reverse()  # root first
     fitted = z[0]
     for below in z[1:]:
-        siblings = below.reshape(below.shape[0], -1, k)
+        siblings = below.reshape(below.shape[0], fitted.shape[1], k)
         gap = (fitted - siblings.sum(axis=2)) / k
         fitted = (siblings + gap[:, :, None]).reshape(below.shape)
     return fitted

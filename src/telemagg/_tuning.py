@@ -169,39 +169,44 @@ def _ladder_bucket(counts: I64) -> I64:
     return np.searchsorted(LADDER, counts, side="right") - 1
 
 
+WINDOW = 8
+"""Buckets (a factor 16 in count) over which units at or above an edge are summed."""
+
+
 def _at_least(noisy: F64, scale: float) -> tuple[F64, float]:
     """Share of units with a count >= each LADDER edge (G_0 = 1), and the number of units,
     from a noisy histogram.
 
-    Units at or above edge k are the suffix sum of the noisy counts from k up, whose noise
-    has standard deviation ``scale * sqrt(2 * buckets above)``: small where the tail is,
-    so the tail is read where it is visible. Where the suffix falls below 1.5 times that, the
-    tail is hard to tell from noise and cut to 0 (noise in the wide top buckets would
-    otherwise read as units with thousands of events); the curve is then made
+    The support ends at the first edge above the median whose next WINDOW buckets (a
+    factor 16 in count) hold fewer noisy units than 1.5 times their noise and a floor
+    that noise alone passes with probability at most SUPPORT_FAILURE: beyond it the tail
+    cannot be told from
+    noise (read as units, the noise of the wide top buckets would be units with
+    thousands of events or partitions). Units at or above each edge inside the support
+    are the noisy counts summed from the edge to the support's end, clipped and made
     non-increasing."""
-    suffix = np.cumsum(noisy[::-1])[::-1]
-    level = 1.5 * scale * np.sqrt(2.0 * np.arange(noisy.size, 0, -1))
-    visible = suffix >= level
-    # and no further than twice the top of the last bucket that passes a threshold which
-    # an empty bucket passes with probability <= SUPPORT_FAILURE
-    passing = np.flatnonzero(noisy >= scale * math.log(noisy.size / (2 * SUPPORT_FAILURE)))
-    top = LADDER[min(int(passing[-1]) + 1, LADDER.size - 1)] if passing.size else LADDER[1]
-    supported = np.less(LADDER, 2 * top)
-    visible = np.logical_and.accumulate(visible & supported)
-    total = max(float(noisy[supported].sum()), 1.0)  # units: the supported buckets
-    above = np.where(visible, np.clip(suffix, 0.0, total), 0.0)
+    suffix = np.append(np.cumsum(noisy[::-1])[::-1], np.zeros(WINDOW + 1))
+    window = suffix[: noisy.size] - suffix[WINDOW : WINDOW + noisy.size]
+    level = max(1.5 * scale * math.sqrt(2.0 * WINDOW), scale * math.log(1 / SUPPORT_FAILURE))
+    tail = suffix[: noisy.size] < suffix[0] / 2.0  # edges above the median count
+    invisible = np.flatnonzero(tail & (window < level))
+    end = max(int(invisible[0]), 1) if invisible.size else noisy.size
+    total = max(float(suffix[0] - suffix[end]), 1.0)
+    above = np.zeros(noisy.size)
+    above[:end] = np.clip(suffix[:end] - suffix[end], 0.0, total)
     above = np.minimum.accumulate(above)
     above[0] = total
     return np.asarray(above / total, dtype=np.float64), total
 
 
 def _area(at_least: F64) -> tuple[F64, float]:
-    """E[min(X, c)] for c at each LADDER edge and, last, E[X]: the sum over u = 1..c of
-    P(X >= u), linear inside each bucket."""
+    """E[min(X, c)] for c at each LADDER edge, and E[X]: the sum over u = 1..c of
+    P(X >= u), exact at each bucket's first integer and linear inside the bucket."""
     widths = np.diff(np.append(LADDER, LADDER[-1] + 1)).astype(np.float64)
     following = np.append(at_least[1:], 0.0)
-    inside = np.cumsum(widths * (at_least + following) / 2.0)
-    return np.concatenate([[0.0], inside[:-1]]) + at_least, float(inside[-1])
+    buckets = at_least + (widths - 1.0) * (at_least + following) / 2.0
+    below = np.concatenate([[0.0], np.cumsum(buckets)[:-1]])
+    return below + at_least, float(buckets.sum())
 
 
 def _kept_share(at_least: F64, limits: I64) -> F64:
@@ -229,24 +234,38 @@ def _bucket_edges() -> F64:
     return np.concatenate([-powers[::-1], [2.0 ** OCTAVES[0]], powers[1:]])
 
 
-def _value_bounds(noisy: F64, scale: float, log: bool) -> tuple[tuple[float, float], float]:
-    """Approximate bounds from a noisy value histogram, and the (noisy) share inside."""
+def _value_bounds(
+    noisy: F64, scale: float, log: bool, margin: int
+) -> tuple[tuple[float, float], float]:
+    """Approximate bounds from a noisy value histogram (signed octaves): the outermost
+    buckets whose noisy count passes a threshold that noise alone passes in some bucket
+    with probability at most TAIL_FAILURE (as ApproxBounds in Google's differential
+    privacy library), widened by ``margin`` octaves each side; and the (noisy) share of
+    units inside. If no bucket passes, the fullest one."""
     edges = _bucket_edges()
     threshold = scale * math.log(noisy.size / TAIL_FAILURE)
-    eligible = noisy >= threshold
-    if log:  # log-scaled quantiles need lower > 0: positive buckets only
-        eligible[: OCTAVES.size + 1] = False
-    above = np.flatnonzero(eligible)
-    if above.size == 0:  # nothing visible: the fullest bucket
-        candidates = noisy.copy()
-        if log:
-            candidates[: OCTAVES.size + 1] = -np.inf
-        above = np.array([int(np.argmax(candidates))])
-    first, last = int(above[0]), int(above[-1])
+    lowest = OCTAVES.size + 1 if log else 0  # log scales need lower > 0
+    above = np.flatnonzero(noisy[lowest:] >= threshold) + lowest
+    if above.size == 0:
+        above = np.array([int(np.argmax(noisy[lowest:])) + lowest])
+    first = max(int(above[0]) - margin, lowest)
+    last = min(int(above[-1]) + margin, noisy.size - 1)
     lo, hi = float(edges[first]), float(edges[last + 1])
     inside = max(float(noisy[first : last + 1].sum()), 0.0)  # sums: noise averages out
     outside = max(float(noisy.sum()) - inside, 0.0)
     return (lo, hi), inside / max(inside + outside, 1.0)
+
+
+def _selectable(probe: Plan, l0: I64) -> npt.NDArray[np.bool_]:
+    """Which L0 values leave the release's partition selection calibratable (the truncated
+    geometric table stays within its size limit)."""
+    selection = probe.selection
+    if not isinstance(selection, mech.GeometricSelection):
+        return np.ones(l0.size, dtype=bool)
+    lengths = [
+        mech.keep_table_length(selection.epsilon / int(k), selection.delta / int(k)) for k in l0
+    ]
+    return np.asarray(lengths) <= mech.MAX_KEEP_TABLE
 
 
 def _objective(
@@ -311,20 +330,28 @@ def tune(
         dict.fromkeys(m.column for m in metrics if isinstance(m, ValueMetric) and _auto_bounds(m))
     )
     contributions = auto_l0 or auto_linf
-    # pieces: 2 per value column, 1 for pairs, 2 for events, 3 for the partition count
-    pieces = 2 * len(columns) + (3 + 3 * (public_partitions is None) if contributions else 0)
+    # pieces: 3 per value column, 1 for pairs, 2 for events, 2 for the partition count
+    pieces = 3 * len(columns) + (3 + 2 * (public_partitions is None) if contributions else 0)
     budget = _Budget(params.epsilon * share, pieces, noise)
     units = _units(state)
     report: dict[str, Any] = {"tuning_share": share, "mechanism": "laplace histograms"}
 
     bounds: dict[str, tuple[float, float]] = {}
     log_columns = {m.column for m in metrics if isinstance(m, Quantiles) and m.scale == "log"}
-    for column in columns:  # two pieces each: values get twice the others' budget
+    # sums and means pay for the tail mass beyond a bound (bias = mass x excess), and the
+    # outermost visible bucket leaves up to the detection threshold's mass outside: one
+    # more octave each side for them
+    summed = {
+        m.column for m in metrics if isinstance(m, ValueMetric) and not isinstance(m, Quantiles)
+    }
+    for column in columns:  # three pieces each: values get three times the pairs' budget
         values = state.numeric[column][units.row]
         histogram = budget.histogram(
-            _value_bucket(values[np.isfinite(values)]), 2 * OCTAVES.size + 1, pieces=2
+            _value_bucket(values[np.isfinite(values)]), 2 * OCTAVES.size + 1, pieces=3
         )
-        chosen, inside = _value_bounds(histogram, budget.scale(2), column in log_columns)
+        chosen, inside = _value_bounds(
+            histogram, budget.scale(3), column in log_columns, int(column in summed)
+        )
         bounds[column] = chosen
         report.setdefault("bounds", {})[column] = list(chosen)
         report.setdefault("values_within_bounds_share", {})[column] = inside
@@ -342,33 +369,37 @@ def tune(
         )
         if public_partitions is None:
             held = np.unique(units.partition).size
-            noisy = float(budget.counts(np.array([held], np.int64), pieces=3)[0])
-            # few partitions are poorly known at this budget: the geometric mean of a
-            # low and a high reading (two noise scales either side), at least 1
-            reach = 2.0 * budget.scale(3)
-            count = math.sqrt(max(noisy - reach, 1.0) * max(noisy + reach, 1.0))
+            noisy = float(budget.counts(np.array([held], np.int64), pieces=2)[0])
+            # a count of few partitions is poorly known at this budget (a reading of 16
+            # partitions may well be 80): its low end, two noise scales down, at least 1;
+            # few partitions are large ones, where bias costs more than noise
+            counts = [max(noisy - 2.0 * budget.scale(2), 1.0)]
         else:
-            count = float(public_partitions)
+            counts = [float(max(public_partitions, 1))]
         # a typical partition: the mean over them of units and of events (pairs times the
         # mean events of a pair)
         pairs = n_units * float(_area(partitions)[1])
         per_pair = float(_area(events)[1])
-        typical = (pairs / max(count, 1.0), pairs * per_pair / max(count, 1.0))
+        typicals = [(pairs / count, pairs * per_pair / count) for count in counts]
         probe_policy, probe_metrics = provisional(policy, metrics)
         probe = make_plan(probe_metrics, probe_policy, release_params)
         shares = len(probe.measurements) + len(probe.value_thresholds)
         shares += probe.selection is not None
-        l0_grid = LADDER[LADDER <= MAX_PARTITIONS] if auto_l0 else np.array([l0], np.int64)
+        # L0 no further than twice the visible support, and where the partition selection
+        # can be calibrated at all
+        reach = 2 * LADDER[max(int(np.count_nonzero(partitions)) - 1, 0)]
+        within = np.less_equal(LADDER, min(MAX_PARTITIONS, reach))
+        l0_grid = LADDER[within & _selectable(probe, LADDER)]
+        l0_grid = (l0_grid if l0_grid.size else LADDER[:1]) if auto_l0 else np.array([l0])
         linf_grid = LADDER if auto_linf else np.array([linf], np.int64)
         pair_share, event_share = _kept_share(partitions, l0_grid), _kept_share(events, linf_grid)
-        error = _objective(
-            metrics,
-            l0_grid,
-            linf_grid,
-            pair_share,
-            event_share,
-            typical,
-            release_params.epsilon / max(shares, 1),
+        eps_each = release_params.epsilon / max(shares, 1)
+        error = np.sum(
+            [
+                _objective(metrics, l0_grid, linf_grid, pair_share, event_share, t, eps_each)
+                for t in typicals
+            ],
+            axis=0,
         )
         i, j = np.unravel_index(int(np.argmin(error)), error.shape)
         l0, linf = int(l0_grid[i]), int(linf_grid[j])
