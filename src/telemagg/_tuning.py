@@ -371,9 +371,9 @@ def tune(
             held = np.unique(units.partition).size
             noisy = float(budget.counts(np.array([held], np.int64), pieces=2)[0])
             # a count of few partitions is poorly known at this budget (a reading of 16
-            # partitions may well be 80): its low end, two noise scales down, at least 1;
-            # few partitions are large ones, where bias costs more than noise
-            counts = [max(noisy - 2.0 * budget.scale(2), 1.0)]
+            # partitions may well be 80): the error is averaged over the reading and its
+            # low end, two noise scales down (at least 1)
+            counts = [max(noisy - 2.0 * budget.scale(2), 1.0), max(noisy, 1.0)]
         else:
             counts = [float(max(public_partitions, 1))]
         # a typical partition: the mean over them of units and of events (pairs times the
