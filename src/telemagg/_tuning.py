@@ -19,16 +19,29 @@ sensitivity 1 under adding or removing a unit; scales from OpenDP's integer Lapl
 * per ``"auto"`` column, the value of each unit's representative event in signed octave
   buckets (``(-2^(e+1), -2^e]``, ``[-2^-20, 2^-20)``, ``[2^e, 2^(e+1))``).
 
+The budget is split in pieces: 3 per ``"auto"`` value column, and when a contribution
+bound is ``"auto"`` 1 for the partitions per unit, 2 for the events per pair and 2 for the
+partition count (private partitions only). Adding or removing a unit moves each histogram
+by at most 1 in L1, so each piece is epsilon_piece-DP and the pieces compose by summing.
+
 Everything else is post-processing. L0 and Linf minimise the summed expected relative
-error of the requested metrics over a grid: for counts and sums the share of events the
-bounds drop (bias) plus the noise the bounds cause at a typical partition's size; for
-means, variances and quantiles the noise relative to the kept events (uniform sampling of
-a unit's events does not bias them). The share kept is estimated as the product of the
-pair share kept by L0 and the event share kept by Linf (independence assumed). Value
-bounds are approximate bounds (as Google's differential-privacy library's ApproxBounds):
-the outermost octave buckets whose noisy count passes a threshold that an empty bucket
-passes with probability below 5% (over all buckets), so the bounds sit where there is
-enough mass to see.
+error of the requested metrics over a grid (candidate values: LADDER): for counts and
+sums the share of events the bounds drop (bias) plus the mean absolute noise at a typical
+partition's size; for means, variances and quantiles their noise relative to the kept
+events, weighted by VALUE_WEIGHT (uniform sampling of a unit's events does not bias
+them). The share kept is the product of the pair share kept by L0 and the event share
+kept by Linf (independence assumed), each read from the noisy histograms where their tail
+is distinguishable from noise (:func:`_at_least`). The typical partition holds the
+estimated pairs (units x pairs per unit) over the number of partitions; that number is
+poorly known when it is small, so the error is averaged over its noisy reading and its
+low end. Value bounds are approximate bounds (as ApproxBounds in Google's
+differential-privacy library): the outermost octave buckets whose noisy count passes a
+threshold that noise alone passes in some bucket with probability below 5%, one octave
+wider for sums, means and variances (which pay for the mass beyond a bound).
+
+Known limits (benchmarks/README.md, issue 12): one L0/Linf per release, so a count that
+wants a large Linf makes means and quantiles noisier; with few private partitions the
+partition count is noisy and about one release in five picks a poor Linf.
 """
 
 from __future__ import annotations
