@@ -116,7 +116,7 @@ def test_auto_release_chooses_the_data_s_shape_and_says_what_it_cost() -> None:
     assert out.epsilon <= 1.0 + 1e-9
     assert out.metadata["query"]["policy"]["max_partitions"] == "auto"  # the query as asked
     frame = out.to_pandas()
-    assert (frame["mean_value"].between(140, 160)).all()
+    assert (frame["mean_value"].between(125, 175)).all()  # true 150
     kept = 3000 * 3 * min(tuning["max_contributions"], 10) / 6  # events within the bounds
     np.testing.assert_allclose(frame["count"], kept, rtol=0.1)
 
@@ -178,18 +178,18 @@ def test_streaming_batches_merges_windows_and_pickles_with_auto() -> None:
 def test_the_tuning_noise_has_the_scale_its_budget_claims() -> None:
     """Every tuning histogram gets discrete Laplace noise of the scale OpenDP's map gives its
     epsilon piece (sensitivity 1); accept that scale, reject 30% off."""
-    pieces = 2 + 1 + 2 + 3  # values (2), pairs (1), events (2), partition count (3)
+    pieces = 3 + 1 + 2 + 2  # values (3), pairs (1), events (2), partition count (2)
     scales = {k: mech.laplace_scale(1, 0.1 * k / pieces) for k in (1, 2, 3)}
     samples: dict[float, list[np.ndarray]] = {s: [] for s in scales.values()}
     for seed in range(12):
         randomness, recorder = recording(seed)
         release(shaped(300), [tm.count(), tm.mean("value", bounds="auto")], randomness=randomness)
-        tuning = [(e, n, s) for e, n, s in recorder.draws if s in samples]
-        expected = [scales[1], scales[2], scales[2], scales[3]]  # pairs; values, events; count
+        tuning = recorder.draws[:4]  # the tuning step draws first, then the release
+        expected = [scales[1], scales[2], scales[2], scales[3]]  # pairs; events, count; values
         assert sorted(s for *_, s in tuning) == sorted(expected)
         for exact, noisy, scale in tuning:
             samples[scale].append(noisy - exact)
-    for scale in (scales[1], scales[2]):  # the single partition count: too few draws
+    for scale in scales.values():
         assert_discrete_noise_scale(np.concatenate(samples[scale]), "laplace", scale)
 
 

@@ -25,16 +25,17 @@ from telemagg import _mechanisms as mech
 from telemagg._identity import KeyIndex, canonical_key, key_identity, key_order, unit_hash
 from telemagg._ingest import (
     MISSING_PRIVACY_UNIT,
-    NON_FINITE_VALUE,
     Batch,
     ingest,
 )
+from telemagg._intervals import Measured
 from telemagg._plan import (
     UNIT_COUNT,
     Column,
     Plan,
     finalize,
     make_plan,
+    present,
     select_partitions,
 )
 from telemagg._state import CONTRIBUTION_BOUNDS, SamplingKey, State
@@ -64,7 +65,7 @@ I64 = npt.NDArray[np.int64]
 CONSENT = "consent"
 PARTITION_SELECTION = "partition_selection"
 NOT_PUBLIC_PARTITION = "not_public_partition"
-ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, NON_FINITE_VALUE, CONTRIBUTION_BOUNDS)
+ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, CONTRIBUTION_BOUNDS)
 
 
 class ConsentSource(Protocol):
@@ -305,7 +306,7 @@ class Aggregator:
         ...         now=60)
         >>> agg.accounting()  # doctest: +NORMALIZE_WHITESPACE
         Accounting(received=4, aggregated=0, pending=2, dropped={'contribution_bounds': 0,
-                   'future': 1, 'late': 0, 'missing_privacy_unit': 1, 'non_finite_value': 0})
+                   'future': 1, 'late': 0, 'missing_privacy_unit': 1}, missing_values={})
         """
         dropped = self._reported_reasons()
         if self.window is None:
@@ -750,7 +751,7 @@ class Aggregator:
         noisy.update(measured)
         columns: dict[str, Column] = {}
         for metric in metrics:
-            columns.update(finalize(metric, noisy, value_counts))
+            columns.update(finalize(metric, noisy, value_counts, plan.measurements))
 
         keys = [index.keys[i] for i in released]
         key_columns = {c: _column([k[j] for k in keys]) for j, c in enumerate(self.by)}
@@ -764,6 +765,8 @@ class Aggregator:
             n_released=len(keys),
             charge=charge,
             seeded=self._randomness.seeded,
+            metrics=metrics,
+            policy=policy,
         )
         if tuning is not None:  # DP outputs of the tuning step, and their cost
             metadata["tuning"] = tuning
@@ -777,16 +780,27 @@ class Aggregator:
             loss=plan.loss,
             metadata=metadata,
             accounting=accounting,
+            measured=Measured(noisy, plan.measurements, _threshold(plan)),
+            metric_specs=metrics,
         )
 
     def _release_accounting(self, state: State, released: I64, reason: str) -> Accounting:
         """Exact fate of the events of ``state`` in a release of partitions ``released``:
-        events of other partitions are dropped under ``reason`` (operator side only)."""
-        aggregated = int(np.count_nonzero(np.isin(state.partition, released)))
+        events of other partitions are dropped under ``reason``; per metric on a value
+        column, how many aggregated events miss that value (operator side only)."""
+        in_release = np.isin(state.partition, released)
+        aggregated = int(np.count_nonzero(in_release))
         dropped = self._reported_reasons()
         dropped.update(state.dropped)
         dropped[reason] += len(state) - aggregated
-        return Accounting(received=state.received, aggregated=aggregated, dropped=dropped)
+        missing = {
+            metric.name: int(np.count_nonzero(in_release & ~present(state.numeric[column])))
+            for metric in self.metrics
+            for column in metric.columns
+        }
+        return Accounting(
+            received=state.received, aggregated=aggregated, dropped=dropped, missing_values=missing
+        )
 
     def _reported_reasons(self) -> Counter[str]:
         """Drop reasons every accounting lists, at zero when nothing was dropped for them."""
@@ -795,6 +809,12 @@ class Aggregator:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _threshold(plan: Plan) -> mech.ThresholdPlan | None:
+    """The partition threshold whose noisy counts are the ``unit_count`` column, if any."""
+    selection = plan.selection
+    return selection if isinstance(selection, mech.ThresholdPlan) else None
 
 
 def _without_units(state: State, unit_ids: npt.NDArray[np.uint64]) -> State:

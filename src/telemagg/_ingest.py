@@ -4,9 +4,10 @@ Accepted: a pandas or polars DataFrame, a pyarrow Table, a mapping of column nam
 array-like, or an iterable of mappings (one event each). Each needed column is converted
 once; identifier and key columns are factorized (``codes``, ``uniques``) so that everything
 downstream works on integer arrays. An event is dropped, and counted under the first reason
-that applies, when its privacy unit is missing (``missing_privacy_unit``), a partition key
-is missing (``missing_partition_key``), or a value a metric reads is NaN, infinite or
-missing (``non_finite_value``).
+that applies, when its privacy unit is missing (``missing_privacy_unit``), its event time is
+(``missing_time``) or a partition key is missing (``missing_partition_key``). A missing
+value column (NaN, None, +-inf) does not drop the event: it stays NaN (or +-inf) and only
+the metrics on that column skip it (``telemagg._plan.present``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ ObjArray = npt.NDArray[np.object_]
 
 MISSING_PRIVACY_UNIT = "missing_privacy_unit"
 MISSING_PARTITION_KEY = "missing_partition_key"
-NON_FINITE_VALUE = "non_finite_value"
 MISSING_TIME = "missing_time"
 
 
@@ -573,10 +573,6 @@ def ingest(
         batch.time_ms, time_missing = _times_ms(raw[time], time)
         reasons.append((MISSING_TIME, time_missing))
     reasons.append((MISSING_PARTITION_KEY, codes < 0))
-    finite = np.ones(n_events, dtype=bool)
-    for v in values.values():
-        finite &= np.isfinite(v)
-    reasons.append((NON_FINITE_VALUE, ~finite))
     bad = np.zeros(n_events, dtype=bool)
     for reason, mask in reasons:
         newly = int(np.count_nonzero(mask & ~bad))

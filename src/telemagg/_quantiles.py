@@ -132,8 +132,10 @@ def quantile_spec(policy: Policy, metric: Quantiles) -> MeasurementSpec:
     linf = policy.linf
 
     def compute(state: State, n: int) -> I64:
-        bins = quantile_grid(metric, state.numeric[metric.column])
-        flat = np.bincount(state.partition * leaves + bins, minlength=n * leaves)
+        values = state.numeric[metric.column]
+        present = np.isfinite(values)  # a missing value leaves this metric only (_plan.present)
+        bins = quantile_grid(metric, values[present])
+        flat = np.bincount(state.partition[present] * leaves + bins, minlength=n * leaves)
         return tree_counts(flat.reshape(n, leaves).astype(np.int64))
 
     return MeasurementSpec(
