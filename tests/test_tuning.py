@@ -225,3 +225,16 @@ def test_units_pick_their_smallest_pair_and_event() -> None:
     units = _tuning._units(state._state)
     assert units.pairs.tolist() == [2] * 50
     assert units.events.tolist() == [4] * 50
+
+
+def test_auto_releases_carry_intervals_from_the_chosen_bounds() -> None:
+    metrics = [tm.count(), tm.mean("value", "auto"), tm.quantiles("value", [0.5], "auto")]
+    out = release(shaped(), metrics)
+    frame = out.to_pandas(intervals=0.95)
+    lo, hi = out.metadata["tuning"]["bounds"]["value"]
+    for column in ("count", "mean_value", "p50_value"):
+        assert (frame[f"{column}_low"] <= frame[column]).all()
+        assert (frame[column] <= frame[f"{column}_high"]).all()
+    assert (frame["mean_value_low"] >= lo).all()
+    assert (frame["mean_value_high"] <= hi).all()
+    assert (frame["p50_value_high"] <= hi).all()
