@@ -65,6 +65,8 @@ log = logging.getLogger("telemagg.collector")
 RELEASE_CHECK_S = 1.0
 LAG_CHECK_S = 5.0
 FETCH_TIMEOUT_S = 0.2
+#: ... and while messages wait for their checkpoint (not to delay it).
+BUSY_FETCH_TIMEOUT_S = 0.005
 #: Fetches decoded or waiting for the worker before the loop stops fetching (backpressure).
 PIPELINE_DEPTH = 2
 #: Events decoded and waiting before the worker absorbs them in one ``add``.
@@ -314,7 +316,9 @@ class Collector:
                 checkpoint_s = committed.seconds
 
         while not self._stopping.is_set():
-            messages = await source.fetch(config.source.fetch_messages, FETCH_TIMEOUT_S)
+            busy = held or staged or committing is not None  # a checkpoint will be due
+            timeout = BUSY_FETCH_TIMEOUT_S if busy else FETCH_TIMEOUT_S
+            messages = await source.fetch(config.source.fetch_messages, timeout)
             if messages:
                 self.metrics.count("messages_received", len(messages))
                 staged.append((work(self._stage, messages), messages))
@@ -330,6 +334,7 @@ class Collector:
                         self.metrics.set("source_lag", lag)
                 last_lag = now
             self.metrics.set("held_events", held_events)
+            self.metrics.set("requests_duplicate", source.duplicates)
             # Group commit: clients waiting for their checkpoint (OTLP) get one as soon as
             # the last one has committed (journal appends cost O(new events), so checkpoints
             # stay a bounded share of the time whatever the state's size).
@@ -466,11 +471,13 @@ class Collector:
             self._snapshot_due = False
             self.metrics.count("snapshots")
             entries = []
+            # Accounting reads settle the state (bound its pending rows): only here, where
+            # pickling has just settled it, not on every checkpoint.
+            for reason, n in self._engine.accounting().get("dropped", {}).items():
+                self.metrics.set("events_dropped", n, reason=str(reason))
         else:
             snapshot, entries = None, Engine.journal_bytes(journal)
             self._journal_size += sum(len(data) for _, data in entries)
-        for reason, n in self._engine.accounting().get("dropped", {}).items():
-            self.metrics.set("events_dropped", n, reason=str(reason))
         return Prepared(positions, held, windows, published, snapshot, entries)
 
     def _write(self, prepared: Prepared, began: float) -> Committed:

@@ -60,6 +60,8 @@ class Source(ABC):
     kind: str
     #: Clients wait for the checkpoint (OTLP): checkpoint as soon as the last one allows.
     clients_wait: bool = False
+    #: Deliveries recognised as repeats of ones already held or committed (OTLP retries).
+    duplicates: int = 0
 
     @abstractmethod
     async def open(self, positions: Any) -> None:
