@@ -6,8 +6,9 @@ then runs ``tm.Collector`` until every event is absorbed and checkpointed. Repor
 from the collector's start to the last checkpoint (fetch, JSON decoding by Arrow, the
 windowed Aggregator's ``add``, checkpoints, acks), the process's CPU time over the same span
 (all threads; on a shared machine wall time depends on the neighbours, CPU time much less),
-checkpoints and snapshots written, and peak RSS. Publishing is not timed. The query: ``count`` + ``mean(duration_ms)`` by ``event_name``
-(4 public partitions), 1 h windows, 50,000 users.
+checkpoints and snapshots written, and peak RSS. Publishing is not timed. The query:
+``count`` + ``mean(duration_ms)`` by ``event_name`` (4 public partitions), 1 h windows,
+50,000 users.
 
 Run from the repository root with the project's venv active (servers on 127.0.0.1)::
 

@@ -162,8 +162,10 @@ def main() -> None:
         started = time.time()
         stop_at = started + args.minutes * 60
         publisher = subprocess.Popen(
-            [sys.executable, __file__, "--publish-only", stream, str(stop_at), str(args.rate)]
-            + ["--users", str(args.users)],
+            [
+                *(sys.executable, __file__, "--publish-only", stream),
+                *(str(stop_at), str(args.rate), "--users", str(args.users)),
+            ],
         )
         time.sleep(2)  # the stream exists before the collector binds to it
         env = {**os.environ}

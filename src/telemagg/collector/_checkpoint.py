@@ -255,7 +255,8 @@ class CheckpointStore(StoreOwner):
                     (name, digests_before),
                 )
             tx.executemany(
-                f"INSERT INTO {_DIGESTS.name} (name, digest, at) VALUES (?, ?, ?)",
+                f"INSERT INTO {_DIGESTS.name} (name, digest, at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name, digest) DO UPDATE SET at = excluded.at",
                 [(name, digest, at) for digest, at in digests],
             )
 

@@ -491,7 +491,9 @@ class Collector:
             journal=prepared.journal,
             windows=prepared.windows,
             published=prepared.published,
-            digests=[(m.digest, wall) for m in prepared.held if m.digest is not None],
+            digests=[]
+            if horizon is None
+            else [(m.digest, wall) for m in prepared.held if m.digest is not None],
             digests_before=None if horizon is None else wall - horizon,
         )
         self.metrics.count("checkpoints")
