@@ -69,6 +69,8 @@ FETCH_TIMEOUT_S = 0.2
 BUSY_FETCH_TIMEOUT_S = 0.005
 #: Fetches decoded or waiting for the worker before the loop stops fetching (backpressure).
 PIPELINE_DEPTH = 2
+#: Checkpoints prepared or being written at once (one is written while the next prepares).
+MAX_COMMITTING = 2
 #: Events decoded and waiting before the worker absorbs them in one ``add``.
 ABSORB_EVENTS = 200_000
 
@@ -279,8 +281,10 @@ class Collector:
         The worker is ONE thread, so the engine is only ever touched by it, in order; Arrow's
         decoding and numpy's sorting release the GIL, so they overlap with the next fetch.
         At most ``PIPELINE_DEPTH`` fetches wait for the worker (backpressure on the source),
-        and at most one checkpoint commits at a time while the next messages are decoded;
-        messages are acknowledged when the checkpoint holding them has committed.
+        and checkpoints are pipelined: the next one is prepared (its batches absorbed and
+        serialised) while the last one is written to the store, at most ``MAX_COMMITTING``
+        at a time, written in order; messages are acknowledged when the checkpoint holding
+        them has committed.
         """
         config = self.config
         assert self._stopping is not None
@@ -290,33 +294,37 @@ class Collector:
         held: list[Message] = []
         held_events = 0
         windows: list[WindowRecord] = []
-        committing: asyncio.Future[Committed] | None = None  # at most one at a time
+        committing: collections.deque[asyncio.Future[Committed]] = collections.deque()
+        preparing = 0  # checkpoints whose batches the worker has not serialised yet
         last_checkpoint = last_release = last_lag = time.monotonic()
-        checkpoint_s = 0.0
 
         def work(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
             return loop.run_in_executor(self._worker, call, *args)
 
         async def checkpoint(held: list[Message], windows: list[WindowRecord]) -> Committed:
+            nonlocal preparing
             began = time.monotonic()
             positions = {"source": source.positions(held)}
-            prepared = await work(self._prepare, positions, held, windows)
+            try:
+                prepared = await work(self._prepare, positions, held, windows)
+            finally:
+                preparing -= 1
+            # One committer thread: checkpoints commit in the order they were prepared.
             return await loop.run_in_executor(self._committer, self._write, prepared, began)
 
         async def settle(block: bool) -> None:
-            nonlocal held_events, committing, checkpoint_s
+            nonlocal held_events
             while staged and (block or staged[0][0].done()):
                 future, messages = staged.popleft()
                 held_events += await future
                 held.extend(messages)
-            if committing is not None and (block or committing.done()):
-                committed = await committing
-                committing = None
+            while committing and (block or committing[0].done()):
+                committed = await committing.popleft()
                 await self._acknowledge(source, committed)
-                checkpoint_s = committed.seconds
+                self.metrics.set("checkpoint_seconds", committed.seconds)
 
         while not self._stopping.is_set():
-            busy = held or staged or committing is not None  # a checkpoint will be due
+            busy = held or staged or committing  # a checkpoint will be due
             timeout = BUSY_FETCH_TIMEOUT_S if busy else FETCH_TIMEOUT_S
             messages = await source.fetch(config.source.fetch_messages, timeout)
             if messages:
@@ -336,18 +344,19 @@ class Collector:
             self.metrics.set("held_events", held_events)
             self.metrics.set("requests_duplicate", source.duplicates)
             # Group commit: clients waiting for their checkpoint (OTLP) get one as soon as
-            # the last one has committed (journal appends cost O(new events), so checkpoints
-            # stay a bounded share of the time whatever the state's size).
-            wait = min(interval, checkpoint_s) if source.clients_wait else interval
+            # the last one is prepared; what arrives while one is written goes in the next
+            # (journal appends cost O(new events), whatever the state's size).
+            wait = 0.0 if source.clients_wait else interval
             due = now - last_checkpoint >= wait and (held or self._published)
-            if committing is None and (
-                windows or held_events >= config.state.checkpoint_events or due
-            ):
-                committing = asyncio.ensure_future(checkpoint(held, windows))
+            free = len(committing) < MAX_COMMITTING and not preparing
+            if free and (windows or held_events >= config.state.checkpoint_events or due):
+                preparing += 1
+                committing.append(asyncio.ensure_future(checkpoint(held, windows)))
                 held, held_events, windows = [], 0, []
                 last_checkpoint = time.monotonic()
         # Graceful stop: every fetched message decoded, absorbed and checkpointed.
         await settle(block=True)
+        preparing += 1
         await self._acknowledge(source, await checkpoint(held, windows))
 
     def _stage(self, messages: list[Message]) -> int:

@@ -34,6 +34,7 @@ _HELP = {
     "messages_received": ("counter", "Messages fetched from the source (duplicates excluded)"),
     "messages_malformed": ("counter", "Messages whose body could not be decoded"),
     "checkpoints": ("counter", "Checkpoints committed"),
+    "checkpoint_seconds": ("gauge", "Seconds the last checkpoint took, prepared to committed"),
     "snapshots": ("counter", "Checkpoints that wrote the whole state (others append the journal)"),
     "requests_duplicate": (
         "counter",
