@@ -69,6 +69,8 @@ FETCH_TIMEOUT_S = 0.2
 BUSY_FETCH_TIMEOUT_S = 0.005
 #: Fetches decoded or waiting for the worker before the loop stops fetching (backpressure).
 PIPELINE_DEPTH = 2
+#: Seconds between checkpoints while the source has nothing more to deliver.
+IDLE_CHECKPOINT_S = 0.1
 #: Checkpoints prepared or being written at once (one is written while the next prepares).
 MAX_COMMITTING = 2
 #: Events decoded and waiting before the worker absorbs them in one ``add``.
@@ -129,6 +131,7 @@ class Collector:
         self._stop_requested = threading.Event()
         self._waiting: list[Any] = []  # decoded tables not absorbed yet
         self._waiting_events = 0
+        self._staged_events = 0  # events staged since the last prepared checkpoint
         self._snapshot_due = True  # the first checkpoint is a snapshot
         self._snapshot_size = 0  # bytes of the last snapshot
         self._journal_size = 0  # bytes journalled since it
@@ -301,23 +304,37 @@ class Collector:
         def work(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
             return loop.run_in_executor(self._worker, call, *args)
 
-        async def checkpoint(held: list[Message], windows: list[WindowRecord]) -> Committed:
+        def checkpoint(
+            held: list[Message], events: int, windows: list[WindowRecord]
+        ) -> asyncio.Future[Committed]:
+            # Submitted to the worker NOW, so that it runs after exactly the batches staged
+            # so far (the worker is first in, first out).
             nonlocal preparing
+            preparing += 1
             began = time.monotonic()
             positions = {"source": source.positions(held)}
-            try:
-                prepared = await work(self._prepare, positions, held, windows)
-            finally:
-                preparing -= 1
-            # One committer thread: checkpoints commit in the order they were prepared.
-            return await loop.run_in_executor(self._committer, self._write, prepared, began)
+            preparation = work(self._prepare, positions, held, events, windows)
 
-        async def settle(block: bool) -> None:
+            async def commit() -> Committed:
+                nonlocal preparing
+                try:
+                    prepared = await preparation
+                finally:
+                    preparing -= 1
+                # One committer thread: checkpoints commit in the order they were prepared.
+                return await loop.run_in_executor(self._committer, self._write, prepared, began)
+
+            return asyncio.ensure_future(commit())
+
+        async def settle_staged(block: bool = True) -> None:
             nonlocal held_events
             while staged and (block or staged[0][0].done()):
                 future, messages = staged.popleft()
                 held_events += await future
                 held.extend(messages)
+
+        async def settle(block: bool) -> None:
+            await settle_staged(block)
             while committing and (block or committing[0].done()):
                 committed = await committing.popleft()
                 await self._acknowledge(source, committed)
@@ -346,18 +363,21 @@ class Collector:
             # Group commit: clients waiting for their checkpoint (OTLP) get one as soon as
             # the last one is prepared; what arrives while one is written goes in the next
             # (journal appends cost O(new events), whatever the state's size).
-            wait = 0.0 if source.clients_wait else interval
+            # A source with nothing more to deliver now gets its checkpoint (and acks) soon.
+            idle = not messages and not staged
+            wait = 0.0 if source.clients_wait else IDLE_CHECKPOINT_S if idle else interval
             due = now - last_checkpoint >= wait and (held or self._published)
             free = len(committing) < MAX_COMMITTING and not preparing
             if free and (windows or held_events >= config.state.checkpoint_events or due):
-                preparing += 1
-                committing.append(asyncio.ensure_future(checkpoint(held, windows)))
+                # The worker absorbs every staged batch before it prepares this checkpoint:
+                # the checkpoint must hold (and position) exactly those messages.
+                await settle_staged()
+                committing.append(checkpoint(held, held_events, windows))
                 held, held_events, windows = [], 0, []
                 last_checkpoint = time.monotonic()
         # Graceful stop: every fetched message decoded, absorbed and checkpointed.
         await settle(block=True)
-        preparing += 1
-        await self._acknowledge(source, await checkpoint(held, windows))
+        await self._acknowledge(source, await checkpoint(held, held_events, windows))
 
     def _stage(self, messages: list[Message]) -> int:
         """(worker) Decode messages into tables waiting to be absorbed, absorbing them once
@@ -373,6 +393,7 @@ class Collector:
             total += int(table.num_rows)
             self._waiting.append(self._clean(project(table, self._engine.columns)))
         self._waiting_events += total
+        self._staged_events += total
         self.metrics.count("events_received", total)
         if self._waiting_events >= ABSORB_EVENTS:
             self._absorb()
@@ -466,10 +487,25 @@ class Collector:
         return records
 
     def _prepare(
-        self, positions: dict[str, Any], held: list[Message], windows: list[WindowRecord]
+        self,
+        positions: dict[str, Any],
+        held: list[Message],
+        events: int,
+        windows: list[WindowRecord],
     ) -> Prepared:
         """(worker) What the next checkpoint writes: a journal append, or a snapshot when
-        the journal would outgrow the last snapshot or a window was released."""
+        the journal would outgrow the last snapshot or a window was released.
+
+        ``events``: the events of ``held`` by the loop's count, which must be every event
+        staged since the last checkpoint (else a message's events would be checkpointed
+        without its position, and counted twice after a crash): checked, never assumed.
+        """
+        if events != self._staged_events:
+            raise TelemaggError(
+                f"internal: a checkpoint holding {events} events would store"
+                f" {self._staged_events}; stopping without checkpointing"
+            )
+        self._staged_events = 0
         self._absorb()
         journal = self._engine.take_journal()
         new_bytes = sum(int(table.nbytes) for _, table in journal)
