@@ -257,3 +257,22 @@ def test_state_and_ledger_in_postgresql(tmp_path: Path, postgres_url: str) -> No
     ledger.verify()
     assert len(ledger.charges()) == 1
     ledger.close()
+
+
+def test_dictionary_encoded_keys_are_the_same_units_and_partitions() -> None:
+    """The collector dictionary-encodes string unit and ``by`` columns before ``add``: the
+    aggregator must see the same units, partitions and drops as from plain strings."""
+    import pyarrow as pa
+
+    from telemagg._ingest import ingest
+
+    plain = pa.table({"u": ["a", "b", "a", None], "e": ["x", "y", "x", "x"]})
+    encoded = pa.table({name: plain.column(name).dictionary_encode() for name in ("u", "e")})
+    one, two = (
+        ingest(t, unit="u", by=("e",), numeric=(), categorical=(), time=None)
+        for t in (plain, encoded)
+    )
+    assert np.array_equal(one.unit_id, two.unit_id)
+    assert list(one.partition_keys) == list(two.partition_keys)
+    assert np.array_equal(one.partition_codes, two.partition_codes)
+    assert one.dropped == two.dropped
