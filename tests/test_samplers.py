@@ -79,7 +79,7 @@ def test_sign_is_symmetric_and_zero_has_its_mass() -> None:
     assert stats.binomtest(positive, positive + negative, 0.5).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("sigma", [0.4, 1.0, 7.3, 60.0])
+@pytest.mark.parametrize("sigma", [0.4, 1.0, 7.3, 60.0, 1e6])
 def test_discrete_gaussian_fits_its_exact_law_and_rejects_30_percent_off(sigma: float) -> None:
     draws = discrete_gaussian(300_000, sigma, SeededBits(int(sigma * 10)))
     exact = math.sqrt(1 / (2 * float(samplers._gaussian_plan(sigma).weight)))
@@ -189,15 +189,38 @@ def test_bernoulli_is_exact_for_tiny_dyadic_probabilities_and_ties() -> None:
 
 def test_gaussian_acceptance_ties_are_decided_exactly() -> None:
     plan = samplers._gaussian_plan(2.0)
-    thresholds, _ = plan.acceptance(np.array([1]))
+    threshold, _ = plan._threshold(1)
     # the Laplace draw: a tie-free word giving |Y| = 1 (below t_1, above t_2), then an
     # acceptance word tying with floor(2^31 exp(-gamma(1))), then the deciding bits
     level = samplers._laplace_levels(plan.rate)[0]
     r = int(level.thresholds[1]) + 1
-    accept_word = int(thresholds[0]) << 1
+    accept_word = threshold << 1
     words = [r << 1, accept_word, 0]  # the draw, the coin (a tie), the deciding bits
     out = discrete_gaussian(1, 2.0, ScriptedBits(words, filler=0))
     assert abs(int(out[0])) == 1  # U = t / 2^31 exactly < exp(-gamma): accepted
+
+
+@pytest.mark.parametrize("sigma", [0.4, 2.0, 37.0, 1e4, 1e9, 2.0**52])
+def test_certified_float_acceptance_decides_exactly_as_the_exact_thresholds(sigma: float) -> None:
+    # Every draw the float64 enclosure decides is decided as floor(2^31 exp(-gamma))
+    # decides it; words are drawn around each threshold, where a wrong enclosure would show.
+    plan = samplers._gaussian_plan(sigma)
+    rng = np.random.default_rng(7)
+    centre = int(plan.centre)
+    spread = max(4 * int(plan.sigma), 4)
+    magnitudes = np.unique(
+        np.clip(rng.integers(centre - spread, centre + spread, 400), 0, 2**62)
+    ).astype(np.int64)
+    exact = np.array([plan._threshold(int(y))[0] for y in magnitudes.tolist()], dtype=np.int64)
+    offsets = np.array([-3, -2, -1, 0, 1, 2, 3], dtype=np.int64)
+    words = np.clip(exact[:, None] + offsets[None, :], 0, 2**31 - 1)
+    flat_magnitudes = np.repeat(magnitudes, offsets.size)
+    accept, undecided = plan.decide(flat_magnitudes, words.ravel().astype(np.uint32))
+    truth = words.ravel() < np.repeat(exact, offsets.size)
+    decided = ~undecided
+    assert decided.mean() > 0.5  # the enclosure decides most even at the thresholds
+    assert np.array_equal(accept[decided], truth[decided])
+    assert not accept[undecided].any()
 
 
 def test_overflow_of_int64_is_impossible_at_sane_scales() -> None:

@@ -7,6 +7,7 @@
 """
 
 from telemagg._aggregator import Aggregator, aggregate
+from telemagg._dataset import ReleaseData, read_release
 from telemagg._version import library_version
 from telemagg.collector import Collector
 from telemagg.consent import ConsentChange, ConsentRegistry
@@ -67,6 +68,7 @@ __all__ = [
     "Policy",
     "Quantiles",
     "Release",
+    "ReleaseData",
     "SchemaError",
     "Sum",
     "TelemaggError",
@@ -81,6 +83,7 @@ __all__ = [
     "mean",
     "pseudonymize",
     "quantiles",
+    "read_release",
     "scrub_pii",
     "sum",
     "top_k",

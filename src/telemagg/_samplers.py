@@ -4,7 +4,10 @@ Every sampler here turns uniform random bits into integers with **exactly** the 
 distribution, using only integer comparisons between the bits and exactly known thresholds:
 no floating-point operation sits between the bits and the noisy integer (the attacks on
 floating-point noise of Mironov, CCS 2012, and Jin et al., S&P 2022, have nothing to act
-on). The thresholds are the real numbers ``2**31 * P(X >= m)``; they are transcendental
+on). Where a threshold is enclosed in float64 to decide most comparisons at once (the
+discrete Gaussian's acceptance coin), the enclosure is certified and every comparison it
+cannot decide falls back to the exact one, so each outcome is the exact outcome. The
+thresholds are the real numbers ``2**31 * P(X >= m)``; they are transcendental
 (values of ``exp`` at non-zero rationals, by Lindemann-Weierstrass), so they are known only
 as enclosures, computed with :mod:`decimal`, whose ``exp`` is documented as correctly
 rounded (the General Decimal Arithmetic specification), widened by one unit in the last
@@ -526,18 +529,49 @@ class _GaussianPlan:
         d = _EXACT.subtract(Decimal(y), _decimal(self.centre))
         return _EXACT.multiply(_decimal(self.weight), _EXACT.multiply(d, d))
 
-    def acceptance(self, magnitudes: I64) -> tuple[U32, U32]:
-        """Thresholds ``floor(2**31 exp(-gamma))`` (and ambiguity markers) per magnitude."""
-        t = np.empty(magnitudes.size, dtype=np.uint32)
-        amb = np.empty(magnitudes.size, dtype=np.uint32)
-        for i, y in enumerate(magnitudes.tolist()):
-            found = self.cache.get(y)
-            if found is None:
-                found = self.cache[y] = self._threshold(y)
-                if len(self.cache) > 1_000_000:  # bound memory on huge sigmas
-                    self.cache.clear()
-            t[i], amb[i] = found
-        return t, amb
+    def decide(self, magnitudes: I64, words: U32) -> tuple[BoolArray, BoolArray]:
+        """``(accept, open)`` per draw: ``R < 2**31 exp(-gamma(|Y|))`` where a float64
+        enclosure of the threshold proves it either way, ``open`` where it does not.
+
+        Certified, not approximate. ``nu`` and ``c`` are exact float64 (dyadic) and ``|Y|``
+        converts with relative error ``2**-53`` (exactly below ``2**53``); each of the
+        three operations after it rounds by at most ``2**-53`` relative, so
+        ``|gamma_float - gamma| <= nu (2 |d| e + e**2) + gamma 2**-50`` with ``d = |Y| - c``
+        and ``e`` the error of ``d`` (bounded per draw below). ``exp`` then errs by its
+        few ulps: the enclosure is widened by ``expm1`` of that bound plus ``1e-9``
+        relative (a million ulps) and ``1e-300`` absolute. ``R + 1 <= low`` proves
+        ``U 2**31 < threshold`` and ``R >= high`` the opposite, so every decided draw is
+        decided exactly as with the exact threshold; the others (about ``5 * 2**-31`` of
+        the draws) take the exact path.
+        """
+        y = magnitudes.astype(np.float64)
+        d = y - float(self.centre)
+        e = np.where(magnitudes < 2**53, 0.0, y * 2.0**-52) + np.abs(d) * 2.0**-52
+        gamma = float(self.weight) * (d * d)
+        error = float(self.weight) * (2.0 * np.abs(d) + e) * e + gamma * 2.0**-50
+        threshold = np.exp(-gamma) * float(2**WORD_BITS)
+        margin = threshold * (np.expm1(np.minimum(error, 700.0)) + 1e-9) + 1e-300
+        r = words.astype(np.float64)
+        accept = r + 1.0 <= threshold - margin
+        return accept, ~accept & (r < threshold + margin)
+
+    def exact_decision(self, y: int, word: int, source: BitSource) -> bool:
+        """``U < exp(-gamma(y))`` for the uniform whose first 31 bits are ``word``, with
+        exact thresholds (cached per magnitude) and lazy bits on a tie."""
+        found = self.cache.get(y)
+        if found is None:
+            found = self.cache[y] = self._threshold(y)
+            if len(self.cache) > 100_000:  # bound memory on huge sigmas
+                self.cache.clear()
+        t, amb = found
+        if word != amb:
+            return word < t
+        gamma = self.exponent(y)
+
+        def enclosure(bits: int) -> tuple[int, int]:
+            return _scaled(*_exp_neg(gamma, _digits_for(bits)), bits)
+
+        return _LazyUniform(word, source).less(enclosure)
 
     def _threshold(self, y: int) -> tuple[int, int]:
         gamma = self.exponent(y)
@@ -572,11 +606,12 @@ def discrete_gaussian(n: int, sigma: float, source: BitSource) -> I64:
     sigma'**2)``, which expands to ``exp(-nu y**2 - nu c**2)``: the target, for any
     ``t > 0``. Here ``c`` is a float64 near ``sigma'**2 / (floor(sigma) + 1)`` and
     ``1 / t = 2 nu c``, both exact dyadic rationals, so every exponent is an exact Decimal.
-    The acceptance coin compares fresh 31-bit words with exact thresholds of
-    ``exp(-gamma(|Y|))`` (ties resolved by lazy bits), vectorised over the pending draws;
-    the number of rounds is random and data-independent. Thresholds are computed once per
-    distinct ``|Y|`` (about 50 us each, cached per sigma): fast for sigma up to ~1e4,
-    slower beyond.
+    The acceptance coin compares a fresh 31-bit word with ``2**31 exp(-gamma(|Y|))``,
+    vectorised over the pending draws: a certified float64 enclosure of that threshold
+    decides all but about ``5 * 2**-31`` of the draws, exactly as the exact threshold would
+    (:meth:`_GaussianPlan.decide`); the rest compare with exact Decimal thresholds and lazy
+    bits. The number of rounds is random and data-independent, and the cost per value no
+    longer grows with sigma (exact thresholds per distinct ``|Y|`` cost ~50 us each).
 
     >>> discrete_gaussian(3, 1e-9, SeededBits(0)).tolist()
     [0, 0, 0]
@@ -590,17 +625,10 @@ def discrete_gaussian(n: int, sigma: float, source: BitSource) -> I64:
     while pending.size:
         y = _signed_magnitudes(levels, pending.size, source)
         magnitudes = np.abs(y)
-        distinct, inverse = np.unique(magnitudes, return_inverse=True)
-        t, amb = plan.acceptance(distinct)
         r = half_words(source, pending.size) >> _ONE
-        accept = r < t[inverse]
-        for i in np.flatnonzero(r == amb[inverse]).tolist():
-            gamma = plan.exponent(int(magnitudes[i]))
-
-            def enclosure(bits: int, gamma: Decimal = gamma) -> tuple[int, int]:
-                return _scaled(*_exp_neg(gamma, _digits_for(bits)), bits)
-
-            accept[i] = _LazyUniform(int(r[i]), source).less(enclosure)
+        accept, undecided = plan.decide(magnitudes, r)
+        for i in np.flatnonzero(undecided).tolist():
+            accept[i] = plan.exact_decision(int(magnitudes[i]), int(r[i]), source)
         out[pending[accept]] = y[accept]
         pending = pending[~accept]
     return out

@@ -77,6 +77,15 @@ class Observation:
     ``bounds``/``bounds_neighbour`` are the Clopper-Pearson bounds (at the Bonferroni-
     corrected level) of its probability on D and on D'; ``epsilon_lower`` is the loss this
     event alone proves (best direction; 0 when it proves nothing).
+
+    >>> import telemagg as tm
+    >>> events = {"user": list(range(60)), "page": ["home", "docs"] * 30}
+    >>> result = audit(events, by="page", metrics=[tm.count()], epsilon=1.0,
+    ...                policy=tm.Policy(privacy_unit="user"), partitions=["home", "docs"],
+    ...                runs=200, seed=1)
+    >>> strongest = result.events[0]
+    >>> strongest.epsilon_lower <= result.epsilon_lower, 0 <= strongest.count <= strongest.runs
+    (True, True)
     """
 
     description: str
@@ -107,6 +116,14 @@ class AuditResult:
     (events of probability ~0 on D, e.g. a partition released only because of the added
     unit). ``delta_lower`` is the delta the observations prove at ``epsilon_claimed``
     (it exceeds ``delta_claimed`` exactly when ``passed`` is false).
+
+    >>> import telemagg as tm
+    >>> events = {"user": list(range(60)), "page": ["home", "docs"] * 30}
+    >>> result = audit(events, by="page", metrics=[tm.count()], epsilon=1.0,
+    ...                policy=tm.Policy(privacy_unit="user"), partitions=["home", "docs"],
+    ...                runs=200, seed=1)
+    >>> result.epsilon_claimed, result.passed == (result.epsilon_lower <= 1.0)
+    (1.0, True)
     """
 
     epsilon_lower: float

@@ -37,7 +37,23 @@ __all__ = ["AggregatorLogProcessor"]
 
 
 class AggregatorLogProcessor:
-    """An OpenTelemetry SDK log record processor adding each record to ``aggregator``."""
+    """An OpenTelemetry SDK log record processor adding each record to ``aggregator``.
+
+    Register it on the SDK's ``LoggerProvider``
+    (``provider.add_log_record_processor(AggregatorLogProcessor(agg))``); each record's
+    attributes are one event. Here a stand-in record:
+
+    >>> import types
+    >>> import telemagg as tm
+    >>> agg = tm.Aggregator(policy=tm.Policy(privacy_unit="user_id"), by=["event_name"],
+    ...                     metrics=[tm.count()])
+    >>> processor = AggregatorLogProcessor(agg)
+    >>> processor.on_emit(types.SimpleNamespace(attributes={"user_id": 1, "event_name": "open"}))
+    >>> processor.force_flush()
+    True
+    >>> agg.accounting().pending     # in the aggregator, waiting for a release
+    1
+    """
 
     def __init__(self, aggregator: Aggregator, *, batch_size: int = 10_000) -> None:
         if not isinstance(aggregator, Aggregator):

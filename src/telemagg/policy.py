@@ -193,7 +193,15 @@ class Policy(_Model):
 
 
 class Metric(_Model):
-    """A statistic released per partition. Every metric takes ``name=`` for its column."""
+    """A statistic released per partition. Every metric takes ``name=`` for its column.
+
+    Build metrics with the functions (:func:`count`, :func:`mean`, ...), not the classes:
+
+    >>> import telemagg as tm
+    >>> metric = tm.count(name="events")
+    >>> isinstance(metric, tm.Metric), metric.output_names
+    (True, ('events',))
+    """
 
     kind: ClassVar[str]
     name: str = ""
@@ -230,19 +238,35 @@ class Metric(_Model):
 
 
 class Count(Metric):
-    """Number of events per partition, after contribution bounding."""
+    """Number of events per partition, after contribution bounding.
+
+    >>> import telemagg as tm
+    >>> tm.count()
+    Count(name='count')
+    """
 
     kind: ClassVar[str] = "count"
 
 
 class UnitCount(Metric):
-    """Number of distinct privacy units per partition."""
+    """Number of distinct privacy units per partition.
+
+    >>> import telemagg as tm
+    >>> tm.unit_count(name="users")
+    UnitCount(name='users')
+    """
 
     kind: ClassVar[str] = "unit_count"
 
 
 class ValueMetric(Metric):
-    """A metric over a numeric column, each value clamped to ``bounds``."""
+    """A metric over a numeric column, each value clamped to ``bounds``.
+
+    >>> import telemagg as tm
+    >>> metric = tm.quantiles("latency_ms", [0.5], bounds=(1, 10_000))
+    >>> isinstance(metric, ValueMetric), metric.column, metric.bounds
+    (True, 'latency_ms', (1.0, 10000.0))
+    """
 
     column: Annotated[str, Field(min_length=1)]
     bounds: tuple[float, float]
@@ -291,6 +315,12 @@ class FixedPointMetric(ValueMetric):
     Values are clamped to ``bounds``, centred for mean and variance, then rounded to the
     nearest multiple of the resolution and summed as int64, so the sensitivity holds
     exactly (no float summation error; Casacuberta et al., CCS 2022).
+
+    >>> import telemagg as tm
+    >>> tm.sum("duration_ms", bounds=(0, 60_000)).step     # automatic resolution
+    0.0625
+    >>> tm.sum("duration_ms", bounds=(0, 60_000), resolution=1).step
+    1.0
     """
 
     resolution: float | None = None
@@ -331,19 +361,34 @@ class FixedPointMetric(ValueMetric):
 
 
 class Sum(FixedPointMetric):
-    """Sum of the clamped values per partition."""
+    """Sum of the clamped values per partition.
+
+    >>> import telemagg as tm
+    >>> tm.sum("duration_ms", bounds=(0, 60_000)).output_names
+    ('sum_duration_ms',)
+    """
 
     kind: ClassVar[str] = "sum"
 
 
 class Mean(FixedPointMetric):
-    """Mean of the clamped values per partition; always inside ``bounds``."""
+    """Mean of the clamped values per partition; always inside ``bounds``.
+
+    >>> import telemagg as tm
+    >>> tm.mean("duration_ms", bounds=(0, 60_000)).output_names
+    ('mean_duration_ms',)
+    """
 
     kind: ClassVar[str] = "mean"
 
 
 class Variance(FixedPointMetric):
-    """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2]."""
+    """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2].
+
+    >>> import telemagg as tm
+    >>> tm.variance("duration_ms", bounds=(0, 60_000)).output_names
+    ('variance_duration_ms',)
+    """
 
     kind: ClassVar[str] = "variance"
 
@@ -381,6 +426,10 @@ class Quantiles(ValueMetric):
     every level is read from it, so more levels cost nothing. Outputs are monotone in the
     level and inside ``bounds``. Columns: ``p50_<name>``, ``p90_<name>``, ``p99_9_<name>``
     for 0.999, ...; ``name`` defaults to the column.
+
+    >>> import telemagg as tm
+    >>> tm.quantiles("latency_ms", [0.5, 0.9, 0.999], bounds=(1, 10_000), scale="log").output_names
+    ('p50_latency_ms', 'p90_latency_ms', 'p99_9_latency_ms')
     """
 
     kind: ClassVar[str] = "quantiles"
@@ -442,6 +491,11 @@ class Histogram(Metric):
     exponential histograms have a hundred buckets or more, and pandas (lists in an object
     column), pyarrow (``list<double>``) and polars (``List(Float64)``) all carry lists; the
     edges travel in the release metadata (``query.metrics``).
+
+    >>> import telemagg as tm
+    >>> metric = tm.histogram("latency_ms", bins=[0, 10, 100, 1000])
+    >>> metric.output_names, len(metric.bins) - 1     # one list column, three buckets
+    (('histogram_latency_ms',), 3)
     """
 
     kind: ClassVar[str] = "histogram"
@@ -475,6 +529,10 @@ class TopK(Metric):
     ``top_<col>_count`` (their noisy event counts). Values are chosen privately: a value is
     listed only when its noisy count passes a threshold, so values seen by few units are
     never released. Missing values (None, NaN) are not counted.
+
+    >>> import telemagg as tm
+    >>> tm.top_k("error_code", k=3).output_names
+    ('top_error_code', 'top_error_code_count')
     """
 
     kind: ClassVar[str] = "top_k"

@@ -103,6 +103,15 @@ class MetricReport:
     measurement it is computed from (a mean: a count and a centred sum). ``epsilon``,
     ``delta`` and ``rho`` are the budget of those measurements; measurements shared by
     several metrics are paid once, so metric budgets can add up to more than the release's.
+
+    >>> import telemagg as tm
+    >>> events = {"user_id": [1, 2, 3], "page": ["home", "home", "docs"]}
+    >>> release = tm.aggregate(events, by="page", metrics=[tm.count()], epsilon=1.0,
+    ...                        policy=tm.Policy(privacy_unit="user_id"),
+    ...                        partitions=["home", "docs"])
+    >>> report = release.metrics["count"]
+    >>> report.mechanism, report.epsilon, report.sensitivity
+    ('laplace', 1.0, 1.0)
     """
 
     mechanism: str
@@ -126,6 +135,18 @@ class Release:
     Construct through :func:`telemagg.aggregate` or :meth:`telemagg.Aggregator.release`.
     ``metadata`` is what may be published with the table (every export carries it);
     ``accounting`` is the operator's exact event accounting, which no export carries.
+
+    >>> import telemagg as tm
+    >>> events = {"user_id": [1, 2, 3], "page": ["home", "home", "docs"]}
+    >>> release = tm.aggregate(events, by="page", metrics=[tm.count()], epsilon=1.0,
+    ...                        policy=tm.Policy(privacy_unit="user_id"),
+    ...                        partitions=["home", "docs"])
+    >>> release
+    Release(2 partitions, columns=['page', 'count'], epsilon=1, delta=0)
+    >>> release.key_columns, release.epsilon
+    (('page',), 1.0)
+    >>> release.accounting.received     # exact: for the operator's logs, never published
+    3
     """
 
     def __init__(
@@ -223,6 +244,12 @@ class Release:
     def metadata_json(self) -> str:
         """The publishable metadata as a JSON string (never the accounting)."""
         return json.dumps(self.metadata, sort_keys=True)
+
+    def dataset_card(self) -> str:
+        """A Markdown datasheet: columns, privacy guarantee, noise, what is not in the data."""
+        from telemagg._dataset import dataset_card
+
+        return dataset_card(self.metadata, list(self.to_dict()))
 
 
 # --------------------------------------------------------------------------- assembly

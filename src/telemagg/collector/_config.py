@@ -217,7 +217,31 @@ class HttpConfig(_Section):
 
 
 class CollectorConfig(_Section):
-    """The whole configuration of one collector."""
+    """The whole configuration of one collector: what :func:`load_config` returns.
+
+    >>> config = load_config('''
+    ... [source]
+    ... kind = "otlp"
+    ... listen = "127.0.0.1:4318"
+    ... [aggregate]
+    ... privacy_unit = "user_id"
+    ... by = ["event_name"]
+    ... metrics = ["count", "mean(duration_ms, 0, 1000)"]
+    ... time = "ts"
+    ... window = "1m"
+    ... epsilon = 1.0
+    ... partitions = ["open", "save"]
+    ... [ledger]
+    ... url = "sqlite:///ledger.db"
+    ... epsilon = 100.0
+    ... [output]
+    ... dir = "releases"
+    ... [state]
+    ... url = "sqlite:///state.db"
+    ... ''')
+    >>> isinstance(config, CollectorConfig), config.aggregate.window
+    (True, '1m')
+    """
 
     source: SourceConfig
     aggregate: AggregateConfig
@@ -246,6 +270,29 @@ def load_config(config: str | Path | Mapping[str, Any] | CollectorConfig) -> Col
     """Validate a configuration: a path to a TOML file, TOML text, a mapping, or a model.
 
     Relative ``output.dir`` paths stay relative to the working directory.
+
+    >>> config = load_config('''
+    ... [source]
+    ... kind = "otlp"
+    ... listen = "127.0.0.1:4318"
+    ... [aggregate]
+    ... privacy_unit = "user_id"
+    ... by = ["event_name"]
+    ... metrics = ["count", "mean(duration_ms, 0, 1000)"]
+    ... time = "ts"
+    ... window = "1m"
+    ... epsilon = 1.0
+    ... partitions = ["open", "save"]
+    ... [ledger]
+    ... url = "sqlite:///ledger.db"
+    ... epsilon = 100.0
+    ... [output]
+    ... dir = "releases"
+    ... [state]
+    ... url = "sqlite:///state.db"
+    ... ''')
+    >>> config.source.kind, config.aggregate.metrics
+    ('otlp', ['count', 'mean(duration_ms, 0, 1000)'])
     """
     if isinstance(config, CollectorConfig):
         return config

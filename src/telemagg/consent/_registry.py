@@ -89,7 +89,15 @@ _MAX_PURPOSE_LENGTH = 200
 
 @dataclass(frozen=True)
 class ConsentChange:
-    """One change of one unit's choice for one purpose, at a UTC time."""
+    """One change of one unit's choice for one purpose, at a UTC time.
+
+    >>> import os, tempfile
+    >>> registry = ConsentRegistry("sqlite:///" + os.path.join(tempfile.mkdtemp(), "c.db"))
+    >>> registry.opt_out(["u2"], purpose="model_training")
+    >>> change = registry.history("u2")[0]
+    >>> change.seq, change.unit, change.purpose, change.choice
+    (1, 'u2', 'model_training', 'opt_out')
+    """
 
     seq: int
     time: datetime

@@ -299,6 +299,18 @@ class Charge:
     """One recorded charge: what a release cost, what it was, and its link in the hash chain.
 
     ``running`` holds the exact sums of this and every earlier charge's loss parts.
+
+    >>> import pathlib, tempfile
+    >>> import telemagg as tm
+    >>> ledger = tm.Ledger(f"sqlite:///{pathlib.Path(tempfile.mkdtemp()) / 'privacy.db'}",
+    ...                    epsilon=10.0, delta=1e-5)
+    >>> release = tm.aggregate({"user_id": [1, 2], "page": ["home", "docs"]}, by="page",
+    ...                        metrics=[tm.count()], policy=tm.Policy(privacy_unit="user_id"),
+    ...                        epsilon=1.0, partitions=["home", "docs"], ledger=ledger,
+    ...                        label="daily pages")
+    >>> charge = ledger.charges()[0]
+    >>> charge.seq, charge.epsilon, charge.label
+    (1, 1.0, 'daily pages')
     """
 
     seq: int
