@@ -56,7 +56,7 @@ from ._decode import Decoder, project
 from ._engine import Engine, window_start
 from ._ops import Health, Metrics, serve_http
 from ._output import FILE_NAME, finish, window_path, write_pending
-from ._sources import Message, Source, open_source
+from ._sources import Message, Source, columns_table, open_source
 
 __all__ = ["Collector"]
 
@@ -382,9 +382,9 @@ class Collector:
     def _stage(self, messages: list[Message]) -> int:
         """(worker) Decode messages into tables waiting to be absorbed, absorbing them once
         enough wait; the number of events."""
-        bodies = [m.body for m in messages if m.table is None]
+        bodies = [m.body for m in messages if m.columns is None]
         tables, malformed = self._decoder.decode(bodies)
-        tables += [m.table for m in messages if m.table is not None]
+        tables += [columns_table(m.columns) for m in messages if m.columns is not None]
         if malformed:
             self.metrics.count("messages_malformed", malformed)
             log.warning("malformed messages skipped", extra={"messages": malformed})

@@ -50,7 +50,7 @@ class Message:
     position: Any
     body: bytes
     handle: Any = None  # what the source needs to acknowledge it
-    table: Any = None  # events decoded by the source already (OTLP)
+    columns: dict[str, list[Any]] | None = None  # events the source decoded (OTLP)
     digest: str | None = None  # OTLP: the request's digest, checkpointed for idempotency
 
 
@@ -396,8 +396,10 @@ def otlp_columns(body: bytes, content_type: str, time_column: str) -> dict[str, 
     return columns
 
 
-def _table(columns: dict[str, list[Any]]) -> Any:
-    """An Arrow table; a column mixing types becomes strings."""
+def columns_table(columns: dict[str, list[Any]]) -> Any:
+    """An Arrow table of event columns; a column mixing types becomes strings. (Built on the
+    collector's worker, not in the HTTP threads: Arrow releases the GIL for each column,
+    and with many threads busy each release costs a wait.)"""
     pa: Any = require("pyarrow", "pyarrow")
     arrays = {}
     for name, values in columns.items():
@@ -480,6 +482,10 @@ class OtlpSource(Source):
 
     async def open(self, positions: Any) -> None:
         source = self
+        # Warm up before the first request: Arrow's first conversion of Python values
+        # imports pandas (~0.3 s), which would otherwise delay that request.
+        otlp_columns(b"", "application/x-protobuf", self.time_column)
+        columns_table({"x": [1]})
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -499,10 +505,10 @@ class OtlpSource(Source):
                     if new:
                         try:
                             columns = otlp_columns(body, kind, source.time_column)
-                            table = _table(columns) if columns[source.time_column] else None
+                            events = columns if columns[source.time_column] else None
                             if source._closing:
                                 raise queue.Full
-                            source._queue.put_nowait(Message(digest, b"", request, table, digest))
+                            source._queue.put_nowait(Message(digest, b"", request, events, digest))
                         except queue.Full:
                             source._forget(digest)
                             return self._reply(503, b"collector at capacity", "text/plain", True)
