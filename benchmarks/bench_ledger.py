@@ -23,6 +23,7 @@ uses its own fresh schema, dropped afterwards. Prints a markdown table for bench
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--no-contention", action="store_true", help="only the size table")
     parser.add_argument("--no-sizes", action="store_true", help="only the contention table")
     parser.add_argument("--postgres-url", default=os.environ.get("TELEMAGG_TEST_POSTGRES_URL"))
+    parser.add_argument("--json", type=Path, default=None, help="write the size table here")
     args = parser.parse_args()
 
     backends = [("SQLite (WAL, synchronous=FULL)", sqlite_ledger)]
@@ -215,6 +217,15 @@ def main() -> None:
                 + "  ".join(f"{w * 1e3:.2f} ms ({c * 1e3:.2f} CPU)" for w, c in cells),
                 flush=True,
             )
+
+    if args.json is not None:
+        cells_json = [
+            {"backend": name, "window": window, "sizes": sizes,
+             "wall": [w for w, _ in cells], "cpu": [c for _, c in cells]}
+            for name, window, cells in by_size
+        ]  # fmt: skip
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(cells_json, indent=1))
 
     rows = []
     for name, make in [] if args.no_contention else backends:

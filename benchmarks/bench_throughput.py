@@ -38,6 +38,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,6 +52,10 @@ from _anchors._harness import WARMUP_ROWS, Aggregate, time_runs
 
 import telemagg as tm
 from telemagg.datasets import telemetry_events
+from telemagg.errors import UntrackedReleaseWarning
+
+# Benchmarks release without a ledger on purpose.
+warnings.filterwarnings("ignore", category=UntrackedReleaseWarning)
 
 HERE = Path(__file__).resolve().parent
 ANCHORS = HERE / "_anchors"

@@ -218,3 +218,24 @@ def test_consent_drops_the_units_that_opted_out(
     out = capsys.readouterr().out
     assert "100 consent" in out
     assert tm.read_release(tmp_path / "r.parquet").metadata["query"]["purpose"] == "model_training"
+
+
+def test_intervals_add_low_and_high_columns_and_a_bad_level_exits_2_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_events(tmp_path / "in")
+    out = tmp_path / "release.parquet"
+    args = ["aggregate", str(tmp_path / "in" / "day1"), *BASE, "--out", str(out), "--quiet"]
+    assert main([*args, "--intervals", "0.9"]) == 0
+    table = pq.read_table(out)
+    names = table.column_names
+    assert names[names.index("count") + 1 : names.index("count") + 3] == ["count_low", "count_high"]
+    low, value, high = (table.column(c).to_numpy() for c in ("count_low", "count", "count_high"))
+    assert np.all(low <= value)
+    assert np.all(value <= high)
+    metadata = json.loads(table.schema.metadata[b"telemagg"])
+    assert metadata["intervals"]["level"] == 0.9
+    bad = tmp_path / "bad.parquet"
+    assert main([*args[:-3], "--out", str(bad), "--intervals", "1.5"]) == 2
+    assert "intervals" in capsys.readouterr().err
+    assert not bad.exists()

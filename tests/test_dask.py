@@ -53,7 +53,7 @@ def workload(n_users: int = 3000, per_user: int = 6, seed: int = 0) -> pd.DataFr
     event[per_user] = "rare"  # user 1
     value = rng.uniform(-20, 120, n)  # clamped to the bounds (0, 100)
     user[rng.choice(n, 9, replace=False)] = np.nan  # missing_privacy_unit
-    value[rng.choice(n, 5, replace=False)] = np.nan  # non_finite_value (or no unit)
+    value[rng.choice(n, 5, replace=False)] = np.nan  # missing for sum_value only
     frame = pd.DataFrame({"user": user, "event": event, "value": value})
     return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # units spread
 
@@ -91,7 +91,11 @@ def test_same_partitions_counts_and_accounting_as_the_local_engine(
     dask_table = on_dask.to_pandas().set_index("event")
     assert sorted(local_table.index) == sorted(released)
     assert list(dask_table.index) == list(local_table.index)
-    assert on_dask.accounting == local.accounting
+    # which events bounding keeps is random per engine, so missing values among them too
+    common = ("received", "aggregated", "pending", "dropped")
+    assert [on_dask.accounting[k] for k in common] == [local.accounting[k] for k in common]
+    for engine in (on_dask, local):
+        assert 0 <= engine.accounting.missing_values["sum_value"] <= 5
     assert on_dask.accounting.dropped["missing_privacy_unit"] == 9
     for column in ("count", "unit_count", "sum_value"):
         # two independent draws differ by at most 6 stddevs of one (seeded: deterministic)

@@ -188,8 +188,10 @@ def test_mean_and_variance_stay_inside_what_bounds_allow(values, lo, width, seed
         randomness=seeded(seed),
     )
     table = release.to_dict()
-    assert lo <= table["mean_x"][0] <= hi
-    assert 0.0 <= table["variance_x"][0] <= ((hi - lo) / 2) ** 2
+    # NaN: too few values to say anything (insufficient_data), never a bound instead
+    mean, variance = table["mean_x"][0], table["variance_x"][0]
+    assert math.isnan(mean) or lo <= mean <= hi
+    assert math.isnan(variance) or 0.0 <= variance <= ((hi - lo) / 2) ** 2
 
 
 def test_mean_is_accurate_on_large_partitions() -> None:

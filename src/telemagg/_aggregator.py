@@ -22,19 +22,27 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
-from telemagg._identity import KeyIndex, canonical_key, key_identity, key_order, unit_hash
+from telemagg._identity import (
+    KeyColumns,
+    KeyIndex,
+    canonical_keys,
+    key_order,
+    unit_hash,
+)
 from telemagg._ingest import (
     MISSING_PRIVACY_UNIT,
-    NON_FINITE_VALUE,
     Batch,
+    Encoded,
     ingest,
 )
+from telemagg._intervals import Measured
 from telemagg._plan import (
     UNIT_COUNT,
     Column,
     Plan,
     finalize,
     make_plan,
+    present,
     select_partitions,
 )
 from telemagg._state import CONTRIBUTION_BOUNDS, SamplingKey, State
@@ -63,7 +71,7 @@ I64 = npt.NDArray[np.int64]
 CONSENT = "consent"
 PARTITION_SELECTION = "partition_selection"
 NOT_PUBLIC_PARTITION = "not_public_partition"
-ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, NON_FINITE_VALUE, CONTRIBUTION_BOUNDS)
+ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, CONTRIBUTION_BOUNDS)
 
 
 class ConsentSource(Protocol):
@@ -181,8 +189,10 @@ class Aggregator:
         self.start = None if self._grid is None else _datetime(self._grid.start_ms)
         # Public partitions known up front: other partitions' events are dropped before
         # bounding, so no unit spends its max_partitions on keys that will not be released.
-        self.partitions = None if partitions is None else self._public_keys(partitions)
-        self._public_set = None if self.partitions is None else set(self.partitions)
+        self._public: KeyIndex | None = None
+        self.partitions: KeyColumns | None = None
+        if partitions is not None:
+            self._public, self.partitions = _public_index(partitions, self.by)
         self._randomness = randomness or Randomness.system()
         self._warned_untracked = False
         self._reset()
@@ -243,19 +253,19 @@ class Aggregator:
             self._mark_consent(self.consent, self.purpose)
             allowed = np.asarray(self.consent.allowed(batch.unit.uniques, self.purpose), dtype=bool)
             batch = batch.take(allowed[batch.unit.codes], CONSENT)
-        if self._public_set is not None and len(batch):
-            listed = np.fromiter(
-                (key in self._public_set for key in batch.partition_keys),
-                bool,
-                len(batch.partition_keys),
-            )
+        if self._public is not None and len(batch):
+            listed = self._public.lookup(batch.partition_keys) >= 0
             batch = batch.take(listed[batch.partition_codes], NOT_PUBLIC_PARTITION)
-        rows = self._rows(batch)
+        # Memory: consent was the unit encoding's only reader, and bounding needs none of
+        # the batch's codes.
+        batch.unit = Encoded(np.zeros(0, np.int64), batch.unit.uniques[:0])
+        time_ms, rows = batch.time_ms, self._rows(batch)
+        del batch
         if self.window is None:
             self._state = self._absorb(self._state, rows)
         else:
-            assert batch.time_ms is not None
-            self._add_to_windows(rows, batch.time_ms, now_ms)
+            assert time_ms is not None
+            self._add_to_windows(rows, time_ms, now_ms)
 
     def _absorb(self, state: State, rows: State, *, rows_bounded: bool = False) -> State:
         return state.absorb(
@@ -303,7 +313,7 @@ class Aggregator:
         ...         now=60)
         >>> agg.accounting()  # doctest: +NORMALIZE_WHITESPACE
         Accounting(received=4, aggregated=0, pending=2, dropped={'contribution_bounds': 0,
-                   'future': 1, 'late': 0, 'missing_privacy_unit': 1, 'non_finite_value': 0})
+                   'future': 1, 'late': 0, 'missing_privacy_unit': 1}, missing_values={})
         """
         dropped = self._reported_reasons()
         if self.window is None:
@@ -336,7 +346,7 @@ class Aggregator:
             event_priority=priority,
             numeric=batch.numeric,
             categorical={
-                c: self._categories[c].remap(enc.codes, enc.uniques.tolist())
+                c: self._categories[c].remap(enc.codes, KeyColumns((enc.uniques,), single=True))
                 for c, enc in batch.categorical.items()
             },
             received=batch.received,
@@ -346,9 +356,7 @@ class Aggregator:
     def _pair_keys(self, unit_id: npt.NDArray[np.uint64], partition: I64) -> npt.NDArray[np.uint64]:
         key = self._randomness.sampling_key
         salts = key.partition_salts(self._partitions.hashes)
-        return key.pair_keys(
-            unit_id, salts[partition] if partition.size else partition.astype(np.uint64)
-        )
+        return key.pair_keys(unit_id, salts, partition)
 
     def spawn(self) -> Aggregator:
         """An empty Aggregator for another shard: same query, same sampling key.
@@ -636,7 +644,7 @@ class Aggregator:
         partitions: Any,
         noise: str,
         allow_large_delta: bool = False,
-    ) -> tuple[list[tuple[Any, ...]] | None, ReleaseParams, Plan]:
+    ) -> tuple[KeyColumns | None, ReleaseParams, Plan]:
         """Validate a release's parameters and plan its measurements (before any charge).
 
         ``delta >= 1e-3`` is refused unless ``allow_large_delta`` (such a delta allows
@@ -651,27 +659,19 @@ class Aggregator:
         )
         return public, params, make_plan(self.metrics, self.policy, params)
 
-    def _release_partitions(self, partitions: Any) -> list[tuple[Any, ...]] | None:
+    def _release_partitions(self, partitions: Any) -> KeyColumns | None:
         """The public partitions of a release: given now, or to the constructor."""
         if partitions is None:
             return self.partitions
-        keys = self._public_keys(partitions)
-        if self._public_set is not None and not set(keys) <= self._public_set:
-            missing = sorted(map(repr, set(keys) - self._public_set))[:5]
-            raise ConfigError(
-                "partitions at release must be among the Aggregator's partitions (the events"
-                f" of others were dropped before bounding); not listed there: {missing}"
-            )
-        return keys
-
-    def _public_keys(self, partitions: Any) -> list[tuple[Any, ...]]:
-        keys = _partition_keys(partitions, self.by)
-        seen: set[Any] = set()
-        for key in keys:
-            identity = key_identity(key)
-            if identity in seen:
-                raise ConfigError(f"partitions must be unique; {key!r} is listed twice")
-            seen.add(identity)
+        _, keys = _public_index(partitions, self.by)
+        if self._public is not None:
+            unlisted = self._public.lookup(keys) < 0
+            if unlisted.any():
+                missing = sorted(map(repr, keys.take(unlisted).tolist()))[:5]
+                raise ConfigError(
+                    "partitions at release must be among the Aggregator's partitions (the"
+                    f" events of others were dropped before bounding); not listed there: {missing}"
+                )
         return keys
 
     def _release(
@@ -679,7 +679,7 @@ class Aggregator:
         state: State,
         plan: Plan,
         params: ReleaseParams,
-        public: list[tuple[Any, ...]] | None,
+        public: KeyColumns | None,
         ledger: LedgerLike | None,
         label: str | None,
         window: int | None,
@@ -727,10 +727,9 @@ class Aggregator:
         noisy.update(measured)
         columns: dict[str, Column] = {}
         for metric in self.metrics:
-            columns.update(finalize(metric, noisy, value_counts))
+            columns.update(finalize(metric, noisy, value_counts, plan.measurements))
 
-        keys = [index.keys[i] for i in released]
-        key_columns = {c: _column([k[j] for k in keys]) for j, c in enumerate(self.by)}
+        key_columns = _released_keys(index, released, self.by)
         reports = metric_reports(self.metrics, plan, self.policy.max_partitions)
         accounting = self._release_accounting(state, released, reason)
         metadata = release_metadata(
@@ -738,13 +737,15 @@ class Aggregator:
             params=params,
             query=query,
             reports=reports,
-            n_released=len(keys),
+            n_released=len(released),
             charge=charge,
             seeded=self._randomness.seeded,
+            metrics=self.metrics,
+            policy=self.policy,
         )
         if window is not None:  # window_start, window_end first: key-like, from the grid
             assert self._grid is not None
-            key_columns = {**self._grid.key_columns(window, len(keys)), **key_columns}
+            key_columns = {**self._grid.key_columns(window, len(released)), **key_columns}
         return Release(
             keys=key_columns,
             columns=columns,
@@ -752,16 +753,27 @@ class Aggregator:
             loss=plan.loss,
             metadata=metadata,
             accounting=accounting,
+            measured=Measured(noisy, plan.measurements, _threshold(plan)),
+            metric_specs=self.metrics,
         )
 
     def _release_accounting(self, state: State, released: I64, reason: str) -> Accounting:
         """Exact fate of the events of ``state`` in a release of partitions ``released``:
-        events of other partitions are dropped under ``reason`` (operator side only)."""
-        aggregated = int(np.count_nonzero(np.isin(state.partition, released)))
+        events of other partitions are dropped under ``reason``; per metric on a value
+        column, how many aggregated events miss that value (operator side only)."""
+        in_release = np.isin(state.partition, released)
+        aggregated = int(np.count_nonzero(in_release))
         dropped = self._reported_reasons()
         dropped.update(state.dropped)
         dropped[reason] += len(state) - aggregated
-        return Accounting(received=state.received, aggregated=aggregated, dropped=dropped)
+        missing = {
+            metric.name: int(np.count_nonzero(in_release & ~present(state.numeric[column])))
+            for metric in self.metrics
+            for column in metric.columns
+        }
+        return Accounting(
+            received=state.received, aggregated=aggregated, dropped=dropped, missing_values=missing
+        )
 
     def _reported_reasons(self) -> Counter[str]:
         """Drop reasons every accounting lists, at zero when nothing was dropped for them."""
@@ -770,6 +782,12 @@ class Aggregator:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _threshold(plan: Plan) -> mech.ThresholdPlan | None:
+    """The partition threshold whose noisy counts are the ``unit_count`` column, if any."""
+    selection = plan.selection
+    return selection if isinstance(selection, mech.ThresholdPlan) else None
 
 
 def _without_units(state: State, unit_ids: npt.NDArray[np.uint64]) -> State:
@@ -887,45 +905,80 @@ def _datetime(ms: int) -> dt.datetime:
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
 
 
-def _partition_keys(partitions: Any, by: tuple[str, ...]) -> list[tuple[Any, ...]]:
-    """Public partitions in any accepted form -> canonical key tuples (validated here, in
-    the planning step, before any charge)."""
+def _partition_keys(partitions: Any, by: tuple[str, ...]) -> KeyColumns:
+    """Public partitions in any accepted form -> canonical key columns (validated here, in
+    the planning step, before any charge), a whole column at a time."""
+    if isinstance(partitions, KeyColumns) and len(partitions.parts) == len(by):
+        return partitions  # an Aggregator's own, already canonical
     if hasattr(partitions, "columns") or isinstance(partitions, Mapping):
         columns = [c for c in by if c not in partitions]
         if columns:
             raise ConfigError(f"partitions has no key column {columns[0]!r}")
-        values = [_key_values(partitions[c]) for c in by]
-        if len({len(v) for v in values}) > 1:
+        raw = [_key_values(partitions[c]) for c in by]
+        if len({v.size for v in raw}) > 1:
             raise ConfigError("partitions' key columns must have equal lengths")
-        rows = list(zip(*values, strict=True))
+    elif isinstance(partitions, np.ndarray) and partitions.ndim == 1 and len(by) == 1:
+        raw = [_key_values(partitions)]
     elif isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
         raise ConfigError(f"partitions must be None or a sequence of keys; got {partitions!r}")
     else:
         rows = [tuple(key) if isinstance(key, tuple | list) else (key,) for key in partitions]
-    keys = []
-    for key in rows:
-        if len(key) != len(by):
+        bad = next((key for key in rows if len(key) != len(by)), None)
+        if bad is not None:
             raise ConfigError(
-                f"partitions must have one value per by column {list(by)}; got {key!r}"
+                f"partitions must have one value per by column {list(by)}; got {bad!r}"
             )
-        canonical = tuple(
-            canonical_key(part, column=f"partitions[{column!r}]", error=ConfigError)
-            for part, column in zip(key, by, strict=True)
+        raw = [_object_array(list(part)) for part in zip(*rows, strict=True)] or [
+            np.zeros(0, dtype=object) for _ in by
+        ]
+    parts, missing = [], np.zeros(raw[0].size, dtype=bool)
+    for values, column in zip(raw, by, strict=True):
+        part, part_missing = canonical_keys(
+            values, column=f"partitions[{column!r}]", error=ConfigError
         )
-        if any(part is None for part in canonical):
-            raise ConfigError(f"partitions must not hold missing keys; got {key!r}")
-        keys.append(canonical)
-    return keys
+        parts.append(part)
+        missing |= part_missing
+    if missing.any():
+        first = int(np.argmax(missing))
+        key = tuple(_scalar(values, first) for values in raw)
+        raise ConfigError(f"partitions must not hold missing keys; got {key!r}")
+    return KeyColumns(tuple(parts))
 
 
-def _key_values(column: Any) -> list[Any]:
-    """One key column of a partitions table as Python/numpy scalars (full precision)."""
+def _public_index(partitions: Any, by: tuple[str, ...]) -> tuple[KeyIndex, KeyColumns]:
+    """The public partitions, validated and unique: an index whose ids are their
+    positions, and the keys."""
+    keys = _partition_keys(partitions, by)
+    index = KeyIndex()
+    ids = index.ids(keys)
+    if len(index) < len(keys):
+        seen_before = np.maximum.accumulate(np.append(-1, ids[:-1]))
+        twice = int(np.argmax(ids <= seen_before))
+        key = keys.take(np.array([twice])).tolist()[0]
+        raise ConfigError(f"partitions must be unique; {key!r} is listed twice")
+    return index, keys
+
+
+def _key_values(column: Any) -> npt.NDArray[Any]:
+    """One key column of a partitions table as an array (full precision)."""
     if hasattr(column, "to_list"):  # pandas / polars Series
-        return list(column.to_list())
+        return _object_array(column.to_list())
     if hasattr(column, "to_pylist"):  # pyarrow
-        return list(column.to_pylist())
+        return _object_array(column.to_pylist())
     array = np.asarray(column)
-    return list(array) if array.dtype.kind in "mM" else list(array.tolist())
+    if array.dtype.kind in "OSUmMfiub":
+        return array if array.ndim == 1 else _object_array(list(array))
+    return _object_array(list(array))
+
+
+def _scalar(values: npt.NDArray[Any], i: int) -> Any:
+    return values[i] if values.dtype.kind in "mMO" else values[i].item()
+
+
+def _object_array(values: list[Any]) -> npt.NDArray[np.object_]:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 def _key_order(ids: I64, keys: list[Any]) -> I64:
@@ -933,16 +986,27 @@ def _key_order(ids: I64, keys: list[Any]) -> I64:
     return key_order([keys[int(i)] for i in ids])
 
 
-def _column(values: list[Any]) -> np.ndarray[Any, Any]:
+def _released_keys(index: KeyIndex, released: I64, by: tuple[str, ...]) -> dict[str, Any]:
+    """The key columns of the released rows."""
+    if index.columns is None:
+        return {c: _column(np.zeros(0, dtype=object)) for c in by}
+    parts = index.columns.take(released).parts
+    return {c: _column(part) for c, part in zip(by, parts, strict=True)}
+
+
+def _column(values: npt.NDArray[Any]) -> np.ndarray[Any, Any]:
     """Released key values as a column: int64 (or uint64) when every value is an integer
     that fits, objects otherwise."""
-    if values and all(type(v) is int for v in values):
+    if values.dtype.kind == "i" and values.size:
+        return values.astype(np.int64, copy=False)
+    if values.dtype != object:  # booleans: released as Python objects, as other keys
+        return _object_array(values.tolist())
+    items = values.tolist()
+    if items and all(type(v) is int for v in items):
         for dtype in (np.int64, np.uint64):
-            if min(values) >= np.iinfo(dtype).min and max(values) <= np.iinfo(dtype).max:
-                return np.asarray(values, dtype=dtype)
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
+            if min(items) >= np.iinfo(dtype).min and max(items) <= np.iinfo(dtype).max:
+                return np.asarray(items, dtype=dtype)
+    return values
 
 
 def check_release(

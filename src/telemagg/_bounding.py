@@ -33,7 +33,7 @@ _ONE = np.uint64(1)
 def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
     """Order rows by (group, priority, position), exactly wherever a bottom-``k`` choice
     depends on it; return the order, the positions where groups start in it, and the
-    group of each position.
+    group starting at each of those positions.
 
     A value sort is several times faster than an argsort, so each row is packed into one
     64-bit word: the top bits of its group, the top bits of its priority, and its position
@@ -57,13 +57,13 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
         part <<= index_bits_u
         packed |= part
         del part
-    packed |= np.arange(n, dtype=np.uint64)
+    for at in range(0, n, _CHUNK):  # row positions, a chunk at a time (no n-row temporary)
+        packed[at : at + _CHUNK] |= np.arange(at, min(at + _CHUNK, n), dtype=np.uint64)
     packed.sort()
     order: I64 = (packed & ((_ONE << index_bits_u) - _ONE)).view(np.int64)
     coarse = packed
     coarse >>= index_bits_u  # sorted: (group prefix, priority prefix) of each position
-    sorted_group = group[order]
-    starts = _starts(sorted_group)
+    starts = _group_starts(group, order)
     # (a) a group starting inside a run of its prefix: re-sort the whole run exactly.
     later = starts[1:]
     clash = later[(coarse[later] >> priority_bits) == (coarse[later - 1] >> priority_bits)]
@@ -73,8 +73,7 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
         lo = np.searchsorted(coarse, runs << priority_bits, "left")
         hi = np.searchsorted(coarse, (runs + _ONE) << priority_bits, "left")
         positions = _resort(order, lo, hi, group, priority)
-        sorted_group[positions] = group[order[positions]]
-        starts = _starts(sorted_group)
+        starts = _group_starts(group, order)
         exact = np.zeros(n, dtype=bool)
         exact[positions] = True
     # (b) outside re-sorted runs, a tie of (group, priority) prefixes across the k-th place:
@@ -89,15 +88,38 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
         lo = np.searchsorted(coarse, coarse[cut], "left")
         hi = np.searchsorted(coarse, coarse[cut], "right")
         _resort(order, lo, hi, group, priority)
-    return order, starts, sorted_group
+    return order, starts, group[order[starts]]
 
 
-def _starts(sorted_group: U64) -> I64:
-    """Positions where a new group starts in a grouped array."""
-    start = np.empty(sorted_group.size, dtype=bool)
+_CHUNK = 1 << 20
+"""Rows per chunk of the passes that would otherwise gather a whole column in sorted order:
+memory for one chunk instead of n rows (8 MB, not 80 MB at 10M rows)."""
+
+
+def _group_starts(group: U64, order: I64) -> I64:
+    """Positions where a new group starts in ``group[order]``, gathered a chunk at a time."""
+    n = order.size
+    start = np.empty(n, dtype=bool)
     start[:1] = True
-    np.not_equal(sorted_group[1:], sorted_group[:-1], out=start[1:])
+    for lo in range(0, n - 1, _CHUNK):
+        hi = min(lo + _CHUNK, n - 1)
+        here = group[order[lo : hi + 1]]
+        np.not_equal(here[1:], here[:-1], out=start[lo + 1 : hi + 1])
     return np.flatnonzero(start)
+
+
+def _mixed_groups(key: U64, order: I64, starts: I64) -> bool:
+    """Whether some group of ``order`` (starting at ``starts``) holds rows of two
+    ``key`` values (compared between neighbours, a chunk at a time)."""
+    n = order.size
+    inside = np.ones(n, dtype=bool)
+    inside[starts] = False  # a row and the one before it are in one group
+    for lo in range(0, n - 1, _CHUNK):
+        hi = min(lo + _CHUNK, n - 1)
+        here = key[order[lo : hi + 1]]
+        if np.any((here[1:] != here[:-1]) & inside[lo + 1 : hi + 1]):
+            return True
+    return False
 
 
 def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
@@ -174,21 +196,48 @@ def bound_contributions(
     [False, True, True, False, True]
     """
     n = unit_id.size
+    if n <= _BUCKET_ROWS:
+        return _bound(unit_id, pair_key, event_priority, max_partitions, max_contributions)
+    # Units are bounded independently: split the rows by the top bits of their unit's
+    # (uniformly mixed) id and bound each bucket on its own, so that the sorts and their
+    # temporaries stay bucket-sized. Rows keep their order within a bucket, so ties break
+    # by position as before, and a pair key shared by two units in two buckets is two
+    # groups, as the exact path makes it: the kept rows are those of one pass.
+    bits = (n // _BUCKET_ROWS).bit_length()
+    bucket = (unit_id >> np.uint64(64 - bits)).astype(np.uint16)
+    keep = np.zeros(n, dtype=bool)
+    for b in range(1 << bits):
+        rows = np.flatnonzero(bucket == b)
+        if rows.size:
+            kept = _bound(
+                unit_id[rows], pair_key[rows], event_priority[rows], max_partitions,
+                max_contributions,
+            )  # fmt: skip
+            keep[rows[kept]] = True
+    return keep
+
+
+_BUCKET_ROWS = 1 << 21
+"""Rows bounded at once: about 2M rows (a few tens of MB of temporaries), cache-friendly
+sorts; larger inputs are split by unit into buckets of about this size."""
+
+
+def _bound(
+    unit_id: U64, pair_key: U64, event_priority: U64, max_partitions: int, max_contributions: int
+) -> Bool:
+    """:func:`bound_contributions` of rows bounded in one pass."""
+    n = unit_id.size
     if n == 0:
         return np.zeros(0, dtype=bool)
     max_contributions = min(max_contributions, n)
     # Linf: bottom-k events per pair.
-    order, starts, sorted_pair = _sorted_groups(pair_key, event_priority, max_contributions)
-    sorted_unit = unit_id[order]
-    same_pair = np.ones(n, dtype=bool)
-    same_pair[starts] = False
-    if np.any((sorted_unit[1:] != sorted_unit[:-1]) & same_pair[1:]):
+    order, starts, pair_keys = _sorted_groups(pair_key, event_priority, max_contributions)
+    if _mixed_groups(unit_id, order, starts):
         # Two units' pairs share a 64-bit key (~pairs^2 / 2^65 per call): bound each unit's
         # rows of that key on its own, so no unit can ever gain a slot from another. Every
         # row is compared with its neighbour, as the units of such a group interleave.
         return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
-    pair_units, pair_keys = sorted_unit[starts], sorted_pair[starts]
-    del sorted_unit, sorted_pair, same_pair  # memory: the pair level needs only these
+    pair_units = unit_id[order[starts]]
     # L0: bottom-k pairs per unit, the pair key being the pair's priority.
     pair_kept = bottom_k(pair_units, pair_keys, max_partitions)
     return _first_k(order, starts, max_contributions, pair_kept)

@@ -46,7 +46,7 @@ import re
 import sys
 import uuid
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -61,6 +61,7 @@ Bool = npt.NDArray[np.bool_]
 
 __all__ = [
     "FactorizedIds",
+    "KeyColumns",
     "KeyIndex",
     "as_1d_array",
     "canonical_key",
@@ -69,7 +70,9 @@ __all__ = [
     "factorize_ids",
     "int_unit_ids",
     "is_missing",
+    "key_columns",
     "key_hash",
+    "key_hashes",
     "key_identity",
     "key_order",
     "mix64",
@@ -626,20 +629,67 @@ a key must be a number, string, bytes, bool, date, time or UUID (a dict is not)
 
 def canonical_keys(
     uniques: npt.NDArray[Any], *, column: str, error: type[Exception] = SchemaError
-) -> tuple[list[Any], Bool]:
-    """:func:`canonical_key` of each DISTINCT value of a column, and which are missing.
+) -> tuple[npt.NDArray[Any], Bool]:
+    """:func:`canonical_key` of every value of an array, and which are missing.
 
-    Integer and boolean arrays convert in one call; other arrays value by value (distinct
-    values, never events).
+    Whole columns at once where the dtype allows: integers (and floats that are all exact
+    integers within int64) give an int64 array, booleans a bool array, all-``str`` object
+    columns stay as they are (checked in one pass); anything else is an object array of
+    canonical values, converted value by value (exotic columns only).
 
-    >>> canonical_keys(np.array([7.0, np.nan, 7.5]), column="k")
-    ([7, None, 7.5], array([False,  True, False]))
+    >>> values, missing = canonical_keys(np.array([7.0, np.nan, 7.5]), column="k")
+    >>> values.tolist(), missing.tolist()
+    ([7, None, 7.5], [False, True, False])
+    >>> canonical_keys(np.array([7.0, 8.0]), column="k")[0].dtype
+    dtype('int64')
     """
-    if uniques.dtype.kind in "iub":
-        values: list[Any] = uniques.tolist()
-        return values, np.zeros(len(values), dtype=bool)
+    none = np.zeros(uniques.size, dtype=bool)
+    kind = uniques.dtype.kind
+    if kind == "b":
+        return uniques, none
+    if kind in "iu":
+        if kind == "i" or uniques.dtype.itemsize < 8 or not uniques.size:
+            return uniques.astype(np.int64, copy=False), none
+        if int(uniques.max()) <= INT64_MAX:
+            return uniques.astype(np.int64), none
+        return _object_array(uniques.tolist()), none  # beyond int64: Python ints
+    if kind == "f":
+        missing = np.isnan(uniques)
+        with np.errstate(invalid="ignore"):
+            integral = (uniques == np.floor(uniques)) & (np.abs(uniques) < 2.0**63)
+        if np.all(integral | missing):
+            return np.where(missing, 0, uniques).astype(np.int64), missing
+    elif kind in "OU":
+        items = uniques.tolist()
+        types = set(map(type, items))
+        if types == {str} and _valid_keys_text(items):
+            return _object_array(items) if kind == "U" else uniques, none
+        if types == {int}:
+            try:
+                return np.array(items, dtype=np.int64), none
+            except OverflowError:
+                pass  # beyond int64: value by value below
     released = [canonical_key(v, column=column, error=error) for v in _scalars(uniques)]
-    return released, np.fromiter((v is None for v in released), bool, len(released))
+    missing = np.fromiter((v is None for v in released), bool, len(released))
+    return _object_array(released), missing
+
+
+def _valid_keys_text(items: list[str]) -> bool:
+    """Whether every string is valid Unicode (no lone surrogates), checked in one pass."""
+    text = "".join(items)
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False  # the value-by-value path names the rule
+    return True
+
+
+def _object_array(values: list[Any]) -> npt.NDArray[np.object_]:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 def _scalars(uniques: npt.NDArray[Any]) -> Iterable[Any]:
@@ -707,6 +757,10 @@ def key_hash(identity: Any) -> int:
     return h
 
 
+_LOOKUP_HASH = key_hash
+"""The index finds keys by this hash; their bounding hashes go through :func:`key_hash`."""
+
+
 def key_order(keys: Sequence[Any]) -> I64:
     """Positions of ``keys`` in the canonical order of released rows: by kind (booleans,
     numbers, strings, bytes, dates, times, durations), then by value; never by arrival.
@@ -718,12 +772,185 @@ def key_order(keys: Sequence[Any]) -> I64:
     return np.asarray(sorted(range(len(keys)), key=identities.__getitem__), dtype=np.int64)
 
 
+@dataclass(frozen=True, eq=False)
+class KeyColumns:
+    """Distinct keys as columns of canonical part values (:func:`canonical_keys`): key
+    ``i`` is ``tuple(part[i] for part in parts)``, or ``parts[0][i]`` for single-value keys
+    (``single``: categories).
+
+    >>> KeyColumns((np.array([7, 8]), np.array(["a", "b"], dtype=object))).tolist()
+    [(7, 'a'), (8, 'b')]
+    """
+
+    parts: tuple[npt.NDArray[Any], ...]
+    single: bool = False
+    _hashes: list[U64] = field(default_factory=list, compare=False, repr=False)  # a cache
+
+    def __len__(self) -> int:
+        return int(self.parts[0].size) if self.parts else 0
+
+    def __eq__(self, other: object) -> bool:
+        """The same keys, by identity, in the same order."""
+        if not isinstance(other, KeyColumns):
+            return NotImplemented
+        if (self.single, len(self.parts), len(self)) != (
+            other.single,
+            len(other.parts),
+            len(other),
+        ):
+            return False
+        rows = np.arange(len(self))
+        return bool(_same_keys(self, rows, other, rows).all())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def take(self, rows: npt.NDArray[Any]) -> KeyColumns:
+        """The keys at ``rows`` (positions or a mask)."""
+        cached = [h[rows] for h in self._hashes]
+        return KeyColumns(tuple(part[rows] for part in self.parts), self.single, cached)
+
+    def tolist(self) -> list[Any]:
+        """The keys as Python values: tuples, or single values."""
+        columns = [part.tolist() for part in self.parts]
+        return columns[0] if self.single else list(zip(*columns, strict=True))
+
+
+def key_columns(keys: Iterable[Any]) -> KeyColumns | None:
+    """Keys (tuples of equal length, or single non-tuple values) as canonical columns;
+    None where the columns cannot say what the value-by-value path says (a missing or
+    refused part, mixed shapes), so that that path raises its own error.
+
+    >>> key_columns([(7.0, "a"), (Decimal(8), "b")]).tolist()
+    [(7, 'a'), (8, 'b')]
+    """
+    items = list(keys)
+    if not items:
+        return None
+    if isinstance(items[0], tuple):
+        width = len(items[0])
+        if not width or any(type(k) is not tuple or len(k) != width for k in items):
+            return None
+        raw = [_object_array(list(part)) for part in zip(*items, strict=True)]
+        single = False
+    elif any(isinstance(k, tuple) for k in items):
+        return None
+    else:
+        raw, single = [_object_array(items)], True
+    parts = []
+    for part in raw:
+        try:
+            values, missing = canonical_keys(part, column="key")
+        except SchemaError:
+            return None
+        if missing.any():
+            return None
+        parts.append(values)
+    return KeyColumns(tuple(parts), single)
+
+
+_RANKS: dict[type, int] = {str: _TEXT, int: _NUMBER, float: _NUMBER, Decimal: _NUMBER}
+_RANKS.update({bool: _BOOL, bytes: _BYTES})
+
+
+def _rank(value: Any) -> int:
+    """The rank of a canonical key part (cached by type: a canonical value's type says it)."""
+    rank = _RANKS.get(type(value))
+    if rank is None:
+        found = _key_part(value)
+        rank = _RANKS[type(value)] = -1 if found is None else found[1][0]
+    return rank
+
+
+_NO_CROSS_RANK_EQUALITY = frozenset({str, int, float, Decimal, bytes})
+"""Canonical values of these types are equal only within one rank (canonical floats are
+never integral; a bool is the one number-like value of another rank)."""
+
+
+def _same_parts(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Bool:
+    """Element-wise: do canonical parts ``x`` and ``y`` have one identity (rank and value)?"""
+    if x.dtype == y.dtype and x.dtype != object:
+        return np.asarray(x == y, dtype=bool)
+    xs, ys = x.astype(object), y.astype(object)
+    same = np.asarray(xs == ys, dtype=bool)
+    items_x, items_y = xs.tolist(), ys.tolist()
+    if not set(map(type, items_x)) | set(map(type, items_y)) <= _NO_CROSS_RANK_EQUALITY:
+        same &= np.fromiter(map(_rank, items_x), np.int8, xs.size) == np.fromiter(
+            map(_rank, items_y), np.int8, ys.size
+        )
+    return same
+
+
+def _same_keys(a: KeyColumns, rows_a: I64, b: KeyColumns, rows_b: I64) -> Bool:
+    same = np.ones(rows_a.size, dtype=bool)
+    for x, y in zip(a.parts, b.parts, strict=True):
+        same &= _same_parts(x[rows_a], y[rows_b])
+    return same
+
+
+def _text_hashes(items: list[str]) -> U64:
+    """``_blake(b"s:", text)`` of each string: the digests joined, read as little-endian."""
+    blake = hashlib.blake2b
+    digests = b"".join([blake(b"s:" + t.encode("utf-8"), digest_size=8).digest() for t in items])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def _part_hashes(part: npt.NDArray[Any]) -> U64:
+    """:func:`key_hash` of each canonical part's identity, vectorised where the dtype
+    allows (int64: SplitMix64; bool; all-str: one BLAKE2b call each, no dispatch)."""
+    if part.dtype.kind == "i":
+        return mix64(part.astype(np.int64).view(np.uint64), inplace=True)
+    if part.dtype.kind == "b":
+        true, false = (_identity_hash((_BOOL, b)) for b in (True, False))
+        return np.where(part, np.uint64(true), np.uint64(false))
+    items = part.tolist()
+    if set(map(type, items)) <= {str}:
+        return _text_hashes(items)
+    return np.fromiter((_identity_hash(_identity(v)) for v in items), np.uint64, len(items))
+
+
+def key_hashes(keys: KeyColumns) -> U64:
+    """:func:`key_hash` of each key's identity, over whole columns.
+
+    >>> keys = KeyColumns((np.array([5]), np.array(["a"], dtype=object)))
+    >>> int(key_hashes(keys)[0]) == key_hash(key_identity((5, "a")))
+    True
+    """
+    if keys._hashes:
+        return keys._hashes[0]
+    hashes = [_part_hashes(part) for part in keys.parts]
+    if keys.single:
+        h = hashes[0]
+    else:
+        h = np.full(len(keys), len(keys.parts), dtype=np.uint64)
+        for part_hash in hashes:
+            np.bitwise_xor(h, part_hash, out=h)
+            mix64(h, inplace=True)
+    keys._hashes.append(h)
+    return h
+
+
+def _concat_parts(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    if x.dtype != y.dtype:  # never let numpy turn booleans into integers
+        x, y = x.astype(object), y.astype(object)
+    return np.concatenate([x, y])
+
+
+_VECTOR_MIN = 64
+"""Fewer keys than this take the value-by-value path (numpy's per-call cost dominates)."""
+_REHASH = 0x5851F42D4C957F2D
+
+
 class KeyIndex:
     """Dense integer ids for keys (partition key tuples, categorical values), by identity.
 
     Keys equal as values are one id whatever their type; each id has a 64-bit hash that is
     unique within the index (a colliding new key is re-hashed deterministically), so that
     distinct keys never share a bounding slot.
+
+    Keys are held as columns (:class:`KeyColumns`) and found by their identity hash
+    (:func:`key_hashes`, whole columns at once) in a sorted array; every hit is checked
+    against the key itself. A batch involving a collision (a hash held by another key)
+    takes the value-by-value path, which gives the same ids and hashes.
 
     >>> index = KeyIndex()
     >>> index.ids([("a",), (7,), ("a",), (Decimal(7),)]).tolist()
@@ -733,46 +960,74 @@ class KeyIndex:
     """
 
     def __init__(self) -> None:
-        self.keys: list[Any] = []
-        self._ids: dict[Any, int] = {}
-        self._hashes: list[int] = []
-        self._taken: set[int] = set()
+        self._columns: KeyColumns | None = None  # every key, in id order
+        self._lookup = np.zeros(0, np.uint64)  # identity hash of each id
+        self._hashes = np.zeros(0, np.uint64)  # bounding hash of each id (distinct)
+        self._sorted_lookup = np.zeros(0, np.uint64)
+        self._sorted_ids = np.zeros(0, np.int64)
+        self._sorted_hashes = np.zeros(0, np.uint64)
+        self._keys: list[Any] | None = []
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return int(self._lookup.size)
 
-    def ids(self, keys: Iterable[Any]) -> I64:
-        """Ids of ``keys`` (a loop over distinct keys, never over events), adding new ones."""
-        out = []
-        for key in keys:
-            identity = key_identity(key)
-            found = self._ids.get(identity)
-            if found is None:
-                found = self._add(key, identity)
-            out.append(found)
-        return np.asarray(out, dtype=np.int64)
+    @property
+    def keys(self) -> list[Any]:
+        """The keys in id order, in canonical released form (tuples or single values)."""
+        if self._keys is None:
+            assert self._columns is not None
+            self._keys = self._columns.tolist()
+        return self._keys
 
-    def _add(self, key: Any, identity: Any) -> int:
-        found = self._ids[identity] = len(self.keys)
-        self.keys.append(_released(key))
-        h = key_hash(identity)
-        while h in self._taken:  # two distinct keys, one hash: move the newcomer
-            h = _mix64_int(h ^ 0x5851F42D4C957F2D)
-        self._taken.add(h)
-        self._hashes.append(h)
-        return found
+    @property
+    def columns(self) -> KeyColumns | None:
+        """The keys in id order as columns (None while the index is empty)."""
+        return self._columns
+
+    @property
+    def hashes(self) -> U64:
+        """The 64-bit hash of each key: stable, distinct within the index."""
+        return self._hashes
 
     def copy(self) -> KeyIndex:
         """An independent index with the same ids (new keys added to it stay there)."""
-        other = KeyIndex()
-        other.keys, other._ids = list(self.keys), dict(self._ids)
-        other._hashes, other._taken = list(self._hashes), set(self._taken)
+        other = KeyIndex.__new__(KeyIndex)
+        other.__dict__.update(self.__dict__)  # arrays are replaced, never written in place
         return other
 
-    def find(self, key: Any) -> int | None:
-        return self._ids.get(key_identity(key))
+    def ids(self, keys: Iterable[Any] | KeyColumns) -> I64:
+        """Ids of ``keys`` (whole columns, or a loop over distinct keys for few or exotic
+        ones; never over events), adding new ones."""
+        columns = keys if isinstance(keys, KeyColumns) else None
+        items = None
+        if not isinstance(keys, KeyColumns):
+            items = list(keys)
+            columns = key_columns(items) if len(items) >= _VECTOR_MIN else None
+        if columns is not None and len(columns) >= _VECTOR_MIN:
+            found = self._ids_vectorised(columns)
+            if found is not None:
+                return found
+        if items is None:
+            assert columns is not None
+            items = columns.tolist()
+        return self._ids_one_by_one(items)
 
-    def remap(self, codes: I64, keys: Sequence[Any]) -> I64:
+    def lookup(self, keys: KeyColumns) -> I64:
+        """Ids of ``keys`` already in the index, -1 for the others (nothing is added)."""
+        found = self._find_columns(keys)
+        if found is None:
+            return np.fromiter(
+                (-1 if (i := self.find(key)) is None else i for key in keys.tolist()),
+                np.int64,
+                len(keys),
+            )
+        return found
+
+    def find(self, key: Any) -> int | None:
+        """The id of ``key``, None if it is not in the index."""
+        return self._find_identity(key_identity(key))
+
+    def remap(self, codes: I64, keys: Sequence[Any] | KeyColumns) -> I64:
         """Ids of ``keys[codes]`` in this index (adding new keys); code -1 (missing) stays -1.
 
         This is how categorical columns get codes that are global across ``add`` and
@@ -787,10 +1042,133 @@ class KeyIndex:
         # One gather: code -1 reads the appended -1 (this runs on every event of a batch).
         return np.append(self.ids(keys), np.int64(-1))[codes]
 
-    @property
-    def hashes(self) -> U64:
-        """The 64-bit hash of each key: stable, distinct within the index."""
-        return np.asarray(self._hashes, dtype=np.uint64)
+    # ------------------------------------------------------------------ vectorised path
+
+    def _find_columns(self, keys: KeyColumns) -> I64 | None:
+        """Ids of ``keys`` found in the index (-1: absent), None if a hash is shared by
+        another key (the caller goes value by value)."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        if not len(self) or not len(keys):
+            return found
+        if self._columns is None or keys.single != self._columns.single:
+            return None
+        if len(keys.parts) != len(self._columns.parts):
+            return None
+        lookup = key_hashes(keys)
+        at = np.minimum(np.searchsorted(self._sorted_lookup, lookup), len(self) - 1)
+        hit = np.flatnonzero(self._sorted_lookup[at] == lookup)
+        candidates = self._sorted_ids[at[hit]]
+        if not _same_keys(keys, hit, self._columns, candidates).all():
+            return None  # a hash shared by two keys: the first one found is not it
+        found[hit] = candidates
+        return found
+
+    def _ids_vectorised(self, keys: KeyColumns) -> I64 | None:
+        found = self._find_columns(keys)
+        if found is None:
+            return None
+        new = np.flatnonzero(found < 0)
+        if not new.size:
+            return found
+        lookup = key_hashes(keys)[new]
+        distinct, first, inverse = np.unique(lookup, return_index=True, return_inverse=True)
+        firsts = new[first]
+        if distinct.size < new.size and not _same_keys(keys, new, keys, firsts[inverse]).all():
+            return None  # two new keys share a hash
+        if len(self):  # a re-hashed key may sit on a new key's hash
+            at = np.minimum(np.searchsorted(self._sorted_hashes, distinct), len(self) - 1)
+            if np.any(self._sorted_hashes[at] == distinct):
+                return None
+        order = np.argsort(first, kind="stable")  # new keys get ids in order of arrival
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(self), len(self) + order.size)
+        found[new] = rank[inverse]
+        self._append(keys.take(firsts[order]), distinct[order], distinct[order], (distinct, rank))
+        return found
+
+    def _append(
+        self,
+        keys: KeyColumns,
+        lookup: U64,
+        hashes: U64,
+        by_lookup: tuple[U64, I64] | None = None,
+    ) -> None:
+        """Add ``keys`` with their lookup and bounding hashes (``by_lookup``: the lookup
+        hashes sorted and the new ids in that order, when the caller has them; bounding
+        hashes are then the lookup hashes)."""
+        if self._columns is None:
+            self._columns = keys
+        else:
+            parts = zip(self._columns.parts, keys.parts, strict=True)
+            self._columns = KeyColumns(
+                tuple(_concat_parts(x, y) for x, y in parts), self._columns.single
+            )
+        if by_lookup is None:
+            order = np.argsort(lookup, kind="stable")
+            ids = np.arange(len(self), len(self) + len(keys), dtype=np.int64)
+            by_lookup = (lookup[order], ids[order])
+            sorted_hashes = np.sort(hashes)
+        else:
+            sorted_hashes = by_lookup[0]
+        self._keys = None
+        self._lookup = np.concatenate([self._lookup, lookup])
+        self._hashes = np.concatenate([self._hashes, hashes])
+        at = np.searchsorted(self._sorted_lookup, by_lookup[0], side="right")
+        self._sorted_lookup = np.insert(self._sorted_lookup, at, by_lookup[0])
+        self._sorted_ids = np.insert(self._sorted_ids, at, by_lookup[1])
+        at = np.searchsorted(self._sorted_hashes, sorted_hashes)
+        self._sorted_hashes = np.insert(self._sorted_hashes, at, sorted_hashes)
+
+    # ------------------------------------------------------------------ value by value
+
+    def _key_at(self, i: int) -> Any:
+        assert self._columns is not None
+        return self._columns.take(np.array([i])).tolist()[0]
+
+    def _find_identity(self, identity: Any) -> int | None:
+        h = np.uint64(_LOOKUP_HASH(identity))
+        lo = int(np.searchsorted(self._sorted_lookup, h, "left"))
+        hi = int(np.searchsorted(self._sorted_lookup, h, "right"))
+        for i in self._sorted_ids[lo:hi].tolist():
+            if key_identity(self._key_at(i)) == identity:
+                return int(i)
+        return None
+
+    def _ids_one_by_one(self, keys: list[Any]) -> I64:
+        out: list[int] = []
+        added: dict[Any, int] = {}  # identity -> id, of keys new in this call
+        released: list[Any] = []
+        lookup: list[int] = []
+        hashes: list[int] = []
+        taken: set[int] = set()
+        for key in keys:
+            identity = key_identity(key)
+            found = added.get(identity)
+            if found is None:
+                found = self._find_identity(identity)
+            if found is None:
+                found = added[identity] = len(self) + len(released)
+                released.append(_released(key))
+                lookup.append(_LOOKUP_HASH(identity))
+                h = key_hash(identity)
+                while h in taken or self._taken(h):  # two keys, one hash: move the newcomer
+                    h = _mix64_int(h ^ _REHASH)
+                taken.add(h)
+                hashes.append(h)
+            out.append(found)
+        if released:
+            single = not isinstance(released[0], tuple)
+            columns = [released] if single else [list(part) for part in zip(*released, strict=True)]
+            self._append(
+                KeyColumns(tuple(_object_array(c) for c in columns), single),
+                np.array(lookup, dtype=np.uint64),
+                np.array(hashes, dtype=np.uint64),
+            )
+        return np.asarray(out, dtype=np.int64)
+
+    def _taken(self, h: int) -> bool:
+        at = int(np.searchsorted(self._sorted_hashes, np.uint64(h)))
+        return at < self._sorted_hashes.size and int(self._sorted_hashes[at]) == h
 
 
 def _released(key: Any) -> Any:

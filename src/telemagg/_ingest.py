@@ -4,13 +4,15 @@ Accepted: a pandas or polars DataFrame, a pyarrow Table, a mapping of column nam
 array-like, or an iterable of mappings (one event each). Each needed column is converted
 once; identifier and key columns are factorized (``codes``, ``uniques``) so that everything
 downstream works on integer arrays. An event is dropped, and counted under the first reason
-that applies, when its privacy unit is missing (``missing_privacy_unit``), a partition key
-is missing (``missing_partition_key``), or a value a metric reads is NaN, infinite or
-missing (``non_finite_value``).
+that applies, when its privacy unit is missing (``missing_privacy_unit``), its event time is
+(``missing_time``) or a partition key is missing (``missing_partition_key``). A missing
+value column (NaN, None, +-inf) does not drop the event: it stays NaN (or +-inf) and only
+the metrics on that column skip it (``telemagg._plan.present``).
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg._identity import (
+    KeyColumns,
     canonical_keys,
     int_unit_ids,
     unit_hashes,
@@ -36,7 +39,6 @@ ObjArray = npt.NDArray[np.object_]
 
 MISSING_PRIVACY_UNIT = "missing_privacy_unit"
 MISSING_PARTITION_KEY = "missing_partition_key"
-NON_FINITE_VALUE = "non_finite_value"
 MISSING_TIME = "missing_time"
 
 
@@ -56,7 +58,7 @@ class Batch:
     unit_id: U64
     unit: Encoded
     partition_codes: I64
-    partition_keys: list[tuple[Any, ...]]
+    partition_keys: KeyColumns
     numeric: dict[str, F64]
     categorical: dict[str, Encoded]
     time_ms: I64 | None = None
@@ -352,10 +354,41 @@ def factorize(values: Any, name: str = "values") -> Encoded:
     except ImportError:
         return _factorize_numpy(values, name)
     try:
+        if isinstance(values, np.ndarray) and values.dtype == object and values.size > _MANY:
+            found = _factorize_by_reference(values, pd)
+            if found is not None:
+                return found
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
     except TypeError:  # unhashable values (lists, dicts)
         raise _unhashable(name, values) from None
     return Encoded(np.asarray(codes, dtype=np.int64), np.asarray(uniques))
+
+
+_MANY = 1 << 16
+
+
+def _factorize_by_reference(values: ObjArray, pd: Any) -> Encoded | None:
+    """pandas' factorize of an object column, through the objects' addresses first.
+
+    Columns built from a vocabulary (``names[codes]``, most string columns in memory) hold
+    few distinct *objects*: factorizing their addresses (integers) and then only the
+    distinct objects by value is several times faster than hashing and comparing every
+    value, and gives the same codes and uniques (both in order of first occurrence; equal
+    values held by distinct objects still meet in the second step). None (no gain
+    expected) when a sample holds mostly distinct objects.
+    """
+    values = np.ascontiguousarray(values)
+    raw = (ctypes.c_char * values.nbytes).from_address(values.ctypes.data)
+    addresses = np.frombuffer(memoryview(raw), dtype=np.uintp)  # read only, while ``values`` lives
+    if pd.unique(addresses[:_MANY]).size > _MANY // 2:
+        return None
+    by_address, distinct = pd.factorize(addresses)
+    holder = np.empty(distinct.size, dtype=np.int64)  # a position holding each object
+    for lo in range(0, values.size, _MANY):
+        chunk = by_address[lo : lo + _MANY]
+        holder[chunk] = np.arange(lo, lo + chunk.size, dtype=np.int64)
+    codes, uniques = pd.factorize(values[holder], use_na_sentinel=True)
+    return Encoded(np.asarray(codes, dtype=np.int64)[by_address], np.asarray(uniques))
 
 
 def _unhashable(name: str, values: Any) -> SchemaError:
@@ -410,11 +443,10 @@ def _encode_keys(column: Any, name: str) -> Encoded:
     encoded = _encode(column, name)
     values, missing = canonical_keys(encoded.uniques, column=name)
     if not missing.any():
-        return Encoded(encoded.codes, _objects(values))
+        return Encoded(encoded.codes, values)
     # distinct values that are missing after all (NaN in a dictionary, NaT, NA): code -1
     renumbered = np.append(np.where(missing, -1, np.cumsum(~missing) - 1), -1)
-    present = [v for v, m in zip(values, missing.tolist(), strict=True) if not m]
-    return Encoded(renumbered[encoded.codes], _objects(present))
+    return Encoded(renumbered[encoded.codes], values[~missing])
 
 
 def _unit_ids(column: Any, name: str) -> tuple[U64, Encoded, Bool]:
@@ -517,27 +549,24 @@ def _times_ms(column: Any, name: str) -> tuple[I64, Bool]:
     return np.where(missing, 0, millis.astype(np.int64)), missing
 
 
-def _combine_keys(encoded: list[Encoded]) -> tuple[I64, list[tuple[Any, ...]]]:
+def _combine_keys(encoded: list[Encoded]) -> tuple[I64, KeyColumns]:
     """Per-event partition code over several key columns (-1 where any key is missing),
-    and the distinct key tuples."""
+    and the distinct keys, as columns."""
     missing = np.zeros(encoded[0].codes.size, dtype=bool)
     for enc in encoded:
         missing |= enc.codes < 0
     if len(encoded) == 1:
-        uniques = encoded[0].uniques
-        return encoded[0].codes, [(v,) for v in uniques.tolist()]
+        return encoded[0].codes, KeyColumns((encoded[0].uniques,))
     combined = np.zeros(missing.size, dtype=np.int64)
     for enc in encoded:
         combined = combined * max(len(enc.uniques), 1) + np.maximum(enc.codes, 0)
     present = factorize(np.where(missing, -1, combined))
-    keys: list[tuple[Any, ...]] = []
-    for flat in present.uniques.astype(np.int64):
-        parts = []
-        for enc in reversed(encoded):
-            flat, code = divmod(int(flat), max(len(enc.uniques), 1))
-            parts.append(enc.uniques[code])
-        keys.append(tuple(reversed(parts)))
-    return np.where(missing, -1, present.codes), keys
+    flat = present.uniques.astype(np.int64)
+    parts = []
+    for enc in reversed(encoded):
+        flat, code = np.divmod(flat, max(len(enc.uniques), 1))
+        parts.append(enc.uniques[code])
+    return np.where(missing, -1, present.codes), KeyColumns(tuple(reversed(parts)))
 
 
 def ingest(
@@ -561,7 +590,7 @@ def ingest(
     keys_encoded = [_encode_keys(raw[c], c) for c in by]
     if n_events == 0:
         codes = np.zeros(0, np.int64)
-        keys: list[tuple[Any, ...]] = []
+        keys = KeyColumns(tuple(enc.uniques[:0] for enc in keys_encoded))
     else:
         codes, keys = _combine_keys(keys_encoded)
     values = {c: _numeric(raw[c], c) for c in numeric}
@@ -573,10 +602,6 @@ def ingest(
         batch.time_ms, time_missing = _times_ms(raw[time], time)
         reasons.append((MISSING_TIME, time_missing))
     reasons.append((MISSING_PARTITION_KEY, codes < 0))
-    finite = np.ones(n_events, dtype=bool)
-    for v in values.values():
-        finite &= np.isfinite(v)
-    reasons.append((NON_FINITE_VALUE, ~finite))
     bad = np.zeros(n_events, dtype=bool)
     for reason, mask in reasons:
         newly = int(np.count_nonzero(mask & ~bad))

@@ -4,6 +4,12 @@ A *measurement* is one noisy vector: a value (or a few, for histograms) per part
 Metrics are post-processing of measurements, and metrics that need the same measurement
 share it (``mean`` and ``variance`` of one column share its count and centred sum).
 
+Missing values: a NaN, None or +-inf in a value column removes the event from the metrics
+on that column only (:func:`present`); ``count`` and ``unit_count`` still count it. So a
+mean or variance on column X divides by its own noisy count of present X values,
+measured always (whether the data has missing values or not: the plan, and so the
+budget split, never depends on the data).
+
 Sensitivity (neighbouring datasets differ by all events of one privacy unit). After
 bounding, a unit touches at most ``max_partitions`` (L0) partitions and changes each
 partition's vector by at most ``partition_l1`` in L1 norm (``partition_l2`` in L2), so the
@@ -11,23 +17,24 @@ whole vector moves by at most L0 * partition_l1 in L1 and sqrt(L0) * partition_l
 (the L0/Linf argument of Wilson et al., "Differentially private SQL with bounded user
 contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` events:
 
-* count: Linf; unit count: 1;
+* count, and the count of events whose value column X is present: Linf; unit count: 1;
 * sum of values clamped to [lo, hi], in fixed point (each value rounded to an integer
   number of the metric's resolution r, summed exactly as int64):
   Linf * max(|rint(lo / r)|, |rint(hi / r)|) units of r;
 * centred sum of rint((x - mid) / r), mid = (lo + hi) / 2: Linf * the same at the ends;
 * centred sum of squares, at a resolution r2 >= r (:func:`square_step`): Linf * the
   square of the largest centred integer, in units of r2**2;
-* a histogram (``histogram`` buckets, or the fine grid ``quantiles`` reads): each kept
-  event adds 1 to one bin, so L1 <= Linf, and L2 <= Linf too (all Linf events may fall in
-  one bin).
+* a histogram (``histogram`` buckets, the fine grid ``quantiles`` reads, or the counts of
+  ``top_k``'s public candidates): each kept event adds 1 to at most one bin, so L1 <= Linf,
+  and L2 <= Linf too (all Linf events may fall in one bin).
 
-``top_k`` is not a per-partition vector but a threshold over (partition, value) counts,
-see :func:`value_threshold`.
+``top_k`` without candidates is not a per-partition vector but a threshold over
+(partition, value) counts, see :func:`value_threshold`.
 
 Budget split: epsilon is divided equally over the measurements, plus one share for private
-partition selection and one per ``top_k`` column. The private selections (of partitions, see
-:func:`calibrate_selection`, and of ``top_k`` values) share delta equally: all of it under
+partition selection and one per column of a ``top_k`` without candidates. The private
+selections (of partitions, see :func:`calibrate_selection`, and of ``top_k`` values) share
+delta equally: all of it under
 Laplace noise; under Gaussian noise they and the Gaussian measurements take half each.
 Every measurement is an integer vector with exact discrete noise; every scale, threshold
 and the loss actually spent come from OpenDP maps (``_mechanisms``),
@@ -41,13 +48,14 @@ import hashlib
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
+from telemagg._identity import key_identity
 from telemagg._state import State
 from telemagg.errors import ConfigError, TelemaggError
 from telemagg.policy import (
@@ -72,6 +80,8 @@ Column = np.ndarray[Any, Any]  # a released column: float64, or object (lists) f
 
 Compute = Callable[[State, int], I64]
 """Exact per-partition integers of a measurement: (state, number of partitions) -> (P, width)."""
+ComputeByValue = Callable[[State, int, Sequence[Any]], I64]
+"""The same for measurements over a categorical column's values (given by code)."""
 
 MAX_NOISE_SCALE = 2.0**52
 """Largest noise scale in integer units: the noise then stays below 2**62 (int64-safe)
@@ -93,6 +103,15 @@ class MeasurementSpec:
     width: int = 1
     resolution: float = 1.0
     details: Mapping[str, Any] = field(default_factory=dict, compare=False)  # for reports
+    values_of: str = ""  # a categorical column whose values ``compute_by_value`` reads
+    compute_by_value: ComputeByValue | None = field(default=None, compare=False)
+
+    def exact(self, state: State, n: int, categories: Mapping[str, Sequence[Any]]) -> I64:
+        """The exact per-partition integers, (n, width); ``categories`` maps a categorical
+        column to its values, by code (needed by ``top_k`` candidate counts)."""
+        if self.compute_by_value is not None:
+            return self.compute_by_value(state, n, categories[self.values_of])
+        return self.compute(state, n)
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,12 @@ class Calibrated:
     epsilon: float
     delta: float
     rho: float
+
+    def without_data(self) -> Calibrated:
+        """This calibration without the functions that read data: what a Release keeps to
+        derive intervals (plain values, so a Release pickles)."""
+        spec = replace(self.spec, compute=_no_data, compute_by_value=None)
+        return replace(self, spec=spec)
 
     @property
     def stddev(self) -> float:
@@ -131,6 +156,10 @@ class Calibrated:
 
 
 # --------------------------------------------------------------------------- measurements
+
+
+def _no_data(state: State, n: int) -> I64:
+    raise TelemaggError("internal: a released calibration does not read data")
 
 
 def _integer_sums(state: State, n: int, units: I64 | None = None) -> I64:
@@ -159,8 +188,34 @@ def _integer_sums(state: State, n: int, units: I64 | None = None) -> I64:
 
 
 def _fixed_point(values: F64, bounds: tuple[float, float], centre: float, step: float) -> I64:
-    """Clamp, centre and round each value to an integer number of ``step``."""
-    return np.rint((np.clip(values, bounds[0], bounds[1]) - centre) / step).astype(np.int64)
+    """Clamp, centre and round each value to an integer number of ``step``; a missing value
+    (NaN, or +-inf: see :func:`present`) is 0, so it adds nothing to a sum."""
+    clamped = np.where(present(values), np.clip(values, bounds[0], bounds[1]), centre)
+    return np.rint((clamped - centre) / step).astype(np.int64)
+
+
+def present(values: F64) -> npt.NDArray[np.bool_]:
+    """Which values a metric on their column uses: the finite ones. NaN and None are
+    missing; so are +-inf, which no bound can place (an overflow or a sentinel, not a
+    measurement). A missing value removes its event from the metrics on that column only."""
+    return np.isfinite(values)
+
+
+def present_count_key(column: str) -> str:
+    """Key of the count of events whose ``column`` value is present."""
+    return f"count({column})"
+
+
+def present_count_spec(policy: Policy, column: str) -> MeasurementSpec:
+    """Events per partition whose ``column`` is present: the denominator of a mean or
+    variance on it. Measured whether or not the data has missing values, so that the plan
+    (and the budget split) never depends on the data. One unit moves it by at most Linf."""
+    c = policy.max_contributions
+
+    def compute(s: State, n: int) -> I64:
+        return _integer_sums(s, n, present(s.numeric[column]).astype(np.int64))
+
+    return MeasurementSpec(present_count_key(column), c, float(c), compute)
 
 
 def _largest_units(bounds: tuple[float, float], centre: float, step: float) -> int:
@@ -258,9 +313,20 @@ def _number(x: float) -> str:
     return repr(float(x)).removesuffix(".0")
 
 
-def _histogram(state: State, n: int, bins: I64, width: int) -> I64:
-    flat = np.bincount(state.partition * width + bins, minlength=n * width)
+def _histogram(state: State, n: int, bins: I64, width: int, partition: I64 | None = None) -> I64:
+    """Per-partition counts of ``bins`` (one per row of ``partition``, default the state's)."""
+    rows = state.partition if partition is None else partition
+    flat = np.bincount(rows * width + bins, minlength=n * width)
     return flat.reshape(n, width).astype(np.int64)
+
+
+def _value_histogram(
+    state: State, n: int, column: str, bucket: Callable[[F64], I64], width: int
+) -> I64:
+    """Per-partition counts of the present values of ``column`` in each ``bucket``."""
+    values = state.numeric[column]
+    keep = present(values)
+    return _histogram(state, n, bucket(values[keep]), width, state.partition[keep])
 
 
 def quantile_grid(metric: Quantiles, values: F64) -> I64:
@@ -288,7 +354,9 @@ def quantile_spec(policy: Policy, metric: Quantiles) -> MeasurementSpec:
         quantile_key(metric),
         bound,
         float(bound),
-        lambda s, n: _histogram(s, n, quantile_grid(metric, s.numeric[metric.column]), metric.bins),
+        lambda s, n: _value_histogram(
+            s, n, metric.column, lambda v: quantile_grid(metric, v), metric.bins
+        ),
         width=metric.bins,
         details={"bins": metric.bins, "spacing": metric.scale},
     )
@@ -319,7 +387,9 @@ def histogram_spec(policy: Policy, metric: Histogram) -> MeasurementSpec:
         histogram_key(metric),
         bound,
         float(bound),
-        lambda s, n: _histogram(s, n, histogram_buckets(edges, s.numeric[metric.column]), width),
+        lambda s, n: _value_histogram(
+            s, n, metric.column, lambda v: histogram_buckets(edges, v), width
+        ),
         width=width,
         details={"bins": width},
     )
@@ -334,28 +404,86 @@ def measurement_specs(metric: Metric, policy: Policy) -> list[MeasurementSpec]:
     if isinstance(metric, Sum):
         return [sum_spec(policy, metric)]
     if isinstance(metric, Mean):
-        return [count_spec(policy), centred_spec(policy, metric, 1)]
+        return [present_count_spec(policy, metric.column), centred_spec(policy, metric, 1)]
     if isinstance(metric, Variance):
         centred = [centred_spec(policy, metric, power) for power in (1, 2)]
-        return [count_spec(policy), *centred]
+        return [present_count_spec(policy, metric.column), *centred]
     if isinstance(metric, Quantiles):
         return [quantile_spec(policy, metric)]
     if isinstance(metric, Histogram):
         return [histogram_spec(policy, metric)]
     if isinstance(metric, TopK):
+        if metric.candidates is not None:
+            return [candidate_spec(policy, metric)]
         return []  # a threshold over (partition, value) keys, not a measurement
     raise ConfigError(f"metrics contains an unknown metric: {metric!r}")
 
 
+INSUFFICIENT_STDDEVS = 2.0
+"""A mean or variance is NaN where the noisy count of present values is below
+:func:`insufficient_below`."""
+
+
+def _sum_keys(metric: Mean | Variance) -> list[tuple[str, float]]:
+    """The centred sums of a mean or variance, each with the largest size its ratio to the
+    count can have (the half-width, or its square)."""
+    half = (metric.bounds[1] - metric.bounds[0]) / 2.0
+    keys = [(centred_key(metric.column, metric.bounds, 1, metric.step), half)]
+    if isinstance(metric, Variance):
+        keys.append((centred_key(metric.column, metric.bounds, 2, square_step(metric)), half**2))
+    return keys
+
+
+def insufficient_below(metric: Mean | Variance, calibrated: Mapping[str, Calibrated]) -> float:
+    """The noisy count of present values under which a mean or variance says nothing and
+    is released as NaN: ``max(1, 2 * stddev of the count's noise, stddev of each centred
+    sum's noise / its largest ratio)``. Below it, either the count is not told apart from
+    zero, or the noise of a numerator divided by the count exceeds the whole half-range of
+    the result (which would then mostly be clamped to a bound: a bound is not a
+    measurement). The rule reads the plan only, never the data.
+
+    >>> from telemagg.policy import Policy, mean
+    >>> metric, policy = mean("x", bounds=(0, 10)), Policy(privacy_unit="u")
+    >>> plan = {s.key: Calibrated(s, "laplace", 1.0, 10.0, 0.1, 0.0, 0.0)
+    ...         for s in measurement_specs(metric, policy)}
+    >>> round(insufficient_below(metric, plan), 1)  # 2 x the count's noise stddev
+    28.3
+    """
+    count = calibrated[present_count_key(metric.column)]
+    sums = [calibrated[key].stddev / largest for key, largest in _sum_keys(metric)]
+    return max(1.0, INSUFFICIENT_STDDEVS * count.stddev, *sums)
+
+
+def insufficient_rule(metric: Metric, calibrated: Mapping[str, Calibrated]) -> dict[str, Any]:
+    """The publishable ``insufficient_data`` entry of a mean or variance (plan only)."""
+    assert isinstance(metric, Mean | Variance)
+    return {
+        "value": "NaN",
+        "rule": (
+            f"NaN (and NaN interval) where the noisy count of present {metric.column!r} values"
+            f" is below max(1, {INSUFFICIENT_STDDEVS:g} x the stddev of its noise, the stddev"
+            " of each noisy centred sum / the largest value of its ratio to the count)"
+        ),
+        "min_noisy_count": insufficient_below(metric, calibrated),
+        "otherwise": (
+            "the ratio, clamped into what the bounds allow (post-processing); a value at a"
+            " bound is an estimate that fell outside them: see its interval"
+        ),
+    }
+
+
 def finalize(
     metric: Metric,
-    noisy: dict[str, F64],
+    noisy: Mapping[str, F64],
     value_counts: Mapping[str, ValueCounts] | None = None,
+    calibrated: Mapping[str, Calibrated] | None = None,
 ) -> dict[str, Column]:
     """Post-process noisy measurements (shape (P, width)) into the metric's columns.
 
     Post-processing never costs privacy; it keeps counts non-negative, means and
     variances inside what their bounds allow, and quantiles monotone and inside theirs.
+    A mean or variance whose noisy count of present values is too small is NaN
+    (:func:`insufficient_below`; ``calibrated`` holds the plan's calibrations).
     ``value_counts`` holds the released (partition, value) counts that ``top_k`` reads.
     """
     if isinstance(metric, Quantiles):
@@ -364,6 +492,8 @@ def finalize(
         counts = np.maximum(noisy[histogram_key(metric)], 0.0)
         return {metric.name: list_column([row.tolist() for row in counts])}
     if isinstance(metric, TopK):
+        if metric.candidates is not None:
+            return candidate_top_k_columns(metric, noisy[candidate_key(metric)])
         assert value_counts is not None
         return top_k_columns(metric, value_counts[value_counts_key(metric.column)])
     if isinstance(metric, Count | UnitCount):
@@ -372,16 +502,22 @@ def finalize(
     if isinstance(metric, Sum):
         return {metric.name: noisy[sum_key(metric.column, metric.bounds, metric.step)][:, 0]}
     assert isinstance(metric, Mean | Variance)
+    assert calibrated is not None
     lo, hi = metric.bounds
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
-    n = np.maximum(noisy["count"][:, 0], 1.0)
+    count_key = present_count_key(metric.column)
+    noisy_count = noisy[count_key][:, 0]
+    unknown = noisy_count < insufficient_below(metric, calibrated)
+    n = np.maximum(noisy_count, 1.0)
     centred = noisy[centred_key(metric.column, metric.bounds, 1, metric.step)][:, 0]
     centred_mean = np.clip(centred / n, -half, half)
     if isinstance(metric, Mean):  # clipped again: mid + x can round past a bound
-        return {metric.name: np.clip(mid + centred_mean, lo, hi)}
-    squares_key = centred_key(metric.column, metric.bounds, 2, square_step(metric))
-    squares = noisy[squares_key][:, 0] / n
-    return {metric.name: np.clip(squares - centred_mean**2, 0.0, half**2)}
+        value = np.clip(mid + centred_mean, lo, hi)
+    else:
+        squares_key = centred_key(metric.column, metric.bounds, 2, square_step(metric))
+        squares = noisy[squares_key][:, 0] / n
+        value = np.clip(squares - centred_mean**2, 0.0, half**2)
+    return {metric.name: np.where(unknown, np.nan, value)}
 
 
 def list_column(rows: Sequence[list[Any]]) -> Column:
@@ -579,6 +715,67 @@ def top_k_columns(metric: TopK, counts: ValueCounts) -> dict[str, Column]:
     return {name: list_column(names), count_name: list_column(numbers)}
 
 
+def candidate_key(metric: TopK) -> str:
+    """Key of the candidate counts of a ``top_k`` with public candidates (different lists
+    never share it)."""
+    assert metric.candidates is not None
+    digest = hashlib.blake2b(repr(metric.candidates).encode(), digest_size=4).hexdigest()
+    return f"candidate_counts({metric.column},{len(metric.candidates)} candidates #{digest})"
+
+
+def candidate_positions(candidates: Sequence[Any], values: Sequence[Any]) -> I64:
+    """Position in ``candidates`` of each of a column's distinct ``values`` (-1: not one),
+    by key identity (equal values of any type match). A loop over distinct values."""
+    position = {key_identity(c): i for i, c in enumerate(candidates)}
+    return np.asarray([position.get(key_identity(v), -1) for v in values], dtype=np.int64)
+
+
+def _needs_values(state: State, n: int) -> I64:
+    raise TelemaggError("internal: candidate counts need the column's values (spec.exact)")
+
+
+def candidate_spec(policy: Policy, metric: TopK) -> MeasurementSpec:
+    """Event counts of each public candidate per partition: one vector of width
+    ``len(candidates)``. A kept event adds 1 to at most one candidate, so one unit changes a
+    partition's vector by at most Linf in L1 and in L2 (all its events may share a value),
+    exactly a histogram's sensitivity. Values outside the list are not counted. The
+    candidates are public (part of the query), so no threshold is needed: every released
+    partition lists its top ``k`` (Wilson et al. 2020's public-domain case)."""
+    candidates = metric.candidates
+    assert candidates is not None
+    width = len(candidates)
+    column = metric.column
+
+    def compute(s: State, n: int, values: Sequence[Any]) -> I64:
+        where = np.append(candidate_positions(candidates, values), -1)[s.categorical[column]]
+        keep = where >= 0
+        return _histogram(s, n, where[keep], width, s.partition[keep])
+
+    bound = policy.max_contributions
+    return MeasurementSpec(
+        candidate_key(metric),
+        bound,
+        float(bound),
+        _needs_values,
+        width=width,
+        details={"candidates": width},
+        values_of=column,
+        compute_by_value=compute,
+    )
+
+
+def candidate_top_k_columns(metric: TopK, counts: F64) -> dict[str, Column]:
+    """Per partition, the ``k`` candidates with the largest noisy counts (descending; ties in
+    the candidates' order), counts floored at 0 (post-processing)."""
+    assert metric.candidates is not None
+    k = min(metric.k, len(metric.candidates))
+    order = np.argsort(-counts, axis=1, kind="stable")[:, :k]
+    top = np.maximum(np.take_along_axis(counts, order, axis=1), 0.0)
+    names = [[metric.candidates[i] for i in row] for row in order.tolist()]
+    name, count_name = metric.output_names
+    return {name: list_column(names), count_name: list_column([r.tolist() for r in top])}
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -610,7 +807,7 @@ class Plan:
         """
         noisy: dict[str, F64] = {}
         for key, cal in self.measurements.items():
-            exact = cal.spec.compute(state, n_known)[released]
+            exact = cal.spec.exact(state, n_known, categories)[released]
             draw = noise.laplace if cal.mechanism == "laplace" else noise.gaussian
             units = draw(exact.ravel(), cal.scale).reshape(exact.shape)
             noisy[key] = units.astype(np.float64) * cal.spec.resolution
@@ -703,7 +900,7 @@ def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) 
     value_columns: dict[str, None] = {}
     unit_count = False  # a released unit_count column picks the threshold selection
     for metric in metrics:
-        if isinstance(metric, TopK):
+        if isinstance(metric, TopK) and metric.candidates is None:
             value_columns[metric.column] = None
             metric_measurements[metric.name] = (value_counts_key(metric.column),)
             continue

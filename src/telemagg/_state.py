@@ -45,17 +45,25 @@ class SamplingKey:
         """Keyed per-partition salts (computed once per distinct partition)."""
         return mix64(partition_hashes ^ np.uint64(self.k2))
 
-    def pair_keys(self, unit_id: U64, partition_salt: U64) -> U64:
-        """Keyed priority (and identity) of each (unit, partition) pair.
+    def pair_keys(self, unit_id: U64, salts: U64, partition: I64) -> U64:
+        """Keyed priority (and identity) of each (unit, partition) pair; ``salts`` are the
+        :meth:`partition_salts` of every partition, ``partition`` each row's.
 
         ``unit_id`` is already a mixed 64-bit hash; adding the keyed partition salt and
         mixing again gives each pair a priority that is uniform and unpredictable without
-        the key, and distinct for distinct pairs except with probability ~2^-64.
+        the key, and distinct for distinct pairs except with probability ~2^-64. Computed a
+        chunk of rows at a time: the only n-row array is the result.
         """
+        out = np.empty(unit_id.size, dtype=np.uint64)
         with np.errstate(over="ignore"):
-            z = np.bitwise_xor(unit_id, np.uint64(self.k1))
-            np.add(z, partition_salt, out=z)
-            return mix64(z, inplace=True)
+            for lo in range(0, unit_id.size, _CHUNK_ROWS):
+                z = np.bitwise_xor(unit_id[lo : lo + _CHUNK_ROWS], np.uint64(self.k1))
+                np.add(z, salts[partition[lo : lo + _CHUNK_ROWS]], out=z)
+                out[lo : lo + _CHUNK_ROWS] = mix64(z, inplace=True)
+        return out
+
+
+_CHUNK_ROWS = 1 << 20
 
 
 # A state bounds its pending rows once they outnumber its bounded rows (and this floor), so
@@ -109,6 +117,7 @@ class State:
         self._pending: list[State] = []  # absorbed rows not bounded yet (each settled)
         self._pending_rows = 0
         self._limits = (1, 1)  # (max_partitions, max_contributions) of the pending rows
+        self._borrowed = False  # value columns may be views of a caller's arrays
 
     @classmethod
     def empty(cls, numeric: Sequence[str], categorical: Sequence[str] = ()) -> State:
@@ -196,6 +205,8 @@ class State:
         )
         evicted = int(keep.size - np.count_nonzero(keep))
         kept = merged.select(keep) if evicted else merged
+        if kept._borrowed:  # nothing evicted, so nothing copied yet: own the values now
+            kept._numeric = {c: np.array(v) for c, v in kept._numeric.items()}
         self._unit_id, self._partition = kept._unit_id, kept._partition
         self._pair_key, self._event_priority = kept._pair_key, kept._event_priority
         self._numeric, self._categorical = kept._numeric, kept._categorical
@@ -269,20 +280,25 @@ class State:
         )
         out._dropped.update(rows._dropped)
         # Value columns may be views of the caller's arrays (ingest converts without a
-        # copy where it can); pending rows must not change if the caller reuses them.
+        # copy where it can); rows must not change if the caller reuses them. Bounded now,
+        # the kept rows are copied anyway; pending, the values are copied here.
         queued = State(
             rows._unit_id,
             rows._partition,
             rows._pair_key,
             rows._event_priority,
-            {c: np.array(v) for c, v in rows._numeric.items()},
+            rows._numeric,
             rows._categorical,
         )
+        queued._borrowed = True
         out._pending = [*self._pending, queued]
         out._pending_rows = self._pending_rows + int(rows._unit_id.size)
         out._limits = limits
         if out._pending_rows >= max(out._unit_id.size, _MIN_PENDING_ROWS):
             out._settle()
+        else:
+            queued._numeric = {c: np.array(v) for c, v in rows._numeric.items()}
+            queued._borrowed = False
         return out
 
     def select(self, rows: npt.NDArray[np.bool_]) -> State:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 import telemagg as tm
+from telemagg._intervals import check_level
 from telemagg._metric_spec import METRIC_SYNTAX, parse_metrics
 from telemagg.datasets import telemetry_events
 from telemagg.errors import UntrackedReleaseWarning, require
@@ -345,7 +346,8 @@ def aggregate_command(args: argparse.Namespace) -> int:
     files.check_columns(agg.columns)
     with open_ledger(args.ledger):  # a URL names an existing ledger: checked before reading
         pass
-    _write_release(None, out, args.intervals)  # --intervals is supported (checked, no write)
+    if args.intervals is not None:  # checked before any event is read
+        check_level(args.intervals)
     _ingest(agg, files, quiet=args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UntrackedReleaseWarning)
@@ -408,22 +410,9 @@ def _partition_file(path: str, by: Sequence[str], files: Any) -> Any:
     return {c: table.column(c).to_pylist() for c in by}
 
 
-def _write_release(release: tm.Release | None, out: Path, intervals: float | None) -> None:
-    """Write ``release`` as Parquet (``release=None``: only check that ``intervals`` can be
-    honoured, before any event is read)."""
-    import inspect
-
-    if (
-        intervals is not None
-        and "intervals" not in inspect.signature(tm.Release.to_parquet).parameters
-    ):
-        raise tm.ConfigError("--intervals is not supported by this telemagg version")
-    if release is None:
-        return
-    if intervals is None:
-        release.to_parquet(out)
-    else:
-        release.to_parquet(out, intervals=intervals)  # type: ignore[call-arg, unused-ignore]
+def _write_release(release: tm.Release, out: Path, intervals: float | None) -> None:
+    """Write ``release`` as Parquet, with interval columns at level ``intervals`` if given."""
+    release.to_parquet(out, intervals=intervals)
 
 
 def _ingest(agg: tm.Aggregator, files: Any, *, quiet: bool) -> None:

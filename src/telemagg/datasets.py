@@ -86,7 +86,8 @@ def telemetry_events(
         dirty: fraction of rows made unusable, ``round(dirty * n_events)`` of them, chosen
             uniformly: the first half (rounded up) lose their user (``user_id`` is ``None``
             and the column becomes ``object``); the others get ``duration_ms = NaN``. telemagg
-            drops and counts them as ``missing_privacy_unit`` and ``non_finite_value``.
+            drops the first (``missing_privacy_unit``); a missing value only leaves the metrics on
+            that column (``release.accounting.missing_values``).
 
     Returns:
         ``user_id`` and ``session_id`` (int64; ``user_id`` is object when ``dirty > 0``),

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from telemagg._identity import canonical_key, key_identity
 from telemagg.errors import ConfigError
 
 __all__ = [
@@ -238,7 +239,10 @@ class Metric(_Model):
 
 
 class Count(Metric):
-    """Number of events per partition, after contribution bounding.
+    """Number of events per partition kept within the contribution bounds (at most
+    ``max_contributions`` events of each unit in each of at most ``max_partitions``
+    partitions), plus noise: not the number of events received, which
+    ``release.accounting`` gives the operator. Events with missing values count too.
 
     >>> import telemagg as tm
     >>> tm.count()
@@ -260,7 +264,8 @@ class UnitCount(Metric):
 
 
 class ValueMetric(Metric):
-    """A metric over a numeric column, each value clamped to ``bounds``.
+    """A metric over a numeric column, each value clamped to ``bounds``. Events whose value
+    is missing (NaN, None, +-inf) are left out of this metric only.
 
     >>> import telemagg as tm
     >>> metric = tm.quantiles("latency_ms", [0.5], bounds=(1, 10_000))
@@ -372,7 +377,9 @@ class Sum(FixedPointMetric):
 
 
 class Mean(FixedPointMetric):
-    """Mean of the clamped values per partition; always inside ``bounds``.
+    """Mean of the clamped values per partition; inside ``bounds``, or NaN when the noisy
+    count of present values is too small to say anything (``insufficient_data`` in the
+    release metadata).
 
     >>> import telemagg as tm
     >>> tm.mean("duration_ms", bounds=(0, 60_000)).output_names
@@ -383,7 +390,8 @@ class Mean(FixedPointMetric):
 
 
 class Variance(FixedPointMetric):
-    """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2].
+    """Population variance of the clamped values; in [0, ((upper - lower) / 2) ** 2], or NaN
+    as for :class:`Mean`.
 
     >>> import telemagg as tm
     >>> tm.variance("duration_ms", bounds=(0, 60_000)).output_names
@@ -526,9 +534,16 @@ class TopK(Metric):
     """The ``k`` most frequent values of a categorical column per partition, with counts.
 
     Two columns: ``top_<col>`` (a list of at most ``k`` values, most frequent first) and
-    ``top_<col>_count`` (their noisy event counts). Values are chosen privately: a value is
-    listed only when its noisy count passes a threshold, so values seen by few units are
-    never released. Missing values (None, NaN) are not counted.
+    ``top_<col>_count`` (their noisy event counts). Missing values (None, NaN) are not
+    counted.
+
+    Without ``candidates``, values are chosen privately: a value is listed only when its
+    noisy count passes a threshold (``release.metadata["metrics"][...]["selection"]`` gives
+    the bounded events a value needs to appear), so values seen by few units are never
+    released, and small partitions often list none. With public ``candidates`` (a list
+    that does not come from the data, e.g. the documented error codes), each partition's
+    candidates get noisy counts and every released partition lists its top ``k`` of them;
+    values outside the list are ignored by this metric.
 
     >>> import telemagg as tm
     >>> tm.top_k("error_code", k=3).output_names
@@ -538,11 +553,33 @@ class TopK(Metric):
     kind: ClassVar[str] = "top_k"
     column: Annotated[str, Field(min_length=1)]
     k: int
+    candidates: tuple[Any, ...] | None = None
 
     @field_validator("k", mode="before")
     @classmethod
     def _k(cls, value: Any) -> int:
         return _integer_in(value, 1, 1000)
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _candidates(cls, value: Any) -> tuple[Any, ...] | None:
+        if value is None:
+            return None
+        rule = f"must be None or a sequence of 1 to {MAX_BINS} distinct values"
+        if isinstance(value, str | bytes | dict) or not isinstance(value, Sequence | np.ndarray):
+            raise ValueError(rule)
+        items = list(value.tolist() if isinstance(value, np.ndarray) else value)
+        if not 1 <= len(items) <= MAX_BINS:
+            raise ValueError(f"{rule}; got {len(items)} values")
+        canonical = [canonical_key(v, column="candidates", error=ValueError) for v in items]
+        if any(v is None for v in canonical):
+            raise ValueError(f"{rule}, none of them missing (None, NaN)")
+        seen: set[Any] = set()
+        for item, identity in zip(items, map(key_identity, canonical), strict=True):
+            if identity in seen:
+                raise ValueError(f"{rule}; {item!r} is listed twice")
+            seen.add(identity)
+        return tuple(canonical)
 
     def default_name(self) -> str:
         return f"top_{self.column}"
@@ -557,7 +594,7 @@ class TopK(Metric):
 
 
 def count(*, name: str = "") -> Count:
-    """Events per partition.
+    """Events per partition kept within the contribution bounds (see :class:`Count`).
 
     >>> count().name
     'count'
@@ -706,17 +743,23 @@ def exponential_buckets(lower: float, upper: float, *, scale: int = 3) -> tuple[
     return tuple(float(2.0 ** (i / per_doubling)) for i in range(first, last + 1))
 
 
-def top_k(column: str, k: int, *, name: str = "") -> TopK:
+def top_k(column: str, k: int, *, candidates: Sequence[Any] | None = None, name: str = "") -> TopK:
     """The ``k`` most frequent values of a categorical ``column`` per partition.
+
+    ``candidates``: a public list of the values to rank (not taken from the data). With it
+    no threshold is needed and every released partition lists ``k`` of them; without it,
+    a value appears only when its noisy count passes a threshold (see :class:`TopK`).
 
     >>> top_k("error_code", k=5).output_names
     ('top_error_code', 'top_error_code_count')
+    >>> top_k("error_code", k=2, candidates=["E1", "E2", "E3"]).candidates
+    ('E1', 'E2', 'E3')
     >>> top_k("error_code", k=0)
     Traceback (most recent call last):
     ...
     telemagg.errors.ConfigError: TopK.k must be an integer in [1, 1000]; got 0
     """
-    return TopK(column=column, k=k, name=name)
+    return TopK(column=column, k=k, candidates=candidates, name=name)
 
 
 # --------------------------------------------------------------------------- release
