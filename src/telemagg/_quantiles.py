@@ -287,20 +287,24 @@ def quantile_intervals(
 
     Post-processing of the raw noisy tree. For the level q and each leaf edge j, the noisy
     ``D_j = prefix_j - q * root`` estimates ``T_j - q N`` (events below the edge minus q
-    times all events), which is monotone in j and crosses 0 at the true quantile's leaf.
-    Its noise is a fixed linear combination of the nodes' noise, bounded by ``w_j`` with
-    failure (1 - level) / (leaves + 1) (:func:`noise_reach`). Then ``low`` is the last
-    edge with ``D_j + w_j < 0`` (there are fewer than qN events below it, so the quantile
-    is at or above it) and ``high`` the first with ``D_j - w_j >= 0``; each edge can fail
-    on one side only, so by Bonferroni both hold with probability >= ``level``. Intervals
-    are widened to include the released value.
+    times all events), which is monotone in j; let j* be the first edge where it is >= 0
+    (the true quantile lies in the leaf ending at j*). Its noise is a fixed linear
+    combination of the nodes' noise, bounded one-sided by ``w_j`` with failure
+    ``(1 - level) / 2`` (:func:`noise_reach`; the noise is symmetric). ``low`` is the end of
+    the *leading run* of edges with ``D_j + w_j < 0`` and ``high`` the start of the
+    *trailing run* with ``D_j - w_j >= 0``. ``low`` passes j* only if that run contains
+    j*, i.e. only if the noise at the one edge j* (fixed by the data, not by the noise) is
+    below ``-w``; ``high`` falls below j* only if the noise at j* - 1 reaches ``w``. So
+    each side fails with probability at most ``(1 - level) / 2`` and both hold with
+    probability >= ``level``, with no union over the edges. Intervals are widened to
+    include the released value.
     """
     cal = calibrated[quantile_key(metric)]
     nodes = np.asarray(noisy[quantile_key(metric)], dtype=np.float64) / cal.spec.resolution
     height = tree_height(metric)
     leaves = BRANCHING**height
     prefix = prefix_nodes(height)
-    failure = (1.0 - level) / (leaves + 1)
+    failure = (1.0 - level) / 2.0
     edges = grid_values(metric, np.arange(leaves + 1) / leaves)
     released = grid_values(metric, _positions(metric, nodes))
     out: dict[str, tuple[F64, F64]] = {}
@@ -311,8 +315,10 @@ def quantile_intervals(
         excess = nodes @ coefficients.T  # (P, edges): D_j
         below = excess + reach < 0.0
         above = excess - reach >= 0.0
-        low_edge = np.where(below.any(axis=1), leaves - np.argmax(below[:, ::-1], axis=1), 0)
-        high_edge = np.where(above.any(axis=1), np.argmax(above, axis=1), leaves)
+        leading = np.where(below.all(axis=1), leaves + 1, np.argmin(below, axis=1))
+        trailing = np.where(above.all(axis=1), leaves + 1, np.argmin(above[:, ::-1], axis=1))
+        low_edge = np.maximum(leading - 1, 0)
+        high_edge = np.where(trailing > 0, leaves + 1 - trailing, leaves)
         low = np.minimum(edges[low_edge], released[:, i])
         high = np.maximum(edges[high_edge], released[:, i])
         out[name] = (np.minimum(low, high), high)
