@@ -127,7 +127,7 @@ def test_every_metric_kind_reads_its_columns_on_the_workers(client: Any) -> None
     on_dask = tm_dask.aggregate(dd.from_pandas(frame, npartitions=5), **query).to_pandas()
     assert list(on_dask.columns) == list(local.columns)
     assert on_dask["top_error"].tolist() == local["top_error"].tolist() == [["E_NETWORK"]] * 3
-    assert np.allclose(on_dask["p50_latency"], 50, atol=10)
+    assert np.allclose(on_dask["p50_latency"], 50, atol=20)  # tree noise: ~2% of seeds > 10
 
 
 def test_one_sampling_key_keeps_the_same_pairs_as_one_local_aggregator(client: Any) -> None:

@@ -1,4 +1,5 @@
-"""Telemetry metrics: quantiles, histogram, top_k (policy specs, _plan measurements, release)."""
+"""Telemetry metrics: quantiles (specs), histogram, top_k (policy specs, _plan measurements,
+release). Quantile mechanics: tests/test_quantiles.py."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.stats import assert_discrete_noise_scale, assert_release_noise
+from tests.stats import assert_release_noise
 from tests.strategies import event_rows, policies
 
 import telemagg as tm
 from telemagg import _mechanisms as mech
 from telemagg._aggregator import Randomness
-from telemagg._plan import grid_positions, quantile_rank_error
 from telemagg.policy import exponential_buckets, histogram, quantiles, top_k
 from telemagg.testing import seeded
 
@@ -143,120 +143,6 @@ def test_exponential_buckets_cover_the_range_on_opentelemetry_boundaries(
     indices = np.log2(edges) * 2.0**scale  # OpenTelemetry: edge i is base**i, base = 2**2**-scale
     np.testing.assert_allclose(indices, np.round(indices), atol=1e-6)
     np.testing.assert_array_equal(np.diff(np.round(indices)), 1.0)
-
-
-# --------------------------------------------------------------------------- quantiles
-
-
-@given(
-    counts=st.lists(st.lists(st.floats(-1e4, 1e4), min_size=8, max_size=8), min_size=1, max_size=6),
-    levels=st.lists(st.floats(0.001, 0.999), min_size=1, max_size=6, unique=True),
-)
-def test_grid_positions_are_monotone_in_the_level_and_inside_the_grid(counts, levels) -> None:
-    positions = grid_positions(np.asarray(counts), sorted(levels))
-    assert positions.min() >= 0.0
-    assert positions.max() <= 1.0
-    assert (np.diff(positions, axis=1) >= 0).all()
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    rows=event_rows(),
-    policy=policies,
-    levels=st.lists(st.floats(0.01, 0.99), min_size=1, max_size=5, unique=True),
-    lower=st.floats(0.5, 20),
-    width=st.floats(1, 200),
-    scale=st.sampled_from(["linear", "log"]),
-    bins=st.integers(2, 64),
-    noise=st.sampled_from(["laplace", "gaussian"]),
-)
-def test_released_quantiles_are_monotone_and_inside_bounds(
-    rows, policy, levels, lower, width, scale, bins, noise
-) -> None:
-    bounds = (lower, lower + width)
-    metric = quantiles("value", sorted(levels), bounds=bounds, scale=scale, bins=bins)
-    release = by_event(
-        rows,
-        [metric],
-        policy=policy,
-        epsilon=0.5,
-        partitions=["a", "b", "c", "z"],
-        noise=noise,
-        randomness=seeded(7),
-    )
-    table = np.column_stack([release.to_dict()[c] for c in metric.output_names])
-    assert table.shape == (4, len(levels))
-    assert (table >= bounds[0]).all()
-    assert (table <= bounds[1]).all()
-    assert (np.diff(table, axis=1) >= 0).all()
-
-
-@pytest.mark.parametrize("noise", ["laplace", "gaussian"])
-def test_quantile_grid_noise_has_the_reported_scale(noise) -> None:
-    n_partitions, bins = 50, 40
-    values = np.random.default_rng(0).uniform(0, 100, 50_000)
-    metric = quantiles("value", [0.5, 0.9], bounds=(0, 100), bins=bins)
-    randomness, recorder = recording(3)
-    release = by_event(
-        one_event_per_user(values, n_partitions),
-        [metric],
-        partitions=list(range(n_partitions)),
-        noise=noise,
-        randomness=randomness,
-    )
-    report = release.metrics["p90_value"]
-    assert release.metrics["p50_value"] is report
-    assert report.mechanism == noise
-    assert report.sensitivity == 1.0
-    assert report.components[0]["bins"] == bins
-    if noise == "laplace":  # L1 = L0 * Linf = 1, the whole epsilon: scale 1
-        assert report.stddev == pytest.approx(mech.discrete_laplace_stddev(1.0), rel=1e-6)
-    (exact, noisy, scale), *others = recorder.draws
-    assert not others
-    assert exact.size == n_partitions * bins
-    assert exact.dtype == noisy.dtype == np.int64
-    assert scale == report.components[0]["scale"]
-    assert_discrete_noise_scale(noisy - exact, noise, scale)
-
-
-def test_quantiles_rank_error_is_within_the_claimed_bound() -> None:
-    n_partitions, per_partition, bins = 20, 20_000, 32
-    rng = np.random.default_rng(11)
-    values = rng.lognormal(np.log(80.0), 0.8, n_partitions * per_partition)
-    levels = [0.1, 0.5, 0.9, 0.99]
-    metric = quantiles("value", levels, bounds=(1, 10_000), scale="log", bins=bins)
-    events = one_event_per_user(values, n_partitions)
-    release = by_event(events, [metric], partitions=list(range(n_partitions)), randomness=seeded(5))
-    bound = quantile_rank_error(release.metrics["p50_value"].stddev, bins, per_partition)
-    assert 0 < bound < 0.05
-    grid = np.geomspace(1, 10_000, bins + 1)
-    for p in range(n_partitions):
-        mine = np.sort(np.clip(values[events["event"] == p], 1, 10_000))
-        for level, name in zip(levels, metric.output_names, strict=True):
-            x = float(release.to_dict()[name][p])
-            below = np.searchsorted(mine, x, side="left") / mine.size
-            at_or_below = np.searchsorted(mine, x, side="right") / mine.size
-            j = min(np.searchsorted(grid, x, side="right") - 1, bins - 1)
-            share = np.count_nonzero((mine >= grid[j]) & (mine < grid[j + 1])) / mine.size
-            slack = bound + share
-            assert below - slack <= level <= at_or_below + slack, (p, level, x)
-
-
-def test_log_quantiles_of_heavy_tailed_latencies_are_close_in_value() -> None:
-    """Enough data per partition: p50/p90/p99 within a bin's width (33% for 32 log bins)."""
-    rng = np.random.default_rng(2)
-    values = np.concatenate(
-        [rng.lognormal(np.log(80), 0.6, 190_000), 400 * (1 + rng.pareto(1.5, 10_000))]
-    )
-    rng.shuffle(values)
-    levels = [0.5, 0.9, 0.99]
-    metric = quantiles("value", levels, bounds=(1, 10_000), scale="log")
-    release = by_event(one_event_per_user(values, 4), [metric], randomness=seeded(8))
-    truth = np.quantile(np.clip(values, 1, 10_000), levels)
-    for level, name, true in zip(levels, metric.output_names, truth, strict=True):
-        released = release.to_dict()[name]
-        assert len(released) == 4
-        assert np.all(np.abs(np.log(released / true)) < np.log(10_000) / 32), (level, released)
 
 
 # --------------------------------------------------------------------------- histogram

@@ -2,10 +2,12 @@
 
 Reads the events (parquet: user_id, the partition columns, the value column) and a JSON
 configuration (partition columns, value column, bounds, percentiles, contribution bounds,
-epsilon, delta, repetitions); runs PipelineDP's COUNT, MEAN and PERCENTILE metrics with
-Laplace noise and private partition selection once per repetition, and prints one JSON
-object on its last stdout line: ``{"engine", "version", "runs": [[[key..., count, mean,
-p...], ...], ...]}``, one list of released rows per repetition.
+epsilon, delta, repetitions, and ``"tune": true`` to let PipelineDP choose max_partitions
+privately, as its pip package can, see :func:`tuned_bounds`); runs PipelineDP's COUNT,
+MEAN and PERCENTILE metrics with Laplace noise and private partition selection once per
+repetition, and prints one JSON object on its last stdout line: ``{"engine", "version",
+"runs": [[[key..., count, mean, p...], ...], ...], "tuned": [[l0, linf], ...]}``.
+PipelineDP's utility-analysis tuning (``parameter_tuning``) is not in its pip package.
 """
 
 from __future__ import annotations
@@ -16,6 +18,38 @@ from typing import Any
 
 import pipeline_dp
 import pyarrow.parquet as pq
+
+
+def tuned_bounds(rows: list[tuple[Any, ...]], config: dict[str, Any]) -> tuple[int, int]:
+    """PipelineDP's own private choice of max_partitions (``DPEngine.
+    calculate_private_contribution_bounds``, an exponential mechanism; the pip package
+    tunes only this one, and only for COUNT), at the same tuning share of epsilon as
+    telemagg's; max_contributions stays the configured one."""
+    share = config["tuning_share"]
+    accountant = pipeline_dp.NaiveBudgetAccountant(
+        total_epsilon=config["epsilon"] * share, total_delta=0.0
+    )
+    engine = pipeline_dp.DPEngine(accountant, pipeline_dp.LocalBackend())
+    params = pipeline_dp.CalculatePrivateContributionBoundsParams(
+        aggregation_noise_kind=pipeline_dp.NoiseKind.LAPLACE,
+        aggregation_eps=config["epsilon"] * (1 - share),
+        aggregation_delta=config["delta"],
+        calculation_eps=config["epsilon"] * share,
+        max_partitions_contributed_upper_bound=100,
+    )
+    partitions = sorted({row[1] for row in rows})  # every operator: public in this data
+    result = engine.calculate_private_contribution_bounds(rows, params, extractors(), partitions)
+    accountant.compute_budgets()
+    bounds = next(iter(result))
+    return int(bounds.max_partitions_contributed), int(config["max_contributions"])
+
+
+def extractors() -> Any:
+    return pipeline_dp.DataExtractors(
+        privacy_id_extractor=lambda row: row[0],
+        partition_extractor=lambda row: row[1],
+        value_extractor=lambda row: row[2],
+    )
 
 
 def release_once(rows: list[tuple[Any, ...]], config: dict[str, Any]) -> list[list[Any]]:
@@ -33,16 +67,11 @@ def release_once(rows: list[tuple[Any, ...]], config: dict[str, Any]) -> list[li
         min_value=float(config["bounds"][0]),
         max_value=float(config["bounds"][1]),
     )
-    extractors = pipeline_dp.DataExtractors(
-        privacy_id_extractor=lambda row: row[0],
-        partition_extractor=lambda row: row[1],
-        value_extractor=lambda row: row[2],
-    )
     accountant = pipeline_dp.NaiveBudgetAccountant(
         total_epsilon=config["epsilon"], total_delta=config["delta"]
     )
     engine = pipeline_dp.DPEngine(accountant, pipeline_dp.LocalBackend())
-    result = engine.aggregate(rows, params, extractors)  # public_partitions=None: private
+    result = engine.aggregate(rows, params, extractors())  # public_partitions=None: private
     accountant.compute_budgets()
     out = []
     for key, metrics in result:
@@ -68,13 +97,27 @@ def main() -> None:
             strict=True,
         )
     )
-    runs = [release_once(rows, config) for _ in range(config["repetitions"])]
+    runs, tuned = [], []
+    for _ in range(config["repetitions"]):
+        if config.get("tune"):
+            l0, linf = tuned_bounds(rows, config)
+            config = {**config, "max_partitions": l0, "max_contributions": linf}
+            config["epsilon"] = config["epsilon"] * (1 - config["tuning_share"])
+            tuned.append([l0, linf])
+        runs.append(release_once(rows, config))
 
     from importlib.metadata import version
 
     engine_version = f"{version('pipeline-dp')} (python-dp {version('python-dp')})"
     print(
-        json.dumps({"engine": "PipelineDP LocalBackend", "version": engine_version, "runs": runs})
+        json.dumps(
+            {
+                "engine": "PipelineDP LocalBackend",
+                "version": engine_version,
+                "runs": runs,
+                "tuned": tuned,
+            }
+        )
     )
 
 

@@ -46,6 +46,7 @@ from telemagg._plan import (
     select_partitions,
 )
 from telemagg._state import CONTRIBUTION_BOUNDS, SamplingKey, State
+from telemagg._tuning import needs_tuning, provisional, tune
 from telemagg._windows import FUTURE, LATE, Grid, Schedule, by_window, instant_ms
 from telemagg.consent import ConsentRegistry
 from telemagg.errors import (
@@ -268,10 +269,11 @@ class Aggregator:
             self._add_to_windows(rows, time_ms, now_ms)
 
     def _absorb(self, state: State, rows: State, *, rows_bounded: bool = False) -> State:
+        max_partitions, max_contributions = self.policy.bounding_limits
         return state.absorb(
             rows,
-            max_partitions=self.policy.max_partitions,
-            max_contributions=self.policy.max_contributions,
+            max_partitions=max_partitions,
+            max_contributions=max_contributions,
             rows_bounded=rows_bounded,
         )
 
@@ -472,6 +474,7 @@ class Aggregator:
         noise: Literal["laplace", "gaussian"] = "laplace",
         label: str | None = None,
         allow_large_delta: bool = False,
+        tuning_share: float = 0.1,
     ) -> Release:
         """Release the metrics per partition with (epsilon, delta)-DP.
 
@@ -481,13 +484,17 @@ class Aggregator:
         <telemagg.Ledger>` or the URL of an existing one) the loss is charged atomically
         before any noise is drawn; if it does not fit, nothing is released. Without one,
         the first release of this Aggregator warns (``UntrackedReleaseWarning``).
+        ``tuning_share`` of ``epsilon`` chooses the query's ``"auto"`` values, if any
+        (:mod:`telemagg._tuning`; ``release.metadata["tuning"]``).
         """
         if self.window is not None:
             raise ConfigError(
                 f"this Aggregator has window={self.window!r}: release its windows with"
                 " release_closed(...)"
             )
-        public, params, plan = self._plan(epsilon, delta, partitions, noise, allow_large_delta)
+        public, params, plan = self._plan(
+            epsilon, delta, partitions, noise, allow_large_delta, tuning_share
+        )
         self._honour_consent_changes()
         with open_ledger(ledger) as charged:
             return self._release(self._state, plan, params, public, charged, label, None)
@@ -504,6 +511,7 @@ class Aggregator:
         flush: bool = False,
         now: Any = None,
         allow_large_delta: bool = False,
+        tuning_share: float = 0.1,
     ) -> list[Release]:
         """Release every window closed at ``now``, oldest first, each exactly once.
 
@@ -537,7 +545,9 @@ class Aggregator:
                 "release_closed needs an Aggregator made with window=...; use release"
             )
         now_ms = instant_ms(now, "now")
-        public, params, plan = self._plan(epsilon, delta, partitions, noise, allow_large_delta)
+        public, params, plan = self._plan(
+            epsilon, delta, partitions, noise, allow_large_delta, tuning_share
+        )
         self._honour_consent_changes()
         due = self._schedule.due(now_ms, flush=flush)
         released: list[Release] = []
@@ -644,6 +654,7 @@ class Aggregator:
         partitions: Any,
         noise: str,
         allow_large_delta: bool = False,
+        tuning_share: float = 0.1,
     ) -> tuple[KeyColumns | None, ReleaseParams, Plan]:
         """Validate a release's parameters and plan its measurements (before any charge).
 
@@ -656,8 +667,12 @@ class Aggregator:
             noise=noise,
             private_partitions=public is None,
             allow_large_delta=allow_large_delta,
+            tuning_share=tuning_share,
         )
-        return public, params, make_plan(self.metrics, self.policy, params)
+        # "auto" values are chosen at release (_release); the query is checked here with
+        # placeholders so that bad parameters fail before any charge
+        policy, metrics = provisional(self.policy, self.metrics)
+        return public, params, make_plan(metrics, policy, params)
 
     def _release_partitions(self, partitions: Any) -> KeyColumns | None:
         """The public partitions of a release: given now, or to the constructor."""
@@ -684,8 +699,16 @@ class Aggregator:
         label: str | None,
         window: int | None,
     ) -> Release:
-        """Charge the ledger, then select partitions, add noise and package the release."""
+        """Choose "auto" values, charge the ledger, then select partitions, add noise and
+        package the release."""
         query = self.query(params)
+        policy, metrics, tuning = self.policy, self.metrics, None
+        if needs_tuning(self.policy, self.metrics):
+            noise_source = self._randomness.noise
+            count = None if public is None else len(public)
+            tuned = tune(state, policy, metrics, params, noise_source, self._empty_state(), count)
+            policy, metrics, state, plan = tuned.policy, tuned.metrics, tuned.state, tuned.plan
+            tuning = tuned.report
         if window is not None:
             assert self._grid is not None
             query["window"] = self._grid.describe(window)
@@ -726,11 +749,11 @@ class Aggregator:
         measured, value_counts = plan.measure(state, released, n, noise, categories)
         noisy.update(measured)
         columns: dict[str, Column] = {}
-        for metric in self.metrics:
+        for metric in metrics:
             columns.update(finalize(metric, noisy, value_counts, plan.measurements))
 
         key_columns = _released_keys(index, released, self.by)
-        reports = metric_reports(self.metrics, plan, self.policy.max_partitions)
+        reports = metric_reports(metrics, plan, policy.l0)
         accounting = self._release_accounting(state, released, reason)
         metadata = release_metadata(
             plan=plan,
@@ -740,9 +763,11 @@ class Aggregator:
             n_released=len(released),
             charge=charge,
             seeded=self._randomness.seeded,
-            metrics=self.metrics,
-            policy=self.policy,
+            metrics=metrics,
+            policy=policy,
         )
+        if tuning is not None:  # DP outputs of the tuning step, and their cost
+            metadata["tuning"] = tuning
         if window is not None:  # window_start, window_end first: key-like, from the grid
             assert self._grid is not None
             key_columns = {**self._grid.key_columns(window, len(released)), **key_columns}
@@ -754,7 +779,7 @@ class Aggregator:
             metadata=metadata,
             accounting=accounting,
             measured=Measured(noisy, plan.measurements, _threshold(plan)),
-            metric_specs=self.metrics,
+            metric_specs=metrics,
         )
 
     def _release_accounting(self, state: State, released: I64, reason: str) -> Accounting:
@@ -1010,7 +1035,12 @@ def _column(values: npt.NDArray[Any]) -> np.ndarray[Any, Any]:
 
 
 def check_release(
-    epsilon: float, delta: float, noise: str, partitions: Any, allow_large_delta: bool
+    epsilon: float,
+    delta: float,
+    noise: str,
+    partitions: Any,
+    allow_large_delta: bool,
+    tuning_share: float = 0.1,
 ) -> None:
     """Validate a one-shot release's parameters before any data is read (both engines)."""
     ReleaseParams(
@@ -1019,6 +1049,7 @@ def check_release(
         noise=noise,
         private_partitions=partitions is None,
         allow_large_delta=allow_large_delta,
+        tuning_share=tuning_share,
     )
 
 
@@ -1038,6 +1069,7 @@ def aggregate(
     label: str | None = None,
     randomness: Randomness | None = None,
     allow_large_delta: bool = False,
+    tuning_share: float = 0.1,
 ) -> Release:
     """Aggregate events into a differentially private release, in one call.
 
@@ -1055,7 +1087,7 @@ def aggregate(
     >>> sorted(release.to_dict())
     ['count', 'event_name']
     """
-    check_release(epsilon, delta, noise, partitions, allow_large_delta)
+    check_release(epsilon, delta, noise, partitions, allow_large_delta, tuning_share)
     agg = Aggregator(
         policy=policy,
         by=by,
@@ -1074,4 +1106,5 @@ def aggregate(
             noise=noise,
             label=label,
             allow_large_delta=allow_large_delta,
+            tuning_share=tuning_share,
         )

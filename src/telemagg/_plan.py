@@ -24,9 +24,10 @@ contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` ev
 * centred sum of rint((x - mid) / r), mid = (lo + hi) / 2: Linf * the same at the ends;
 * centred sum of squares, at a resolution r2 >= r (:func:`square_step`): Linf * the
   square of the largest centred integer, in units of r2**2;
-* a histogram (``histogram`` buckets, the fine grid ``quantiles`` reads, or the counts of
-  ``top_k``'s public candidates): each kept event adds 1 to at most one bin, so L1 <= Linf,
-  and L2 <= Linf too (all Linf events may fall in one bin).
+* a histogram (``histogram`` buckets, or the counts of ``top_k``'s public candidates):
+  each kept event adds 1 to at most one bin, so L1 <= Linf, and L2 <= Linf too (all Linf
+  events may fall in one bin);
+* the tree histogram ``quantiles`` reads: Linf per level (``_quantiles``).
 
 ``top_k`` without candidates is not a per-partition vector but a threshold over
 (partition, value) counts, see :func:`value_threshold`.
@@ -56,6 +57,7 @@ import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
 from telemagg._identity import key_identity
+from telemagg._quantiles import quantile_columns, quantile_key, quantile_spec
 from telemagg._state import State
 from telemagg.errors import ConfigError, TelemaggError
 from telemagg.policy import (
@@ -210,7 +212,7 @@ def present_count_spec(policy: Policy, column: str) -> MeasurementSpec:
     """Events per partition whose ``column`` is present: the denominator of a mean or
     variance on it. Measured whether or not the data has missing values, so that the plan
     (and the budget split) never depends on the data. One unit moves it by at most Linf."""
-    c = policy.max_contributions
+    c = policy.linf
 
     def compute(s: State, n: int) -> I64:
         return _integer_sums(s, n, present(s.numeric[column]).astype(np.int64))
@@ -227,7 +229,7 @@ def _largest_units(bounds: tuple[float, float], centre: float, step: float) -> i
 
 
 def count_spec(policy: Policy) -> MeasurementSpec:
-    c = policy.max_contributions
+    c = policy.linf
     return MeasurementSpec("count", c, float(c), lambda s, n: _integer_sums(s, n))
 
 
@@ -275,9 +277,9 @@ def square_step(metric: FixedPointMetric) -> float:
 def sum_spec(policy: Policy, metric: FixedPointMetric) -> MeasurementSpec:
     """Sum of values clamped to the bounds, in units of ``metric.step``: one event moves it
     by at most ``max(|rint(lo / step)|, |rint(hi / step)|)`` units."""
-    column, bounds, step = metric.column, metric.bounds, metric.step
+    column, bounds, step = metric.column, metric.value_bounds, metric.step
     largest = _largest_units(bounds, 0.0, step)
-    bound = policy.max_contributions * largest
+    bound = policy.linf * largest
     return MeasurementSpec(
         sum_key(column, bounds, step),
         bound,
@@ -290,11 +292,11 @@ def sum_spec(policy: Policy, metric: FixedPointMetric) -> MeasurementSpec:
 def centred_spec(policy: Policy, metric: FixedPointMetric, power: int) -> MeasurementSpec:
     """Centred sum (power 1) of ``rint((x - mid) / step)``, or of its square (power 2, at
     :func:`square_step`, in units of ``step**2``)."""
-    column, bounds = metric.column, metric.bounds
+    column, bounds = metric.column, metric.value_bounds
     lo, hi = bounds
     mid = (lo + hi) / 2.0
     step = metric.step if power == 1 else square_step(metric)
-    bound = policy.max_contributions * _largest_units(bounds, mid, step) ** power
+    bound = policy.linf * _largest_units(bounds, mid, step) ** power
 
     def compute(s: State, n: int) -> I64:
         return _integer_sums(s, n, _fixed_point(s.numeric[column], bounds, mid, step) ** power)
@@ -329,39 +331,6 @@ def _value_histogram(
     return _histogram(state, n, bucket(values[keep]), width, state.partition[keep])
 
 
-def quantile_grid(metric: Quantiles, values: F64) -> I64:
-    """Grid bin of each value: ``metric.bins`` equal bins of the (log-)scaled bounds."""
-    lo, hi = metric.bounds
-    clamped = np.clip(values, lo, hi)
-    if metric.scale == "log":
-        position = np.log(clamped / lo) / math.log(hi / lo)
-    else:
-        position = (clamped - lo) / (hi - lo)
-    return np.clip(np.floor(position * metric.bins).astype(np.int64), 0, metric.bins - 1)
-
-
-def quantile_key(metric: Quantiles) -> str:
-    lo, hi = metric.bounds
-    return (
-        f"quantile_grid({metric.column},{_number(lo)},{_number(hi)},{metric.scale},{metric.bins})"
-    )
-
-
-def quantile_spec(policy: Policy, metric: Quantiles) -> MeasurementSpec:
-    """The noisy grid histogram every level of ``metric`` is read from (L1 = L2 = Linf)."""
-    bound = policy.max_contributions
-    return MeasurementSpec(
-        quantile_key(metric),
-        bound,
-        float(bound),
-        lambda s, n: _value_histogram(
-            s, n, metric.column, lambda v: quantile_grid(metric, v), metric.bins
-        ),
-        width=metric.bins,
-        details={"bins": metric.bins, "spacing": metric.scale},
-    )
-
-
 def histogram_buckets(edges: Sequence[float], values: F64) -> I64:
     """Bucket of each value: ``(edges[i], edges[i + 1]]``, clamped into the end buckets."""
     inside = np.searchsorted(np.asarray(edges), values, side="left") - 1
@@ -382,7 +351,7 @@ def histogram_spec(policy: Policy, metric: Histogram) -> MeasurementSpec:
     """Noisy counts per bucket (L1 = L2 = Linf per partition)."""
     edges = metric.bins
     width = len(edges) - 1
-    bound = policy.max_contributions
+    bound = policy.linf
     return MeasurementSpec(
         histogram_key(metric),
         bound,
@@ -427,10 +396,12 @@ INSUFFICIENT_STDDEVS = 2.0
 def _sum_keys(metric: Mean | Variance) -> list[tuple[str, float]]:
     """The centred sums of a mean or variance, each with the largest size its ratio to the
     count can have (the half-width, or its square)."""
-    half = (metric.bounds[1] - metric.bounds[0]) / 2.0
-    keys = [(centred_key(metric.column, metric.bounds, 1, metric.step), half)]
+    half = (metric.value_bounds[1] - metric.value_bounds[0]) / 2.0
+    keys = [(centred_key(metric.column, metric.value_bounds, 1, metric.step), half)]
     if isinstance(metric, Variance):
-        keys.append((centred_key(metric.column, metric.bounds, 2, square_step(metric)), half**2))
+        keys.append(
+            (centred_key(metric.column, metric.value_bounds, 2, square_step(metric)), half**2)
+        )
     return keys
 
 
@@ -500,21 +471,21 @@ def finalize(
         key = "count" if isinstance(metric, Count) else "unit_count"
         return {metric.name: np.maximum(noisy[key][:, 0], 0.0)}
     if isinstance(metric, Sum):
-        return {metric.name: noisy[sum_key(metric.column, metric.bounds, metric.step)][:, 0]}
+        return {metric.name: noisy[sum_key(metric.column, metric.value_bounds, metric.step)][:, 0]}
     assert isinstance(metric, Mean | Variance)
     assert calibrated is not None
-    lo, hi = metric.bounds
+    lo, hi = metric.value_bounds
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     count_key = present_count_key(metric.column)
     noisy_count = noisy[count_key][:, 0]
     unknown = noisy_count < insufficient_below(metric, calibrated)
     n = np.maximum(noisy_count, 1.0)
-    centred = noisy[centred_key(metric.column, metric.bounds, 1, metric.step)][:, 0]
+    centred = noisy[centred_key(metric.column, metric.value_bounds, 1, metric.step)][:, 0]
     centred_mean = np.clip(centred / n, -half, half)
     if isinstance(metric, Mean):  # clipped again: mid + x can round past a bound
         value = np.clip(mid + centred_mean, lo, hi)
     else:
-        squares_key = centred_key(metric.column, metric.bounds, 2, square_step(metric))
+        squares_key = centred_key(metric.column, metric.value_bounds, 2, square_step(metric))
         squares = noisy[squares_key][:, 0] / n
         value = np.clip(squares - centred_mean**2, 0.0, half**2)
     return {metric.name: np.where(unknown, np.nan, value)}
@@ -526,82 +497,6 @@ def list_column(rows: Sequence[list[Any]]) -> Column:
     for i, row in enumerate(rows):
         out[i] = row
     return out
-
-
-# --------------------------------------------------------------------------- quantiles
-
-
-def grid_positions(counts: F64, levels: Sequence[float]) -> F64:
-    """Where each level falls on a grid histogram, as a fraction of the grid, per partition.
-
-    ``counts`` (P, bins) are noisy bin counts. Their running sum is the noisy cumulative
-    count at each grid edge; it wanders, so it is made monotone as the mean of its running
-    maximum from the left and running minimum from the right (each within the noise's
-    largest excursion W of the true cumulative counts, so their mean is too), then divided
-    by the noisy total, the unbiased estimate of the partition's count (the monotone
-    curve's own end point is biased up by the excursion, which would push high quantiles
-    into the tail). A level's position interpolates linearly inside the bin where this CDF
-    first reaches it. Clipping each bin at zero first would be simpler, but it turns the
-    noise of empty tail bins into phantom events and drags high quantiles up. Partitions
-    whose noisy total is not positive carry no information; they get the uniform CDF.
-    Positions are monotone in the level and in [0, 1].
-
-    >>> grid_positions(np.array([[10.0, 0.0, 10.0, 0.0]]), [0.25, 0.5, 0.75]).round(3).tolist()
-    [[0.125, 0.25, 0.625]]
-    """
-    n_partitions, bins = counts.shape
-    cumulative = np.zeros((n_partitions, bins + 1))
-    np.cumsum(counts, axis=1, out=cumulative[:, 1:])
-    upper = np.maximum.accumulate(cumulative, axis=1)
-    lower = np.minimum.accumulate(cumulative[:, ::-1], axis=1)[:, ::-1]
-    total = cumulative[:, -1]
-    informative = total > 0.0
-    # cdf[:, 0] <= 0 < level and cdf[:, -1] >= 1 > level: every level is crossed
-    cdf = np.where(
-        informative[:, None],
-        (upper + lower) / 2.0 / np.where(informative, total, 1.0)[:, None],
-        np.linspace(0.0, 1.0, bins + 1),
-    )
-    rows = np.arange(n_partitions)
-    out = np.empty((n_partitions, len(levels)))
-    for i, level in enumerate(levels):
-        edge = np.argmax(cdf >= level, axis=1)  # >= 1
-        below, above = cdf[rows, edge - 1], cdf[rows, edge]
-        out[:, i] = (edge - 1 + (level - below) / (above - below)) / bins
-    return np.clip(out, 0.0, 1.0)
-
-
-def quantile_columns(metric: Quantiles, counts: F64) -> dict[str, Column]:
-    """The released quantiles of ``metric`` from its noisy grid histogram."""
-    lo, hi = metric.bounds
-    position = grid_positions(counts, metric.levels)
-    if metric.scale == "log":
-        values = lo * np.exp(position * math.log(hi / lo))
-    else:
-        values = lo + position * (hi - lo)
-    values = np.clip(values, lo, hi)  # rounding can step past a bound
-    return {name: values[:, i] for i, name in enumerate(metric.output_names)}
-
-
-def quantile_rank_error(stddev: float, bins: int, n: float, z: float = 4.0) -> float:
-    """Bound on how far a released quantile's true rank may be from its level.
-
-    With ``n`` bounded events in the partition and ``stddev`` the noise per grid bin
-    (``release.metrics[...].stddev``), the released ``x`` for level ``q`` satisfies
-    ``|F(x) - q| <= share of events in x's bin + quantile_rank_error(stddev, bins, n)``.
-    Why: the noise's running sum over the bins stays within ``W = z * stddev * sqrt(bins)``
-    except with probability about ``2 * P(|Z| > z)`` (Levy's maximal inequality); then every
-    point of the monotone curve of :func:`grid_positions` and its noisy total are within
-    ``W`` of the true cumulative counts, so its CDF is within ``2W / (n - W)`` of the true
-    one, and the bin edges around ``x`` pin ``F(x)`` to three times that.
-
-    >>> round(quantile_rank_error(stddev=1.0, bins=16, n=10_000), 4)
-    0.0096
-    """
-    excursion = z * stddev * math.sqrt(bins)
-    if n <= excursion:
-        return math.inf
-    return 6.0 * excursion / (n - excursion)
 
 
 # --------------------------------------------------------------------------- top_k
@@ -654,8 +549,8 @@ class ValueThreshold:
 
 def value_threshold(policy: Policy, column: str, epsilon: float, delta: float) -> ValueThreshold:
     """Calibrate the (partition, value) threshold of ``column`` (see :class:`ValueThreshold`)."""
-    linf = policy.max_contributions
-    l0 = policy.max_partitions * linf
+    linf = policy.linf
+    l0 = policy.l0 * linf
     plan = mech.laplace_threshold(l0, linf, epsilon, delta, l0)
     return ValueThreshold(column, plan, l0, l0, linf)
 
@@ -751,7 +646,7 @@ def candidate_spec(policy: Policy, metric: TopK) -> MeasurementSpec:
         keep = where >= 0
         return _histogram(s, n, where[keep], width, s.partition[keep])
 
-    bound = policy.max_contributions
+    bound = policy.linf
     return MeasurementSpec(
         candidate_key(metric),
         bound,
@@ -893,7 +788,7 @@ def _checked(scale: float, spec: MeasurementSpec) -> float:
 
 def make_plan(metrics: Sequence[Metric], policy: Policy, params: ReleaseParams) -> Plan:
     """Split the budget over the measurements the metrics need and calibrate each."""
-    l0 = policy.max_partitions
+    l0 = policy.l0
     private = params.private_partitions
     specs: dict[str, MeasurementSpec] = {}
     metric_measurements: dict[str, tuple[str, ...]] = {}

@@ -496,7 +496,7 @@ def _heavy_neighbour(data: Columns, query: _Query) -> tuple[Columns, str]:
         raise SchemaError("events must hold at least one event to audit")
     unit = _fresh(data[policy.privacy_unit], "unit")
     keys = _heavy_partitions(data, query)
-    per_partition = policy.max_contributions + min(policy.max_contributions, 64)
+    per_partition = policy.linf + min(policy.linf, 64)
     rows = per_partition * len(keys)
     heavy: Columns = {}
     for column, values in data.items():  # columns the query does not read: the first row's
@@ -551,7 +551,7 @@ def _heavy_partitions(data: Columns, query: _Query) -> list[tuple[Any, ...]]:
     least populated listed ones (a unit moves their means and quantiles most). Private:
     a fresh partition (released only through the selection's delta) and the most
     populated ones (released reliably, so the unit's effect on values shows)."""
-    l0 = query.policy.max_partitions
+    l0 = query.policy.l0
     counts = _partition_counts(data, query.by)
     if query.partitions is not None:
         listed = _listed_keys(query.partitions, query.by)

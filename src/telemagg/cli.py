@@ -101,12 +101,15 @@ def demo(n_events: int, epsilon: float, ledger_url: str | None) -> int:
         print(format_table({k: v[order] for k, v in table.items()}, limit=15))
         print()
         print(f"Privacy loss: epsilon={release.epsilon:.3f}, delta={release.delta:.2g}")
+        bars = release.to_dict(intervals=0.95)  # exact error bars: post-processing, free
         for metric in metrics:
-            report = release.metrics[metric.output_names[0]]
-            print(
-                f"  {metric.name:<18} {report.mechanism:<18} epsilon={report.epsilon:.3f}"
-                f"  noise stddev {report.stddev:,.1f} on {report.measurement}"
-            )
+            for column in metric.output_names:
+                report = release.metrics[column]
+                half = (bars[f"{column}_high"] - bars[f"{column}_low"]) / 2
+                print(
+                    f"  {column:<18} {report.mechanism:<18} epsilon={report.epsilon:.3f}"
+                    f"  95% interval: +-{float(np.nanmedian(half)):,.1f} (median over partitions)"
+                )
         spent, remaining = ledger.spent, ledger.remaining
         print(
             f"Ledger {ledger.url}: spent epsilon={spent[0]:.3f} of 10,"

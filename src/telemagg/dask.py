@@ -59,6 +59,7 @@ def aggregate(
     randomness: Randomness | None = None,
     shuffle_by_unit: bool = False,
     allow_large_delta: bool = False,
+    tuning_share: float = 0.1,
 ) -> Release:
     """:func:`telemagg.aggregate` on a Dask DataFrame: same parameters, same release.
 
@@ -70,6 +71,8 @@ def aggregate(
     arrived together. ``shuffle_by_unit=True`` first moves each unit's events into one
     partition; that makes partial states smaller but moves every raw event across the
     network, and was slower in every configuration measured (benchmarks/README.md).
+    ``"auto"`` policies and bounds work as in :func:`telemagg.aggregate`: shards hold
+    their events bounded at the ceilings and the client tunes once, on the merged state.
     Partial aggregators are merged in a tree on the workers; noise is drawn and the
     ``ledger`` charged only on the client, once.
 
@@ -90,7 +93,7 @@ def aggregate(
     """
     # The checks of tm.aggregate, in its order (so both engines fail alike), plus the plan's,
     # which release() would make only after the compute.
-    check_release(epsilon, delta, noise, partitions, allow_large_delta)
+    check_release(epsilon, delta, noise, partitions, allow_large_delta, tuning_share)
     template = Aggregator(
         policy=policy,
         by=by,
@@ -101,7 +104,7 @@ def aggregate(
         randomness=randomness,
     )
     # the release's own checks, before compute
-    template._plan(epsilon, delta, None, noise, allow_large_delta)
+    template._plan(epsilon, delta, None, noise, allow_large_delta, tuning_share)
     events = _projected(ddf, template)
     with open_ledger(ledger) as charged:
         if shuffle_by_unit and events.npartitions > 1:
@@ -114,6 +117,7 @@ def aggregate(
             noise=noise,
             label=label,
             allow_large_delta=allow_large_delta,
+            tuning_share=tuning_share,
         )
 
 

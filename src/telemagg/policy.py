@@ -150,6 +150,8 @@ def format_duration(seconds: int) -> str:
 
 MAX_PARTITIONS = 10_000
 MAX_CONTRIBUTIONS = 100_000
+AUTO = "auto"
+"""A contribution bound or value bounds chosen privately at release (``_tuning``)."""
 
 
 class Policy(_Model):
@@ -162,6 +164,10 @@ class Policy(_Model):
     content (message text, recordings, file names): they may be aggregated only under an
     opt-in purpose.
 
+    ``"auto"`` for either: chosen at release from the data, privately, with a share of the
+    release's epsilon (``tuning_share=``; :mod:`telemagg._tuning`); the chosen values are in
+    ``release.metadata["tuning"]``.
+
     Ranges: ``max_partitions`` in [1, 10_000], ``max_contributions`` in [1, 100_000]. Noise
     grows with L0 x Linf (L1 sensitivity), so at those ceilings a count's noise already
     has a standard deviation of about 1.4e9 / epsilon: larger values release nothing
@@ -172,13 +178,17 @@ class Policy(_Model):
     """
 
     privacy_unit: Annotated[str, Field(min_length=1)]
-    max_partitions: int = 1
-    max_contributions: int = 1
+    max_partitions: int | Literal["auto"] = 1
+    max_contributions: int | Literal["auto"] = 1
     content_columns: tuple[str, ...] = ()
 
     @field_validator("max_partitions", "max_contributions", mode="before")
     @classmethod
-    def _bounded(cls, value: Any, info: ValidationInfo) -> int:
+    def _bounded(cls, value: Any, info: ValidationInfo) -> int | str:
+        if isinstance(value, str):
+            if value != AUTO:
+                raise ValueError("must be an integer >= 1 or 'auto'")
+            return AUTO
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError("must be an integer >= 1")
         ceiling = MAX_PARTITIONS if info.field_name == "max_partitions" else MAX_CONTRIBUTIONS
@@ -188,6 +198,37 @@ class Policy(_Model):
                 " max_contributions: beyond this a release carries no signal)"
             )
         return value
+
+    @property
+    def auto(self) -> bool:
+        """Whether a contribution bound is chosen privately at release (``"auto"``)."""
+        return AUTO in (self.max_partitions, self.max_contributions)
+
+    @property
+    def bounding_limits(self) -> tuple[int, int]:
+        """(L0, Linf) the held state is bounded with: the ceilings where ``"auto"`` (the
+        release bounds again with the chosen values; memory stays O(events))."""
+        l0, linf = self.max_partitions, self.max_contributions
+        return (
+            MAX_PARTITIONS if l0 == AUTO else int(l0),
+            MAX_CONTRIBUTIONS if linf == AUTO else int(linf),
+        )
+
+    @property
+    def l0(self) -> int:
+        """``max_partitions`` as an integer (a chosen policy; ConfigError if ``"auto"``)."""
+        return _chosen(self.max_partitions, "max_partitions")
+
+    @property
+    def linf(self) -> int:
+        """``max_contributions`` as an integer (a chosen policy; ConfigError if ``"auto"``)."""
+        return _chosen(self.max_contributions, "max_contributions")
+
+
+def _chosen(value: int | str, parameter: str) -> int:
+    if value == AUTO:
+        raise ConfigError(f"Policy.{parameter} must be an integer here (not 'auto'); got 'auto'")
+    return int(value)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -274,12 +315,30 @@ class ValueMetric(Metric):
     """
 
     column: Annotated[str, Field(min_length=1)]
-    bounds: tuple[float, float]
+    bounds: tuple[float, float] | Literal["auto"]
 
-    @field_validator("bounds")
+    @field_validator("bounds", mode="before")
     @classmethod
-    def _bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
-        return _finite_bounds(value)
+    def _bounds(cls, value: Any) -> tuple[float, float] | str:
+        if isinstance(value, str):
+            if value != AUTO:
+                raise ValueError("must be (lower, upper) or 'auto'")
+            return AUTO
+        pair = _floats(value, "must be (lower, upper) or 'auto'")
+        if len(pair) != 2:
+            raise ValueError("must be (lower, upper) or 'auto'")
+        return _finite_bounds((pair[0], pair[1]))
+
+    @property
+    def value_bounds(self) -> tuple[float, float]:
+        """``bounds`` of a chosen metric (ConfigError if ``"auto"``)."""
+        if isinstance(self.bounds, str):
+            raise ConfigError(f"{self.name}.bounds must be (lower, upper) here; got 'auto'")
+        return self.bounds
+
+    def with_bounds(self, bounds: tuple[float, float]) -> ValueMetric:
+        """This metric with chosen ``bounds`` (same name)."""
+        return type(self)(**{**self.model_dump(), "bounds": bounds})
 
     def default_name(self) -> str:
         return f"{self.kind}_{self.column}"
@@ -343,7 +402,7 @@ class FixedPointMetric(ValueMetric):
     @property
     def largest(self) -> float:
         """The largest magnitude summed: the bound for a sum, the half-width when centred."""
-        lower, upper = self.bounds
+        lower, upper = self.value_bounds
         if self.kind == "sum":
             return max(abs(lower), abs(upper))
         return (upper - lower) / 2.0
@@ -355,6 +414,11 @@ class FixedPointMetric(ValueMetric):
 
     @model_validator(mode="after")
     def _steps_in_range(self) -> FixedPointMetric:
+        if self.resolution is not None and self.bounds == AUTO:
+            raise ValueError(
+                "resolution needs explicit bounds (bounds='auto' picks its own);"
+                f" got {self.resolution!r}"
+            )
         if self.resolution is not None:
             steps = self.largest / self.resolution
             if not 1.0 <= steps <= 2.0**MAX_STEPS_BITS:
@@ -427,13 +491,14 @@ def _percent_label(level: float) -> str:
 
 
 class Quantiles(ValueMetric):
-    """Several quantiles of the clamped values per partition, from one noisy histogram.
+    """Several quantiles of the clamped values per partition, from one noisy tree histogram.
 
-    The bounded domain is cut into ``bins`` equal bins (equal in log space for
-    ``scale="log"``); one noisy count per bin and partition is the only measurement, and
-    every level is read from it, so more levels cost nothing. Outputs are monotone in the
-    level and inside ``bounds``. Columns: ``p50_<name>``, ``p90_<name>``, ``p99_9_<name>``
-    for 0.999, ...; ``name`` defaults to the column.
+    The bounded domain is cut into ``bins`` equal leaf bins (equal in log space for
+    ``scale="log"``; rounded up to a power of 4), counted in a 4-ary tree whose every node
+    gets noise; the consistent tree (Hay et al. 2010) is the only measurement, and every
+    level is read from it, so more levels cost nothing. Outputs are monotone in the level
+    and inside ``bounds``. Columns: ``p50_<name>``, ``p90_<name>``, ``p99_9_<name>`` for
+    0.999, ...; ``name`` defaults to the column.
 
     >>> import telemagg as tm
     >>> tm.quantiles("latency_ms", [0.5, 0.9, 0.999], bounds=(1, 10_000), scale="log").output_names
@@ -443,7 +508,7 @@ class Quantiles(ValueMetric):
     kind: ClassVar[str] = "quantiles"
     levels: tuple[float, ...]
     scale: Literal["linear", "log"] = "linear"
-    bins: int = 32
+    bins: int = 64
 
     @field_validator("levels", mode="before")
     @classmethod
@@ -473,7 +538,7 @@ class Quantiles(ValueMetric):
 
     @model_validator(mode="after")
     def _log_needs_positive_bounds(self) -> Quantiles:
-        if self.scale == "log" and self.bounds[0] <= 0:
+        if self.scale == "log" and not isinstance(self.bounds, str) and self.bounds[0] <= 0:
             raise ValueError(
                 "bounds must have lower > 0 when scale='log' (bins are log-spaced);"
                 f" got {self.bounds!r}"
@@ -613,7 +678,7 @@ def unit_count(*, name: str = "") -> UnitCount:
 
 def sum(
     column: str,
-    bounds: tuple[float, float],
+    bounds: tuple[float, float] | Literal["auto"],
     *,
     resolution: float | None = None,
     name: str = "",
@@ -632,7 +697,7 @@ def sum(
 
 def mean(
     column: str,
-    bounds: tuple[float, float],
+    bounds: tuple[float, float] | Literal["auto"],
     *,
     resolution: float | None = None,
     name: str = "",
@@ -647,7 +712,7 @@ def mean(
 
 def variance(
     column: str,
-    bounds: tuple[float, float],
+    bounds: tuple[float, float] | Literal["auto"],
     *,
     resolution: float | None = None,
     name: str = "",
@@ -665,23 +730,22 @@ def variance(
 def quantiles(
     column: str,
     levels: Sequence[float],
-    bounds: tuple[float, float],
+    bounds: tuple[float, float] | Literal["auto"],
     *,
     scale: Literal["linear", "log"] = "linear",
-    bins: int = 32,
+    bins: int = 64,
     name: str = "",
 ) -> Quantiles:
     """Quantiles of ``column`` at every level in ``levels``, per partition, in one release.
 
-    Values are clamped to ``bounds`` and counted in ``bins`` bins (log-spaced for
-    ``scale="log"``, which needs ``bounds[0] > 0`` and suits heavy-tailed latencies); all
-    levels are read from that one noisy histogram, so they share one budget share.
-    Outputs are monotone in the level and inside ``bounds``. More bins resolve values more
-    finely but add the noise of more bins to each quantile; the default 32 log bins over
-    (1, 10_000) are 33% wide. With ``n`` bounded events in a partition and ``stddev`` the
-    reported noise per bin, the released quantile ``x`` of level ``q`` has, with high
-    probability, a true rank ``F(x)`` within the share of events in ``x``'s bin plus about
-    ``24 * stddev * sqrt(bins) / n`` of ``q`` (:func:`telemagg._plan.quantile_rank_error`).
+    Values are clamped to ``bounds`` and counted in ``bins`` leaf bins (log-spaced for
+    ``scale="log"``, which needs ``bounds[0] > 0`` and suits heavy-tailed latencies) of a
+    noisy 4-ary tree histogram; all levels are read from that one measurement, so they
+    share one budget share. Outputs are monotone in the level and inside ``bounds``. The
+    tree's noise on any quantile grows with the log of ``bins``, not with ``bins``: the
+    default 64 log bins over (1, 10_000) are 15% wide (read with interpolation inside).
+    ``release.to_pandas(intervals=...)`` gives each quantile's confidence interval
+    (:func:`telemagg._quantiles.quantile_intervals`).
 
     >>> q = quantiles("latency_ms", [0.5, 0.9, 0.99, 0.999], bounds=(1, 10_000), scale="log")
     >>> q.output_names
@@ -777,6 +841,9 @@ class ReleaseParams(_Model):
     accounted in zero-concentrated DP and needs ``delta > 0``. Private partition selection
     (``private_partitions=True``) needs ``delta > 0``.
 
+    ``tuning_share``: the share of ``epsilon`` spent choosing ``"auto"`` bounds (used only
+    when the query has some, see :mod:`telemagg._tuning`).
+
     Ranges: ``epsilon`` in [1e-6, 100] (beyond 100 a release is no longer private in any
     useful sense, and e^epsilon overflows the accounting; below 1e-6 the noise is pure
     noise); ``delta`` in [0, 1), and at least 1e-3 only with ``allow_large_delta=True``
@@ -793,6 +860,15 @@ class ReleaseParams(_Model):
     noise: Literal["laplace", "gaussian"] = "laplace"
     private_partitions: bool = True
     allow_large_delta: bool = False
+    tuning_share: float = 0.1
+
+    @field_validator("tuning_share", mode="before")
+    @classmethod
+    def _tuning_share(cls, value: Any) -> float:
+        number = _number(value)
+        if not 0.0 < number < 1.0:
+            raise ValueError("must be in (0, 1), the share of epsilon spent choosing 'auto' values")
+        return number
 
     @field_validator("epsilon", mode="before")
     @classmethod

@@ -385,7 +385,7 @@ def column_descriptions(metrics: Sequence[Metric], policy: Policy) -> dict[str, 
             )
         elif isinstance(metric, Sum | Mean | Variance):
             what = {Sum: "sum", Mean: "mean", Variance: "population variance"}[type(metric)]
-            lo, hi = metric.bounds
+            lo, hi = metric.value_bounds
             text = (
                 f"{what} of {metric.column!r} clamped to [{lo:g}, {hi:g}] over the {kept}"
                 f" whose {metric.column!r} is present, plus noise"
@@ -397,7 +397,7 @@ def column_descriptions(metrics: Sequence[Metric], policy: Policy) -> dict[str, 
                 )
             out[metric.name] = text
         elif isinstance(metric, Quantiles):
-            lo, hi = metric.bounds
+            lo, hi = metric.value_bounds
             for level, name in zip(metric.levels, metric.output_names, strict=True):
                 out[name] = (
                     f"the {level:g} quantile of {metric.column!r} clamped to [{lo:g}, {hi:g}]"

@@ -102,6 +102,34 @@ def test_restart_resumes_from_the_checkpoint_without_double_counting(cfg: dict[s
     check_releases(cfg, events, windows=1)
 
 
+def test_restart_replays_the_journal_after_the_snapshot(cfg: dict[str, Any]) -> None:
+    from telemagg.collector._checkpoint import CheckpointStore
+
+    events = make_events(6_000, windows=1, seed=3)
+    bodies = jsonl_bodies(events, 200)
+    clock = Clock(T0 + HOUR - 1)
+    first = tm.Collector(cfg, clock=clock)
+    with running(first):
+        publish(cfg, bodies[:10])
+        wait_until(lambda: first.metrics.get("checkpoints") >= 1, 90)
+        for i in range(10, len(bodies)):  # small checkpoints: journal appends
+            publish(cfg, bodies[i : i + 1])
+            wait_until(lambda i=i: first.metrics.get("events_absorbed") == (i + 1) * 200, 90)
+        wait_until(lambda: first.metrics.get("held_events") == 0, 90)
+        assert first.metrics.get("snapshots") < first.metrics.get("checkpoints")
+    store = CheckpointStore(cfg["state"]["url"], "default")
+    checkpoint = store.load()
+    store.close()
+    assert checkpoint is not None
+    assert checkpoint.journal  # the state is a snapshot and a journal after it
+    second = tm.Collector(cfg, clock=clock)
+    with running(second):
+        clock.now = T0 + 5 * HOUR
+        wait_until(lambda: second.metrics.get("windows_released") == 1, 90)
+        assert second.metrics.get("events_received") == 0  # all of it came from the store
+    check_releases(cfg, events, windows=1)
+
+
 def test_malformed_messages_are_counted_and_skipped(cfg: dict[str, Any]) -> None:
     events = make_events(2_000, windows=1, seed=3)
     publish(cfg, [b'{"user_id": 1, "event_name": "open", "ts": ', *jsonl_bodies(events, 500)])
@@ -229,3 +257,27 @@ def test_state_and_ledger_in_postgresql(tmp_path: Path, postgres_url: str) -> No
     ledger.verify()
     assert len(ledger.charges()) == 1
     ledger.close()
+
+
+def test_dictionary_encoded_keys_are_the_same_units_and_partitions() -> None:
+    """The collector dictionary-encodes string unit and ``by`` columns before ``add``: the
+    aggregator must see the same units, partitions and drops as from plain strings."""
+    import pyarrow as pa
+
+    from telemagg.testing import seeded
+
+    plain = pa.table({"u": ["a", "b", "a", None, "c"], "e": ["x", "y", "x", "x", "z"]})
+    encoded = pa.table({name: plain.column(name).dictionary_encode() for name in ("u", "e")})
+    results = []
+    for table in (plain, encoded):
+        agg = tm.Aggregator(
+            policy=tm.Policy(privacy_unit="u", max_partitions=1, max_contributions=1),
+            by="e",
+            metrics=[tm.count(), tm.unit_count()],
+            randomness=seeded(7),
+        )
+        agg.add(table)
+        release = agg.release(epsilon=1.0, partitions=["x", "y", "z"])
+        columns = {name: np.asarray(v).tolist() for name, v in release.to_dict().items()}
+        results.append((columns, release.accounting))
+    assert results[0] == results[1]

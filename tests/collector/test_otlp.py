@@ -98,3 +98,71 @@ def post(url: str, body: bytes, kind: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def protobuf_request(users: list[str], nanos: int) -> bytes:
+    """A protobuf ExportLogsServiceRequest: one record per user, at ``nanos``."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    for i, user in enumerate(users):
+        record = records.add()
+        record.time_unix_nano = nanos
+        for key, value in (("user_id", user), ("event_name", PARTITIONS[i % 4])):
+            attribute = record.attributes.add()
+            attribute.key, attribute.value.string_value = key, value
+    return request.SerializeToString()
+
+
+def test_a_retried_request_counts_once_across_restarts(tmp_path: Path) -> None:
+    import gzip
+
+    cfg = otlp_config(tmp_path)
+    body = protobuf_request([f"u{i}" for i in range(10)], (T0 + 5) * 10**9)
+    other = protobuf_request([f"u{i}" for i in range(10)], (T0 + 6) * 10**9)
+    kind = "application/x-protobuf"
+    clock = Clock(T0 + HOUR - 1)
+    collector = tm.Collector(cfg, clock=clock)
+    with running(collector):
+        assert collector.source_address is not None
+        url = "http://{}:{}/v1/logs".format(*collector.source_address)
+        assert post(url, body, kind)[0] == 200
+        # The SDK's retry: the same records, gzipped anew (another gzip header time).
+        assert post_gzip(url, gzip.compress(body, mtime=1), kind)[0] == 200
+        assert post(url, other, kind)[0] == 200  # other records: counted
+        assert collector.metrics.get("events_absorbed") == 20
+        wait_until(lambda: collector.metrics.get("requests_duplicate") == 1, 10)
+    cfg["source"]["listen"] = "127.0.0.1:0"
+    collector = tm.Collector(cfg, clock=clock)  # restarted: the digests were checkpointed
+    with running(collector):
+        assert collector.source_address is not None
+        url = "http://{}:{}/v1/logs".format(*collector.source_address)
+        assert post(url, body, kind)[0] == 200
+        wait_until(lambda: collector.metrics.get("requests_duplicate") == 1, 10)
+        assert collector.metrics.get("events_absorbed") == 0
+        clock.now = T0 + 5 * HOUR
+        wait_until(lambda: collector.metrics.get("windows_released") == 1, 90)
+    (path,) = released_files(cfg)
+    assert pq.read_table(path).num_rows == len(PARTITIONS)
+
+
+def test_dedupe_window_zero_counts_every_request(tmp_path: Path) -> None:
+    cfg = otlp_config(tmp_path)
+    cfg["source"]["dedupe_window"] = "0s"
+    body = protobuf_request(["a", "b"], (T0 + 5) * 10**9)
+    collector = tm.Collector(cfg, clock=Clock(T0 + HOUR - 1))
+    with running(collector):
+        assert collector.source_address is not None
+        url = "http://{}:{}/v1/logs".format(*collector.source_address)
+        for _ in range(2):
+            assert post(url, body, "application/x-protobuf")[0] == 200
+        assert collector.metrics.get("events_absorbed") == 4
+
+
+def post_gzip(url: str, body: bytes, kind: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": kind, "Content-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, response.read()

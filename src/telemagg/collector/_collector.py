@@ -1,9 +1,12 @@
 """The collector's run loop: fetch, absorb, release, checkpoint, acknowledge.
 
-One iteration fetches at most ``source.fetch_messages`` messages, decodes them (vectorised,
-by Arrow), and absorbs them into the windowed engine at the collector's clock. Every second
-the windows due on the clock are released; at least every ``state.checkpoint_interval``,
-after ``state.checkpoint_events`` events, and after any release, a checkpoint commits.
+The event loop fetches at most ``source.fetch_messages`` messages at a time; ONE worker
+thread decodes them (vectorised, by Arrow), absorbs them into the windowed engine at the
+collector's clock, releases due windows and writes checkpoints, while the loop fetches the
+next messages. Every second the windows due on the clock are released; at least every
+``state.checkpoint_interval``, after ``state.checkpoint_events`` events, and after any
+release, a checkpoint commits (a journal append of the batches absorbed since the last
+one, or a snapshot of the whole state: see :mod:`telemagg.collector._checkpoint`).
 
 Crash safety, step by step (a window's id is its start time):
 
@@ -14,25 +17,30 @@ Crash safety, step by step (a window's id is its start time):
 4. the pending file is renamed into place (atomic) and the messages are acknowledged;
 5. the next checkpoint marks W's file as published.
 
-A crash before 3 restarts from the previous checkpoint: W is still open in it and is
-released again, so the ledger holds two charges for W (its budget is over-counted by one
-window, never under-counted; the first noisy result was never written anywhere readable),
-and the unacknowledged messages are delivered again and absorbed once (positions after the
-checkpoint are unknown to it). A crash after 3 finds W committed: its pending file is renamed
-on restart, W is never released again, and redelivered messages whose positions the
-checkpoint holds are acknowledged and skipped. A file that cannot be written (disk full)
-stops the collector before step 3, with the same outcome as a crash.
+A checkpoint that releases a window is always a snapshot, so the journal replayed on
+restart never spans a release. A crash before 3 restarts from the previous checkpoint: W is
+still open in it and is released again, so the ledger holds two charges for W (its budget
+is over-counted by one window, never under-counted; the first noisy result was never
+written anywhere readable), and the unacknowledged messages are delivered again and
+absorbed once (positions after the checkpoint are unknown to it). A crash after 3 finds W
+committed: its pending file is renamed on restart, W is never released again, and
+redelivered messages whose positions the checkpoint holds are acknowledged and skipped. A
+file that cannot be written (disk full) stops the collector before step 3, with the same
+outcome as a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +48,15 @@ from telemagg._storage import redact_url
 from telemagg.errors import ConfigError, SchemaError, TelemaggError, require
 from telemagg.hygiene import pseudonymize, scrub_pii
 from telemagg.ledger import Ledger
+from telemagg.policy import parse_duration
 
 from ._checkpoint import CheckpointStore, WindowRecord
 from ._config import CollectorConfig, load_config
-from ._decode import decode, project
+from ._decode import Decoder, project
 from ._engine import Engine, window_start
 from ._ops import Health, Metrics, serve_http
 from ._output import FILE_NAME, finish, window_path, write_pending
-from ._sources import Message, Source, open_source
+from ._sources import Message, Source, columns_table, open_source
 
 __all__ = ["Collector"]
 
@@ -56,6 +65,37 @@ log = logging.getLogger("telemagg.collector")
 RELEASE_CHECK_S = 1.0
 LAG_CHECK_S = 5.0
 FETCH_TIMEOUT_S = 0.2
+#: ... and while messages wait for their checkpoint (not to delay it).
+BUSY_FETCH_TIMEOUT_S = 0.005
+#: Fetches decoded or waiting for the worker before the loop stops fetching (backpressure).
+PIPELINE_DEPTH = 2
+#: Seconds between checkpoints while the source has nothing more to deliver.
+IDLE_CHECKPOINT_S = 0.1
+#: Checkpoints prepared or being written at once (one is written while the next prepares).
+MAX_COMMITTING = 2
+#: Events decoded and waiting before the worker absorbs them in one ``add``.
+ABSORB_EVENTS = 200_000
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checkpoint ready to be written (see :meth:`Collector._prepare`)."""
+
+    positions: dict[str, Any]
+    held: list[Message]
+    windows: list[WindowRecord]
+    published: list[str]
+    snapshot: bytes | None
+    journal: list[tuple[float, bytes]]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed checkpoint: the messages and windows it holds, and how long it took."""
+
+    held: list[Message]
+    windows: list[WindowRecord]
+    seconds: float
 
 
 class Collector:
@@ -90,6 +130,14 @@ class Collector:
         self._stopping: asyncio.Event | None = None
         self._stop_requested = threading.Event()
         self._waiting: list[Any] = []  # decoded tables not absorbed yet
+        self._waiting_events = 0
+        self._staged_events = 0  # events staged since the last prepared checkpoint
+        self._snapshot_due = True  # the first checkpoint is a snapshot
+        self._snapshot_size = 0  # bytes of the last snapshot
+        self._journal_size = 0  # bytes journalled since it
+        source = self.config.source
+        dedupe = parse_duration(source.dedupe_window, "source.dedupe_window", allow_zero=True)
+        self._dedupe_s: float | None = float(dedupe) if source.kind == "otlp" and dedupe else None
 
     def __repr__(self) -> str:
         source = self.config.source
@@ -144,7 +192,9 @@ class Collector:
                 positions: dict[str, Any] = {}
             else:
                 self._engine = Engine.loads(checkpoint.engine, config.aggregate, consent)
+                self._engine.replay(checkpoint.journal)
                 positions = checkpoint.positions
+            self._decoder = Decoder(config.source.format, self._engine.columns)
             self._released_ids = {w.window_start for w in self._store.released()}
             self._published = self._finish_committed()
             self._check_output()
@@ -165,6 +215,8 @@ class Collector:
                     f"source {config.source.kind} at {redact_url(config.source.server_url())}"
                     f" failed: {type(exc).__name__}: {exc}"
                 ) from None
+            if checkpoint is not None and self._dedupe_s is not None:
+                source.restore_digests(checkpoint.digests, time.time() - self._dedupe_s)
             self.source_address = getattr(source, "address", None)
             if config.http.listen:
                 server = serve_http(config.http.listen, self.metrics, self.health)
@@ -179,6 +231,9 @@ class Collector:
                     "resumed": checkpoint is not None,
                 },
             )
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="telemagg-collector")
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="telemagg-checkpoint")
+            resources += [_Shutdown(self._committer), _Shutdown(self._worker)]
             await self._run(source)
         finally:
             self.health.ready = False
@@ -224,22 +279,78 @@ class Collector:
     # ------------------------------------------------------------------ the loop
 
     async def _run(self, source: Source) -> None:
+        """Fetch on the event loop; decode, absorb, release and checkpoint on the worker.
+
+        The worker is ONE thread, so the engine is only ever touched by it, in order; Arrow's
+        decoding and numpy's sorting release the GIL, so they overlap with the next fetch.
+        At most ``PIPELINE_DEPTH`` fetches wait for the worker (backpressure on the source),
+        and checkpoints are pipelined: the next one is prepared (its batches absorbed and
+        serialised) while the last one is written to the store, at most ``MAX_COMMITTING``
+        at a time, written in order; messages are acknowledged when the checkpoint holding
+        them has committed.
+        """
         config = self.config
         assert self._stopping is not None
+        loop = asyncio.get_running_loop()
         interval = float(_seconds(config.state.checkpoint_interval))
+        staged: collections.deque[tuple[asyncio.Future[int], list[Message]]] = collections.deque()
         held: list[Message] = []
         held_events = 0
         windows: list[WindowRecord] = []
+        committing: collections.deque[asyncio.Future[Committed]] = collections.deque()
+        preparing = 0  # checkpoints whose batches the worker has not serialised yet
         last_checkpoint = last_release = last_lag = time.monotonic()
-        checkpoint_s = 0.0
+
+        def work(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+            return loop.run_in_executor(self._worker, call, *args)
+
+        def checkpoint(
+            held: list[Message], events: int, windows: list[WindowRecord]
+        ) -> asyncio.Future[Committed]:
+            # Submitted to the worker NOW, so that it runs after exactly the batches staged
+            # so far (the worker is first in, first out).
+            nonlocal preparing
+            preparing += 1
+            began = time.monotonic()
+            positions = {"source": source.positions(held)}
+            preparation = work(self._prepare, positions, held, events, windows)
+
+            async def commit() -> Committed:
+                nonlocal preparing
+                try:
+                    prepared = await preparation
+                finally:
+                    preparing -= 1
+                # One committer thread: checkpoints commit in the order they were prepared.
+                return await loop.run_in_executor(self._committer, self._write, prepared, began)
+
+            return asyncio.ensure_future(commit())
+
+        async def settle_staged(block: bool = True) -> None:
+            nonlocal held_events
+            while staged and (block or staged[0][0].done()):
+                future, messages = staged.popleft()
+                held_events += await future
+                held.extend(messages)
+
+        async def settle(block: bool) -> None:
+            await settle_staged(block)
+            while committing and (block or committing[0].done()):
+                committed = await committing.popleft()
+                await self._acknowledge(source, committed)
+                self.metrics.set("checkpoint_seconds", committed.seconds)
+
         while not self._stopping.is_set():
-            messages = await source.fetch(config.source.fetch_messages, FETCH_TIMEOUT_S)
+            busy = held or staged or committing  # a checkpoint will be due
+            timeout = BUSY_FETCH_TIMEOUT_S if busy else FETCH_TIMEOUT_S
+            messages = await source.fetch(config.source.fetch_messages, timeout)
             if messages:
-                held_events += self._receive(messages)
-                held += messages
+                self.metrics.count("messages_received", len(messages))
+                staged.append((work(self._stage, messages), messages))
+            await settle(block=len(staged) > PIPELINE_DEPTH)
             now = time.monotonic()
             if now - last_release >= RELEASE_CHECK_S:
-                windows += self._release()
+                windows += await work(self._release)
                 last_release = now
             if now - last_lag >= LAG_CHECK_S:
                 with contextlib.suppress(Exception):  # lag is informative only
@@ -248,25 +359,32 @@ class Collector:
                         self.metrics.set("source_lag", lag)
                 last_lag = now
             self.metrics.set("held_events", held_events)
+            self.metrics.set("requests_duplicate", source.duplicates)
             # Group commit: clients waiting for their checkpoint (OTLP) get one as soon as
-            # twice the last checkpoint's duration has passed, so checkpoints stay a bounded
-            # share of the time whatever the state's size.
-            wait = min(interval, 2 * checkpoint_s) if source.clients_wait else interval
+            # the last one is prepared; what arrives while one is written goes in the next
+            # (journal appends cost O(new events), whatever the state's size).
+            # A source with nothing more to deliver now gets its checkpoint (and acks) soon.
+            idle = not messages and not staged
+            wait = 0.0 if source.clients_wait else IDLE_CHECKPOINT_S if idle else interval
             due = now - last_checkpoint >= wait and (held or self._published)
-            if windows or held_events >= config.state.checkpoint_events or due:
-                began = time.monotonic()
-                await self._checkpoint(source, held, windows)
+            free = len(committing) < MAX_COMMITTING and not preparing
+            if free and (windows or held_events >= config.state.checkpoint_events or due):
+                # The worker absorbs every staged batch before it prepares this checkpoint:
+                # the checkpoint must hold (and position) exactly those messages.
+                await settle_staged()
+                committing.append(checkpoint(held, held_events, windows))
                 held, held_events, windows = [], 0, []
                 last_checkpoint = time.monotonic()
-                checkpoint_s = last_checkpoint - began
-        await self._checkpoint(source, held, windows)  # graceful stop: keep everything
+        # Graceful stop: every fetched message decoded, absorbed and checkpointed.
+        await settle(block=True)
+        await self._acknowledge(source, await checkpoint(held, held_events, windows))
 
-    def _receive(self, messages: list[Message]) -> int:
-        """Decode messages into tables waiting to be absorbed; the number of events."""
-        self.metrics.count("messages_received", len(messages))
-        bodies = [m.body for m in messages if m.table is None]
-        tables, malformed = decode(bodies, self.config.source.format)
-        tables += [m.table for m in messages if m.table is not None]
+    def _stage(self, messages: list[Message]) -> int:
+        """(worker) Decode messages into tables waiting to be absorbed, absorbing them once
+        enough wait; the number of events."""
+        bodies = [m.body for m in messages if m.columns is None]
+        tables, malformed = self._decoder.decode(bodies)
+        tables += [columns_table(m.columns) for m in messages if m.columns is not None]
         if malformed:
             self.metrics.count("messages_malformed", malformed)
             log.warning("malformed messages skipped", extra={"messages": malformed})
@@ -274,16 +392,20 @@ class Collector:
         for table in tables:
             total += int(table.num_rows)
             self._waiting.append(self._clean(project(table, self._engine.columns)))
+        self._waiting_events += total
+        self._staged_events += total
         self.metrics.count("events_received", total)
+        if self._waiting_events >= ABSORB_EVENTS:
+            self._absorb()
         return total
 
     def _absorb(self) -> None:
-        """Absorb the waiting tables in ONE ``add`` (bounding re-sorts a window's state on
-        every call, so one large call is far cheaper than many small ones)."""
+        """(worker) Absorb the waiting tables in ONE ``add`` (a call has a fixed cost, and
+        bounding works on large batches best)."""
         if not self._waiting:
             return
         pa: Any = require("pyarrow", "pyarrow")
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting, self._waiting_events = self._waiting, [], 0
         try:
             batch = pa.concat_tables(waiting, promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column's type differs between them
@@ -291,7 +413,7 @@ class Collector:
             return
         if len(waiting) > 1:
             try:
-                self._engine.add(batch, self._clock())
+                self._engine.add(self._dictionary_keys(batch), self._clock())
             except (SchemaError, ConfigError):  # find the table that does not fit
                 self._absorb_each(waiting)
                 return
@@ -299,12 +421,24 @@ class Collector:
         else:
             self._absorb_each(waiting)
 
+    def _dictionary_keys(self, table: Any) -> Any:
+        """String columns of the privacy unit and ``by`` dictionary-encoded by Arrow (in
+        C++): the aggregator then reads each distinct value once, not every event's."""
+        pa: Any = require("pyarrow", "pyarrow")
+        aggregate = self.config.aggregate
+        for name in (aggregate.privacy_unit, *aggregate.by):
+            column = table.column(name)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                encoded = column.dictionary_encode()
+                table = table.set_column(table.column_names.index(name), name, encoded)
+        return table
+
     def _absorb_each(self, tables: list[Any]) -> None:
         now = self._clock()
         for table in tables:
             n = int(table.num_rows)
             try:
-                self._engine.add(table, now)
+                self._engine.add(self._dictionary_keys(table), now)
             except (SchemaError, ConfigError) as exc:
                 # The batch does not fit the query (a column of the wrong type): skip it.
                 self.metrics.count("events_dropped", n, reason="schema")
@@ -333,7 +467,8 @@ class Collector:
         return table
 
     def _release(self) -> list[WindowRecord]:
-        """Release the windows due now; their files are written pending, not committed."""
+        """(worker) Release the windows due now; their files are written pending, not
+        committed (the next checkpoint, a snapshot, commits them)."""
         self._absorb()  # every event received before the clock closes its window
         name = self.config.state.name
         result = self._engine.release_due(
@@ -341,6 +476,7 @@ class Collector:
         )
         records = []
         for release in result.releases:
+            self._snapshot_due = True  # the journal never spans a release
             start = window_start(release)
             if start in self._released_ids:  # never twice, whatever the engine says
                 log.error(
@@ -362,15 +498,68 @@ class Collector:
             self._update_budget()
         return records
 
-    async def _checkpoint(
-        self, source: Source, held: list[Message], windows: list[WindowRecord]
-    ) -> None:
+    def _prepare(
+        self,
+        positions: dict[str, Any],
+        held: list[Message],
+        events: int,
+        windows: list[WindowRecord],
+    ) -> Prepared:
+        """(worker) What the next checkpoint writes: a journal append, or a snapshot when
+        the journal would outgrow the last snapshot or a window was released.
+
+        ``events``: the events of ``held`` by the loop's count, which must be every event
+        staged since the last checkpoint (else a message's events would be checkpointed
+        without its position, and counted twice after a crash): checked, never assumed.
+        """
+        if events != self._staged_events:
+            raise TelemaggError(
+                f"internal: a checkpoint holding {events} events would store"
+                f" {self._staged_events}; stopping without checkpointing"
+            )
+        self._staged_events = 0
         self._absorb()
-        positions = {"source": source.positions(held)}
-        self._store.save(self._engine.dumps(), positions, windows, self._published)
-        self._published = []
-        await source.ack(held)
-        for record in windows:
+        journal = self._engine.take_journal()
+        new_bytes = sum(int(table.nbytes) for _, table in journal)
+        published, self._published = self._published, []
+        if self._snapshot_due or self._journal_size + new_bytes > self._snapshot_size:
+            snapshot = self._engine.dumps()
+            self._snapshot_size, self._journal_size = len(snapshot), 0
+            self._snapshot_due = False
+            self.metrics.count("snapshots")
+            entries = []
+            # Accounting reads settle the state (bound its pending rows): only here, where
+            # pickling has just settled it, not on every checkpoint.
+            for reason, n in self._engine.accounting().get("dropped", {}).items():
+                self.metrics.set("events_dropped", n, reason=str(reason))
+        else:
+            snapshot, entries = None, Engine.journal_bytes(journal)
+            self._journal_size += sum(len(data) for _, data in entries)
+        return Prepared(positions, held, windows, published, snapshot, entries)
+
+    def _write(self, prepared: Prepared, began: float) -> Committed:
+        """(committer) Commit a prepared checkpoint in one transaction of the state store,
+        while the worker goes on decoding and absorbing."""
+        wall = time.time()
+        horizon = self._dedupe_s
+        self._store.save(
+            prepared.positions,
+            snapshot=prepared.snapshot,
+            journal=prepared.journal,
+            windows=prepared.windows,
+            published=prepared.published,
+            digests=[]
+            if horizon is None
+            else [(m.digest, wall) for m in prepared.held if m.digest is not None],
+            digests_before=None if horizon is None else wall - horizon,
+        )
+        self.metrics.count("checkpoints")
+        return Committed(prepared.held, prepared.windows, time.monotonic() - began)
+
+    async def _acknowledge(self, source: Source, committed: Committed) -> None:
+        """After a checkpoint committed: acknowledge its messages, publish its windows."""
+        await source.ack(committed.held)
+        for record in committed.windows:
             if finish(Path(record.path)):
                 self._published.append(record.window_start)
             self.metrics.count("windows_released")
@@ -382,9 +571,6 @@ class Collector:
                     "charge": record.charge,
                 },
             )
-        self.metrics.count("checkpoints")
-        for reason, n in self._engine.accounting().get("dropped", {}).items():
-            self.metrics.set("events_dropped", n, reason=str(reason))
 
     def _update_budget(self) -> None:
         epsilon, delta = self._ledger.remaining
@@ -393,6 +579,14 @@ class Collector:
 
 
 def _seconds(duration: str) -> int:
-    from telemagg.policy import parse_duration
-
     return parse_duration(duration, "state.checkpoint_interval")
+
+
+class _Shutdown:
+    """Closes the worker with the collector's other resources."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self.executor = executor
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -72,11 +72,18 @@ class SourceConfig(_Section):
     fetch_messages: int = Field(default=100, ge=1, le=100_000)  # one fetch, at most
     ack_wait: str = "30s"  # nats: redelivery of unacknowledged messages after this
     listen: str = "127.0.0.1:4318"  # otlp: host:port of the OTLP/HTTP receiver
+    # otlp: a request whose body repeats one committed this long ago or less is a retry
+    dedupe_window: str = "10m"
 
     @field_validator("ack_wait")
     @classmethod
     def _ack_wait(cls, value: str) -> str:
         return _duration(value, "source.ack_wait")
+
+    @field_validator("dedupe_window")
+    @classmethod
+    def _dedupe_window(cls, value: str) -> str:
+        return _duration(value, "source.dedupe_window", allow_zero=True)
 
     def server_url(self) -> str:
         """The URL, defaulting to the local server of ``kind``."""

@@ -1,13 +1,18 @@
 """Message bodies to Arrow tables: JSON lines (one event per line) or Arrow IPC streams.
 
-The bodies of one fetch are parsed together by Arrow's multi-threaded JSON reader (no
-Python loop over events). If that fails (a malformed message, or a column whose type
-changes between messages), each body is parsed on its own and the malformed ones are
-counted and skipped: one bad message never blocks a stream.
+The bodies of one fetch are parsed together by Arrow's JSON reader (no Python loop over
+events). Once a parse succeeded, its schema is reused: later parses read only the columns
+the query needs, with the types seen (other fields are skipped unparsed, which is faster);
+if that fails (a column's type changed), the types are inferred again. If that fails too
+(a malformed message), each body is parsed on its own and the malformed ones are counted and
+skipped: one bad message never blocks a stream.
 
->>> tables, malformed = decode([b'{"u": 1, "e": "a"}\\n{"u": 2, "e": "b"}', b"oops"], "jsonl")
+>>> decoder = Decoder("jsonl", ["u", "e"])
+>>> tables, malformed = decoder.decode([b'{"u": 1, "e": "a"}\\n{"u": 2, "e": "b"}', b"oops"])
 >>> [t.num_rows for t in tables], malformed
 ([2], 1)
+>>> decoder.decode([b'{"u": 3, "e": "c", "x": 5}'])[0][0].column_names  # x is not read
+['u', 'e']
 """
 
 from __future__ import annotations
@@ -18,51 +23,76 @@ from typing import Any, Literal
 
 from telemagg.errors import require
 
-__all__ = ["decode", "project"]
+__all__ = ["Decoder", "project"]
 
 
 def _pa() -> Any:
     return require("pyarrow", "pyarrow")
 
 
-def _parse_jsonl(body: bytes) -> Any:
+def _parse_jsonl(body: bytes, schema: Any = None) -> Any:
     pj: Any = require("pyarrow.json", "pyarrow")
     options = pj.ReadOptions(block_size=max(1 << 20, len(body) + 1))
-    return pj.read_json(io.BytesIO(body), read_options=options)
+    parse = (
+        pj.ParseOptions()
+        if schema is None
+        else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    )
+    return pj.read_json(io.BytesIO(body), read_options=options, parse_options=parse)
 
 
 def _parse_arrow(body: bytes) -> Any:
     return _pa().ipc.open_stream(body).read_all()
 
 
-def decode(bodies: Sequence[bytes], fmt: Literal["jsonl", "arrow"]) -> tuple[list[Any], int]:
-    """Parse message bodies into tables; also return how many bodies were malformed."""
-    pa = _pa()
-    if not bodies:
-        return [], 0
-    if fmt == "jsonl":
-        joined = b"\n".join(body.rstrip(b"\n") for body in bodies if body.strip())
-        if not joined:
+class Decoder:
+    """Parses message bodies of one ``format``; remembers the types of ``columns`` (the
+    columns the query reads) from the last successful JSON parse."""
+
+    def __init__(self, fmt: Literal["jsonl", "arrow"], columns: Sequence[str] = ()) -> None:
+        self.format = fmt
+        self.columns = tuple(columns)
+        self._schema: Any = None
+
+    def decode(self, bodies: Sequence[bytes]) -> tuple[list[Any], int]:
+        """Parse message bodies into tables; also return how many bodies were malformed."""
+        pa = _pa()
+        bodies = [body for body in bodies if body.strip()]
+        if not bodies:
             return [], 0
-        try:
-            return [_parse_jsonl(joined)], 0
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            pass  # find the culprits one body at a time
-    tables, malformed = [], 0
-    parse = _parse_jsonl if fmt == "jsonl" else _parse_arrow
-    for body in bodies:
-        if not body.strip():
-            continue
-        try:
-            tables.append(parse(body))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError):
-            malformed += 1
-    if fmt == "arrow" and len(tables) > 1:
-        try:
-            return [pa.concat_tables(tables, promote_options="permissive")], malformed
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            return tables, malformed
-    return tables, malformed
+        if self.format == "jsonl":
+            joined = b"\n".join(body.rstrip(b"\n") for body in bodies)
+            for schema in (self._schema, None) if self._schema is not None else (None,):
+                try:
+                    table = _parse_jsonl(joined, schema)
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    continue
+                self._learn(table)
+                return [table], 0
+        tables, malformed = [], 0
+        for body in bodies:
+            try:
+                tables.append(_parse_jsonl(body) if self.format == "jsonl" else _parse_arrow(body))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OSError):
+                malformed += 1
+        if self.format == "jsonl" and tables:
+            self._learn(tables[-1])
+        if self.format == "arrow" and len(tables) > 1:
+            try:
+                return [pa.concat_tables(tables, promote_options="permissive")], malformed
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                return tables, malformed
+        return tables, malformed
+
+    def _learn(self, table: Any) -> None:
+        """Keep the types of the query's columns (when all are typed: a column of nulls,
+        or one absent, says nothing of its type)."""
+        if not self.columns:
+            return
+        pa = _pa()
+        fields = {f.name: f for f in table.schema}
+        if all(c in fields and not pa.types.is_null(fields[c].type) for c in self.columns):
+            self._schema = pa.schema([fields[c] for c in self.columns])
 
 
 def project(table: Any, columns: Sequence[str]) -> Any:

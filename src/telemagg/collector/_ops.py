@@ -34,6 +34,12 @@ _HELP = {
     "messages_received": ("counter", "Messages fetched from the source (duplicates excluded)"),
     "messages_malformed": ("counter", "Messages whose body could not be decoded"),
     "checkpoints": ("counter", "Checkpoints committed"),
+    "checkpoint_seconds": ("gauge", "Seconds the last checkpoint took, prepared to committed"),
+    "snapshots": ("counter", "Checkpoints that wrote the whole state (others append the journal)"),
+    "requests_duplicate": (
+        "counter",
+        "OTLP requests recognised as retries of a committed or pending one (not absorbed again)",
+    ),
     "windows_released": ("counter", "Windows released and committed"),
     "releases_refused": ("counter", "Release attempts the ledger refused"),
     "source_lag": ("gauge", "Messages in the source not yet delivered to the collector"),
