@@ -9,12 +9,11 @@ packages a :class:`~telemagg.release.Release`.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import secrets
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
@@ -55,7 +54,7 @@ from telemagg.errors import (
     TelemaggError,
     UntrackedReleaseWarning,
 )
-from telemagg.ledger import Charge, Ledger
+from telemagg.ledger._protocol import LedgerLike, open_ledger
 from telemagg.policy import (
     Metric,
     Policy,
@@ -81,14 +80,6 @@ class ConsentSource(Protocol):
     def allowed(self, units: Any, purpose: str) -> npt.NDArray[np.bool_]: ...
 
     def is_opt_in(self, purpose: str) -> bool: ...
-
-
-class LedgerLike(Protocol):
-    """What the aggregator needs from a budget ledger (:class:`telemagg.Ledger`)."""
-
-    def charge(
-        self, loss: mech.PrivacyLoss, *, query: Mapping[str, Any], label: str | None = None
-    ) -> Charge: ...
 
 
 @dataclass
@@ -869,30 +860,6 @@ def _check_consent(
                 " (declare it with registry.declare(purpose, default='opt_in'))"
             )
     return consent, purpose
-
-
-@contextlib.contextmanager
-def open_ledger(ledger: LedgerLike | str | None) -> Iterator[LedgerLike | None]:
-    """``ledger=`` as given, or the existing ledger at a URL (opened with its own total and
-    closed after use); anything else is a ConfigError naming the parameter."""
-    if isinstance(ledger, str):
-        try:
-            opened = Ledger.open(ledger)
-        except TelemaggError as exc:
-            raise ConfigError(
-                f"ledger (a URL string) must name an existing ledger: {exc}; create one with"
-                " tm.Ledger(url, epsilon=..., delta=...)"
-            ) from exc
-        try:
-            yield opened
-        finally:
-            opened.close()
-        return
-    if ledger is not None and not callable(getattr(ledger, "charge", None)):
-        raise ConfigError(
-            f"ledger must be a tm.Ledger, the URL of one, or None; got {type(ledger).__name__}"
-        )
-    yield ledger
 
 
 def _check_window(window: str | None, time: str | None) -> tuple[str | None, str | None]:

@@ -317,8 +317,8 @@ def aggregate_command(args: argparse.Namespace) -> int:
 
     Every parameter is validated, and the ledger opened, before the first event is read.
     """
-    from telemagg._aggregator import open_ledger
     from telemagg._event_files import event_files
+    from telemagg.ledger._protocol import open_ledger
     from telemagg.policy import ReleaseParams
 
     policy = load_policy(

@@ -24,13 +24,12 @@ from typing import Any, Literal
 from telemagg._aggregator import (
     Aggregator,
     ConsentSource,
-    LedgerLike,
     Randomness,
     check_release,
-    open_ledger,
 )
 from telemagg._ingest import _missing_column
 from telemagg.errors import SchemaError, require
+from telemagg.ledger._protocol import LedgerLike, open_ledger
 from telemagg.policy import Metric, Policy
 from telemagg.release import Release
 

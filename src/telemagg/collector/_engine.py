@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from telemagg._aggregator import Aggregator, ConsentSource, LedgerLike
+from telemagg._aggregator import Aggregator, ConsentSource
 from telemagg.errors import BudgetExceededError, ConfigError, require
+from telemagg.ledger._protocol import LedgerLike
 from telemagg.policy import parse_duration
 from telemagg.release import Release
 
