@@ -15,18 +15,28 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
+from telemagg._consent_gate import (
+    CONSENT,
+    ConsentSource,
+    admit,
+    bookmark,
+    changed_since,
+    check_consent,
+    earliest,
+    withdrawn,
+    without_units,
+)
 from telemagg._identity import (
     KeyColumns,
     KeyIndex,
     canonical_keys,
     key_order,
-    unit_hash,
 )
 from telemagg._ingest import (
     MISSING_PRIVACY_UNIT,
@@ -68,18 +78,9 @@ from telemagg.release import Accounting, Release, metric_reports, release_metada
 
 I64 = npt.NDArray[np.int64]
 
-CONSENT = "consent"
 PARTITION_SELECTION = "partition_selection"
 NOT_PUBLIC_PARTITION = "not_public_partition"
 ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, CONTRIBUTION_BOUNDS)
-
-
-class ConsentSource(Protocol):
-    """What the aggregator needs from a consent registry."""
-
-    def allowed(self, units: Any, purpose: str) -> npt.NDArray[np.bool_]: ...
-
-    def is_opt_in(self, purpose: str) -> bool: ...
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Aggregator:
         self._categorical = tuple(
             dict.fromkeys(c for m in self.metrics for c in m.categorical_columns)
         )
-        self.consent, self.purpose = _check_consent(
+        self.consent, self.purpose = check_consent(
             policy, self.by, (*self._numeric, *self._categorical), consent, purpose
         )
         self.window, self.time = _check_window(window, time)
@@ -242,9 +243,9 @@ class Aggregator:
         )
         if self.consent is not None and len(batch):
             assert self.purpose is not None
-            self._mark_consent(self.consent, self.purpose)
-            allowed = np.asarray(self.consent.allowed(batch.unit.uniques, self.purpose), dtype=bool)
-            batch = batch.take(allowed[batch.unit.codes], CONSENT)
+            if self._consent_position is None:  # before the first check of held events
+                self._consent_position, self._consent_opt_in = bookmark(self.consent, self.purpose)
+            batch = admit(batch, self.consent, self.purpose)
         if self._public is not None and len(batch):
             listed = self._public.lookup(batch.partition_keys) >= 0
             batch = batch.take(listed[batch.partition_codes], NOT_PUBLIC_PARTITION)
@@ -378,12 +379,10 @@ class Aggregator:
             self._check_mergeable(other)
         if not others:
             return
-        marks = [a._consent_position for a in (self, *others) if a._consent_position is not None]
-        if marks:  # the earliest check of any held event is where re-checking starts
-            self._consent_position = min(marks)
-            self._consent_opt_in = next(
-                a._consent_opt_in for a in (self, *others) if a._consent_opt_in is not None
-            )
+        marks = [(a._consent_position, a._consent_opt_in) for a in (self, *others)]
+        mark = earliest(marks)
+        if mark is not None:  # the earliest check of any held event is where re-checking starts
+            self._consent_position, self._consent_opt_in = mark
         if self.window is None:
             adopted = [self._adopt(other, other._state) for other in others]
             same_key = all(
@@ -560,46 +559,29 @@ class Aggregator:
 
     # ------------------------------------------------------------------ consent
 
-    def _mark_consent(self, consent: ConsentSource, purpose: str) -> None:
-        """Bookmark the registry's history before the first consent check of held events."""
-        if self._consent_position is None and isinstance(consent, ConsentRegistry):
-            self._consent_position = consent.position()
-            self._consent_opt_in = consent.is_opt_in(purpose)
-
     def _honour_consent_changes(self) -> None:
         """Forget the held events of units that withdrew consent after they were absorbed.
 
         Consent is checked when events arrive; a unit that opts out later (or whose purpose
         became opt-in without its opt-in) must not be released either. Before every release
         the registry is asked which units changed their choice since the earliest check of
-        the held events (:meth:`ConsentRegistry.changed_since`, a loop over changed units,
-        never over events); those no longer allowed are removed from every held state and
-        counted as dropped for ``consent`` (operator accounting). Removing all of a unit's
-        rows leaves every other unit's bounded rows as they were: bounding is per unit.
-        Raises before any charge if the registry cannot answer.
+        the held events (see :mod:`telemagg._consent_gate`); those no longer allowed are
+        removed from every held state and counted as dropped for ``consent`` (operator
+        accounting). Raises before any charge if the registry cannot answer.
         """
         consent, purpose = self.consent, self.purpose
         if not isinstance(consent, ConsentRegistry) or self._consent_position is None:
             return
         assert purpose is not None
-        opt_in = consent.is_opt_in(purpose)
-        if opt_in != self._consent_opt_in:
-            raise ConfigError(
-                f"purpose {purpose!r} was declared opt-in after this Aggregator absorbed events"
-                " under its opt-out default: the silence of those units no longer allows them,"
-                " and their events cannot be told apart; discard this Aggregator"
-            )
-        position, changed = consent.changed_since(self._consent_position, purpose)
+        position, changed = changed_since(
+            consent, purpose, self._consent_position, self._consent_opt_in
+        )
         self._consent_position = position
-        if not changed:
+        ids = withdrawn(consent, purpose, changed)
+        if not ids.size:
             return
-        allowed = np.asarray(consent.allowed(changed, purpose), dtype=bool)
-        withdrawn = [unit for unit, ok in zip(changed, allowed.tolist(), strict=True) if not ok]
-        if not withdrawn:
-            return
-        ids = np.fromiter((unit_hash(u) for u in withdrawn), np.uint64, len(withdrawn))
-        self._state = _without_units(self._state, ids)
-        self._windows = {w: _without_units(s, ids) for w, s in self._windows.items()}
+        self._state = without_units(self._state, ids)
+        self._windows = {w: without_units(s, ids) for w, s in self._windows.items()}
 
     def _partial_failure(
         self, exc: TelemaggError, released: list[Release], due: range, refused: int
@@ -804,62 +786,6 @@ def _threshold(plan: Plan) -> mech.ThresholdPlan | None:
     """The partition threshold whose noisy counts are the ``unit_count`` column, if any."""
     selection = plan.selection
     return selection if isinstance(selection, mech.ThresholdPlan) else None
-
-
-def _without_units(state: State, unit_ids: npt.NDArray[np.uint64]) -> State:
-    """``state`` without the rows of ``unit_ids``, counted as dropped for consent."""
-    if len(state) == 0:
-        return state
-    gone = np.isin(state.unit_id, unit_ids)
-    removed = int(np.count_nonzero(gone))
-    if removed == 0:
-        return state
-    kept = state.select(~gone)
-    kept.dropped[CONSENT] += removed
-    return kept
-
-
-def _check_consent(
-    policy: Policy,
-    by: tuple[str, ...],
-    numeric: tuple[str, ...],
-    consent: ConsentSource | str | None,
-    purpose: str | None,
-) -> tuple[ConsentSource | None, str | None]:
-    if isinstance(consent, str):
-        try:
-            consent = ConsentRegistry(consent)
-        except TelemaggError as exc:
-            raise ConfigError(
-                f"consent (a URL string) cannot be opened as a consent registry: {exc}"
-            ) from exc
-    elif consent is not None and not (
-        callable(getattr(consent, "allowed", None))
-        and callable(getattr(consent, "is_opt_in", None))
-    ):
-        raise ConfigError(
-            f"consent must be a tm.ConsentRegistry, its URL or None; got {type(consent).__name__}"
-        )
-    if consent is not None and not purpose:
-        raise ConfigError(
-            "purpose must name what the release is for when consent is given; got None"
-        )
-    if purpose is not None and consent is None:
-        raise ConfigError(f"purpose={purpose!r} needs consent=<a tm.ConsentRegistry>")
-    content = sorted(set(policy.content_columns) & {*by, *numeric})
-    if content:
-        if consent is None or purpose is None:
-            raise ConfigError(
-                f"columns {content} are customer content (Policy.content_columns): aggregating"
-                " them needs consent=<registry> and an opt-in purpose"
-            )
-        if not consent.is_opt_in(purpose):
-            raise ConfigError(
-                f"columns {content} are customer content (Policy.content_columns) and purpose"
-                f" {purpose!r} is opt-out: content may only be aggregated under an opt-in purpose"
-                " (declare it with registry.declare(purpose, default='opt_in'))"
-            )
-    return consent, purpose
 
 
 def _check_window(window: str | None, time: str | None) -> tuple[str | None, str | None]:

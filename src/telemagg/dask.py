@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from telemagg._aggregator import (
     Aggregator,
-    ConsentSource,
     Randomness,
     check_release,
 )
+from telemagg._consent_gate import ConsentSource
 from telemagg._ingest import _missing_column
 from telemagg.errors import SchemaError, require
 from telemagg.ledger._protocol import LedgerLike, open_ledger

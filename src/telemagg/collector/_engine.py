@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from telemagg._aggregator import Aggregator, ConsentSource
+from telemagg._aggregator import Aggregator
+from telemagg._consent_gate import ConsentSource
 from telemagg.errors import BudgetExceededError, ConfigError, require
 from telemagg.ledger._protocol import LedgerLike
 from telemagg.policy import parse_duration
