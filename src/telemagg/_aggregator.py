@@ -13,7 +13,7 @@ import datetime as dt
 import secrets
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -22,7 +22,6 @@ import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
 from telemagg._consent_gate import (
-    CONSENT,
     ConsentSource,
     admit,
     bookmark,
@@ -32,30 +31,20 @@ from telemagg._consent_gate import (
     withdrawn,
     without_units,
 )
-from telemagg._identity import (
-    KeyColumns,
-    KeyIndex,
-    canonical_keys,
-    key_order,
+from telemagg._identity import KeyColumns, KeyIndex
+from telemagg._ingest import Batch, Encoded, ingest
+from telemagg._plan import Plan
+from telemagg._releasing import (
+    NOT_PUBLIC_PARTITION,
+    assemble,
+    check_release,
+    plan_release,
+    public_index,
+    release_partitions,
+    reported_reasons,
 )
-from telemagg._ingest import (
-    MISSING_PRIVACY_UNIT,
-    Batch,
-    Encoded,
-    ingest,
-)
-from telemagg._intervals import Measured
-from telemagg._plan import (
-    UNIT_COUNT,
-    Column,
-    Plan,
-    finalize,
-    make_plan,
-    present,
-    select_partitions,
-)
-from telemagg._state import CONTRIBUTION_BOUNDS, SamplingKey, State
-from telemagg._tuning import needs_tuning, provisional, tune
+from telemagg._state import SamplingKey, State
+from telemagg._tuning import needs_tuning, tune
 from telemagg._windows import FUTURE, LATE, Grid, Schedule, by_window, instant_ms
 from telemagg.consent import ConsentRegistry
 from telemagg.errors import (
@@ -74,13 +63,9 @@ from telemagg.policy import (
     format_duration,
     parse_duration,
 )
-from telemagg.release import Accounting, Release, metric_reports, release_metadata
+from telemagg.release import Accounting, Release
 
 I64 = npt.NDArray[np.int64]
-
-PARTITION_SELECTION = "partition_selection"
-NOT_PUBLIC_PARTITION = "not_public_partition"
-ALWAYS_REPORTED = (MISSING_PRIVACY_UNIT, CONTRIBUTION_BOUNDS)
 
 
 @dataclass
@@ -185,7 +170,7 @@ class Aggregator:
         self._public: KeyIndex | None = None
         self.partitions: KeyColumns | None = None
         if partitions is not None:
-            self._public, self.partitions = _public_index(partitions, self.by)
+            self._public, self.partitions = public_index(partitions, self.by)
         self._randomness = randomness or Randomness.system()
         self._warned_untracked = False
         self._reset()
@@ -309,7 +294,7 @@ class Aggregator:
         Accounting(received=4, aggregated=0, pending=2, dropped={'contribution_bounds': 0,
                    'future': 1, 'late': 0, 'missing_privacy_unit': 1}, missing_values={})
         """
-        dropped = self._reported_reasons()
+        dropped = reported_reasons(self.consent is not None)
         if self.window is None:
             dropped.update(self._state.dropped)
             state = self._state
@@ -629,38 +614,20 @@ class Aggregator:
         allow_large_delta: bool = False,
         tuning_share: float = 0.1,
     ) -> tuple[KeyColumns | None, ReleaseParams, Plan]:
-        """Validate a release's parameters and plan its measurements (before any charge).
-
-        ``delta >= 1e-3`` is refused unless ``allow_large_delta`` (such a delta allows
-        releasing a unit's data outright with that probability: see ReleaseParams)."""
-        public = self._release_partitions(partitions)
-        params = ReleaseParams(
-            epsilon=epsilon,
-            delta=delta,
-            noise=noise,
-            private_partitions=public is None,
-            allow_large_delta=allow_large_delta,
-            tuning_share=tuning_share,
+        """A release's public partitions, parameters and plan, all checked before any charge
+        (:func:`~telemagg._releasing.plan_release`)."""
+        public = release_partitions(partitions, self.by, self._public, self.partitions)
+        params, plan = plan_release(
+            self.policy,
+            self.metrics,
+            public,
+            epsilon,
+            delta,
+            noise,
+            allow_large_delta,
+            tuning_share,
         )
-        # "auto" values are chosen at release (_release); the query is checked here with
-        # placeholders so that bad parameters fail before any charge
-        policy, metrics = provisional(self.policy, self.metrics)
-        return public, params, make_plan(metrics, policy, params)
-
-    def _release_partitions(self, partitions: Any) -> KeyColumns | None:
-        """The public partitions of a release: given now, or to the constructor."""
-        if partitions is None:
-            return self.partitions
-        _, keys = _public_index(partitions, self.by)
-        if self._public is not None:
-            unlisted = self._public.lookup(keys) < 0
-            if unlisted.any():
-                missing = sorted(map(repr, keys.take(unlisted).tolist()))[:5]
-                raise ConfigError(
-                    "partitions at release must be among the Aggregator's partitions (the"
-                    f" events of others were dropped before bounding); not listed there: {missing}"
-                )
-        return keys
+        return public, params, plan
 
     def _release(
         self,
@@ -672,8 +639,8 @@ class Aggregator:
         label: str | None,
         window: int | None,
     ) -> Release:
-        """Choose "auto" values, charge the ledger, then select partitions, add noise and
-        package the release."""
+        """Choose "auto" values, charge the ledger, then assemble the release
+        (:func:`~telemagg._releasing.assemble`: select partitions, add noise, package)."""
         query = self.query(params)
         policy, metrics, tuning = self.policy, self.metrics, None
         if needs_tuning(self.policy, self.metrics):
@@ -701,91 +668,29 @@ class Aggregator:
                 UntrackedReleaseWarning,
                 stacklevel=3,
             )
-        index = self._partitions.copy()  # public keys never seen are added to the copy only
-        noise = self._randomness.noise
-        noisy: dict[str, npt.NDArray[np.float64]] = {}
-        if public is None:
-            assert plan.selection is not None
-            n = len(index)
-            units = UNIT_COUNT.compute(state, n)[:, 0]
-            kept, noisy_units = select_partitions(plan.selection, units, noise)
-            order = _key_order(kept, index.keys)
-            released = kept[order]
-            if noisy_units is not None:  # threshold selection: its noisy counts are released
-                noisy["unit_count"] = noisy_units[order][:, None]
-            reason = PARTITION_SELECTION
-        else:
-            released = index.ids(public)
-            n = len(index)
-            reason = NOT_PUBLIC_PARTITION
-        categories = {c: index.keys for c, index in self._categories.items()}
-        measured, value_counts = plan.measure(state, released, n, noise, categories)
-        noisy.update(measured)
-        columns: dict[str, Column] = {}
-        for metric in metrics:
-            columns.update(finalize(metric, noisy, value_counts, plan.measurements))
-
-        key_columns = _released_keys(index, released, self.by)
-        reports = metric_reports(metrics, plan, policy.l0)
-        accounting = self._release_accounting(state, released, reason)
-        metadata = release_metadata(
-            plan=plan,
-            params=params,
+        return assemble(
+            state,
+            plan,
+            params,
+            public,
             query=query,
-            reports=reports,
-            n_released=len(released),
-            charge=charge,
-            seeded=self._randomness.seeded,
-            metrics=metrics,
             policy=policy,
+            metrics=metrics,
+            query_metrics=self.metrics,
+            by=self.by,
+            partitions=self._partitions,
+            categories=self._categories,
+            noise=self._randomness.noise,
+            seeded=self._randomness.seeded,
+            charge=charge,
+            tuning=tuning,
+            reported=reported_reasons(self.consent is not None),
+            grid=self._grid,
+            window=window,
         )
-        if tuning is not None:  # DP outputs of the tuning step, and their cost
-            metadata["tuning"] = tuning
-        if window is not None:  # window_start, window_end first: key-like, from the grid
-            assert self._grid is not None
-            key_columns = {**self._grid.key_columns(window, len(released)), **key_columns}
-        return Release(
-            keys=key_columns,
-            columns=columns,
-            metrics=reports,
-            loss=plan.loss,
-            metadata=metadata,
-            accounting=accounting,
-            measured=Measured(noisy, plan.measurements, _threshold(plan)),
-            metric_specs=metrics,
-        )
-
-    def _release_accounting(self, state: State, released: I64, reason: str) -> Accounting:
-        """Exact fate of the events of ``state`` in a release of partitions ``released``:
-        events of other partitions are dropped under ``reason``; per metric on a value
-        column, how many aggregated events miss that value (operator side only)."""
-        in_release = np.isin(state.partition, released)
-        aggregated = int(np.count_nonzero(in_release))
-        dropped = self._reported_reasons()
-        dropped.update(state.dropped)
-        dropped[reason] += len(state) - aggregated
-        missing = {
-            metric.name: int(np.count_nonzero(in_release & ~present(state.numeric[column])))
-            for metric in self.metrics
-            for column in metric.columns
-        }
-        return Accounting(
-            received=state.received, aggregated=aggregated, dropped=dropped, missing_values=missing
-        )
-
-    def _reported_reasons(self) -> Counter[str]:
-        """Drop reasons every accounting lists, at zero when nothing was dropped for them."""
-        reasons = (*ALWAYS_REPORTED, *((CONSENT,) if self.consent is not None else ()))
-        return Counter(dict.fromkeys(reasons, 0))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _threshold(plan: Plan) -> mech.ThresholdPlan | None:
-    """The partition threshold whose noisy counts are the ``unit_count`` column, if any."""
-    selection = plan.selection
-    return selection if isinstance(selection, mech.ThresholdPlan) else None
 
 
 def _check_window(window: str | None, time: str | None) -> tuple[str | None, str | None]:
@@ -821,129 +726,6 @@ def _grid(
 
 def _datetime(ms: int) -> dt.datetime:
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
-
-
-def _partition_keys(partitions: Any, by: tuple[str, ...]) -> KeyColumns:
-    """Public partitions in any accepted form -> canonical key columns (validated here, in
-    the planning step, before any charge), a whole column at a time."""
-    if isinstance(partitions, KeyColumns) and len(partitions.parts) == len(by):
-        return partitions  # an Aggregator's own, already canonical
-    if hasattr(partitions, "columns") or isinstance(partitions, Mapping):
-        columns = [c for c in by if c not in partitions]
-        if columns:
-            raise ConfigError(f"partitions has no key column {columns[0]!r}")
-        raw = [_key_values(partitions[c]) for c in by]
-        if len({v.size for v in raw}) > 1:
-            raise ConfigError("partitions' key columns must have equal lengths")
-    elif isinstance(partitions, np.ndarray) and partitions.ndim == 1 and len(by) == 1:
-        raw = [_key_values(partitions)]
-    elif isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
-        raise ConfigError(f"partitions must be None or a sequence of keys; got {partitions!r}")
-    else:
-        rows = [tuple(key) if isinstance(key, tuple | list) else (key,) for key in partitions]
-        bad = next((key for key in rows if len(key) != len(by)), None)
-        if bad is not None:
-            raise ConfigError(
-                f"partitions must have one value per by column {list(by)}; got {bad!r}"
-            )
-        raw = [_object_array(list(part)) for part in zip(*rows, strict=True)] or [
-            np.zeros(0, dtype=object) for _ in by
-        ]
-    parts, missing = [], np.zeros(raw[0].size, dtype=bool)
-    for values, column in zip(raw, by, strict=True):
-        part, part_missing = canonical_keys(
-            values, column=f"partitions[{column!r}]", error=ConfigError
-        )
-        parts.append(part)
-        missing |= part_missing
-    if missing.any():
-        first = int(np.argmax(missing))
-        key = tuple(_scalar(values, first) for values in raw)
-        raise ConfigError(f"partitions must not hold missing keys; got {key!r}")
-    return KeyColumns(tuple(parts))
-
-
-def _public_index(partitions: Any, by: tuple[str, ...]) -> tuple[KeyIndex, KeyColumns]:
-    """The public partitions, validated and unique: an index whose ids are their
-    positions, and the keys."""
-    keys = _partition_keys(partitions, by)
-    index = KeyIndex()
-    ids = index.ids(keys)
-    if len(index) < len(keys):
-        seen_before = np.maximum.accumulate(np.append(-1, ids[:-1]))
-        twice = int(np.argmax(ids <= seen_before))
-        key = keys.take(np.array([twice])).tolist()[0]
-        raise ConfigError(f"partitions must be unique; {key!r} is listed twice")
-    return index, keys
-
-
-def _key_values(column: Any) -> npt.NDArray[Any]:
-    """One key column of a partitions table as an array (full precision)."""
-    if hasattr(column, "to_list"):  # pandas / polars Series
-        return _object_array(column.to_list())
-    if hasattr(column, "to_pylist"):  # pyarrow
-        return _object_array(column.to_pylist())
-    array = np.asarray(column)
-    if array.dtype.kind in "OSUmMfiub":
-        return array if array.ndim == 1 else _object_array(list(array))
-    return _object_array(list(array))
-
-
-def _scalar(values: npt.NDArray[Any], i: int) -> Any:
-    return values[i] if values.dtype.kind in "mMO" else values[i].item()
-
-
-def _object_array(values: list[Any]) -> npt.NDArray[np.object_]:
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
-
-
-def _key_order(ids: I64, keys: list[Any]) -> I64:
-    """Positions of ``ids`` in the canonical order of their keys (never arrival order)."""
-    return key_order([keys[int(i)] for i in ids])
-
-
-def _released_keys(index: KeyIndex, released: I64, by: tuple[str, ...]) -> dict[str, Any]:
-    """The key columns of the released rows."""
-    if index.columns is None:
-        return {c: _column(np.zeros(0, dtype=object)) for c in by}
-    parts = index.columns.take(released).parts
-    return {c: _column(part) for c, part in zip(by, parts, strict=True)}
-
-
-def _column(values: npt.NDArray[Any]) -> np.ndarray[Any, Any]:
-    """Released key values as a column: int64 (or uint64) when every value is an integer
-    that fits, objects otherwise."""
-    if values.dtype.kind == "i" and values.size:
-        return values.astype(np.int64, copy=False)
-    if values.dtype != object:  # booleans: released as Python objects, as other keys
-        return _object_array(values.tolist())
-    items = values.tolist()
-    if items and all(type(v) is int for v in items):
-        for dtype in (np.int64, np.uint64):
-            if min(items) >= np.iinfo(dtype).min and max(items) <= np.iinfo(dtype).max:
-                return np.asarray(items, dtype=dtype)
-    return values
-
-
-def check_release(
-    epsilon: float,
-    delta: float,
-    noise: str,
-    partitions: Any,
-    allow_large_delta: bool,
-    tuning_share: float = 0.1,
-) -> None:
-    """Validate a one-shot release's parameters before any data is read (both engines)."""
-    ReleaseParams(
-        epsilon=epsilon,
-        delta=delta,
-        noise=noise,
-        private_partitions=partitions is None,
-        allow_large_delta=allow_large_delta,
-        tuning_share=tuning_share,
-    )
 
 
 def aggregate(

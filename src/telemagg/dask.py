@@ -21,13 +21,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from telemagg._aggregator import (
-    Aggregator,
-    Randomness,
-    check_release,
-)
+from telemagg._aggregator import Aggregator, Randomness
 from telemagg._consent_gate import ConsentSource
 from telemagg._ingest import _missing_column
+from telemagg._releasing import check_release
 from telemagg.errors import SchemaError, require
 from telemagg.ledger._protocol import LedgerLike, open_ledger
 from telemagg.policy import Metric, Policy
