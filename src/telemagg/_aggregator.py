@@ -1,10 +1,11 @@
 """The local engine: Aggregator (add, merge, release) and the one-shot ``aggregate``.
 
-Data flow: ``add`` ingests a batch (``_ingest``), drops events without consent, gives each
-event its unit identity, partition and bottom-k priorities, and absorbs it into the bounded
-state (``_state``, ``_bounding``). ``release`` plans the measurements and budget split
-(``_plan``), charges the ledger, selects partitions, adds noise (``_mechanisms``) and
-packages a :class:`~telemagg.release.Release`.
+Data flow: ``add`` ingests a batch (``_ingest``), drops events without consent
+(``_consent_gate``), gives each event its unit identity, partition and bottom-k priorities,
+and absorbs it into the bounded state (``_state``, ``_bounding``). ``release`` plans the
+measurements and budget split (``_releasing``, ``_plan``), charges the ledger, then selects
+partitions, adds noise (``_mechanisms``) and packages a :class:`~telemagg.release.Release`
+(``_releasing``).
 """
 
 from __future__ import annotations
