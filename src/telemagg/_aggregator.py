@@ -562,12 +562,14 @@ class Aggregator:
         position, changed = changed_since(
             consent, purpose, self._consent_position, self._consent_opt_in
         )
-        self._consent_position = position
         ids = withdrawn(consent, purpose, changed)
-        if not ids.size:
-            return
-        self._state = without_units(self._state, ids)
-        self._windows = {w: without_units(s, ids) for w, s in self._windows.items()}
+        if ids.size:
+            self._state = without_units(self._state, ids)
+            self._windows = {w: without_units(s, ids) for w, s in self._windows.items()}
+        # only now: if the registry failed above, the next release asks again from the old
+        # position (advancing first would let a withdrawn unit's events through after a
+        # failed release)
+        self._consent_position = position
 
     def _partial_failure(
         self, exc: TelemaggError, released: list[Release], due: range, refused: int

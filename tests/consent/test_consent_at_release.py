@@ -126,3 +126,26 @@ def test_changed_since_lists_each_changed_unit_once(registry: ConsentRegistry) -
     assert registry.changed_since(position, PURPOSE) == (position, [])
     with pytest.raises(tm.ConfigError, match="position"):
         registry.changed_since(-1, PURPOSE)
+
+
+def test_a_registry_failure_at_release_does_not_forget_the_withdrawals_it_did_not_apply(
+    registry: ConsentRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agg = _aggregator(registry)
+    agg.add(_events(heavy=True))
+    registry.opt_out("heavy", purpose=PURPOSE)
+    allowed = ConsentRegistry.allowed
+
+    def outage(self: ConsentRegistry, units: Any, purpose: str) -> Any:
+        raise tm.TelemaggError("consent store unavailable")
+
+    monkeypatch.setattr(ConsentRegistry, "allowed", outage)
+    with pytest.raises(tm.TelemaggError, match="unavailable"):
+        agg.release(1.0, partitions=PAGES)  # fails before any charge
+    monkeypatch.setattr(ConsentRegistry, "allowed", allowed)
+    released = agg.release(1.0, partitions=PAGES)  # the next release asks again
+
+    never = _aggregator(registry)
+    never.add(_events(heavy=False))
+    assert _table(released) == _table(never.release(1.0, partitions=PAGES))
+    assert released.accounting.dropped["consent"] == 2 * 3
