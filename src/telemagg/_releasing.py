@@ -54,9 +54,9 @@ def check_release(
     partitions: Any,
     allow_large_delta: bool,
     tuning_share: float = 0.1,
-) -> None:
-    """Validate a one-shot release's parameters before any data is read (both engines)."""
-    ReleaseParams(
+) -> ReleaseParams:
+    """Validate a release's parameters before any data is read (both engines)."""
+    return ReleaseParams(
         epsilon=epsilon,
         delta=delta,
         noise=noise,
@@ -80,14 +80,7 @@ def plan_release(
 
     ``delta >= 1e-3`` is refused unless ``allow_large_delta`` (such a delta allows
     releasing a unit's data outright with that probability: see ReleaseParams)."""
-    params = ReleaseParams(
-        epsilon=epsilon,
-        delta=delta,
-        noise=noise,
-        private_partitions=public is None,
-        allow_large_delta=allow_large_delta,
-        tuning_share=tuning_share,
-    )
+    params = check_release(epsilon, delta, noise, public, allow_large_delta, tuning_share)
     # "auto" values are chosen at release (_tuning); the query is checked here with
     # placeholders so that bad parameters fail before any charge
     policy, metrics = provisional(policy, metrics)

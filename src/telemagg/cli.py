@@ -364,7 +364,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
         )
     for warning in caught:  # one line, not a source excerpt
         print(f"telemagg: warning: {warning.message}", file=sys.stderr)
-    _write_release(release, out, args.intervals)
+    release.to_parquet(out, intervals=args.intervals)
     if not args.quiet:
         _print_summary(release, out, args.ledger)
     return 0
@@ -411,11 +411,6 @@ def _partition_file(path: str, by: Sequence[str], files: Any) -> Any:
             f" {missing[0]!r} is missing (header: {table.column_names})"
         )
     return {c: table.column(c).to_pylist() for c in by}
-
-
-def _write_release(release: tm.Release, out: Path, intervals: float | None) -> None:
-    """Write ``release`` as Parquet, with interval columns at level ``intervals`` if given."""
-    release.to_parquet(out, intervals=intervals)
 
 
 def _ingest(agg: tm.Aggregator, files: Any, *, quiet: bool) -> None:
