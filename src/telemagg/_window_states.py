@@ -30,17 +30,18 @@ class WindowStates:
     the value columns a state holds.
 
     >>> from telemagg._windows import Grid
-    >>> grid = Grid(start_ms=0, length_ms=3_600_000, lateness_ms=0, skew_ms=0)
+    >>> hour = 3_600_000
+    >>> grid = Grid(start_ms=0, length_ms=hour, lateness_ms=hour, skew_ms=0)
     >>> windows = WindowStates(grid, (1, 1), ["v"], [])
     >>> rows = State(unit_id=np.array([1, 2], dtype=np.uint64), partition=np.array([0, 0]),
     ...     pair_key=np.array([5, 6], dtype=np.uint64),
     ...     event_priority=np.array([1, 2], dtype=np.uint64),
     ...     numeric={"v": np.array([1.0, 2.0])}, categorical={}, received=2)
-    >>> windows.add(rows, np.array([10, 4_000_000]), now_ms=3_700_000)
-    >>> list(windows.due(7_200_000))  # both hours closed at 2:00
-    [0, 1]
-    >>> windows.accounting(Counter()).pending
+    >>> windows.add(rows, np.array([10, hour + 10]), now_ms=hour + 10)
+    >>> windows.accounting(Counter()).pending  # one event in each of hours 0 and 1
     2
+    >>> list(windows.due(3 * hour))  # each closes an hour (the lateness) after its end
+    [0, 1]
     """
 
     def __init__(
