@@ -875,7 +875,7 @@ def _same_parts(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Bool:
     if x.dtype == y.dtype == object and x.size:
         # The very same object is one identity: only other pairs are compared by value
         # (keys of a batch built from a vocabulary often are the listed keys' objects).
-        same = object_addresses(x) == object_addresses(y)
+        same: Bool = np.equal(object_addresses(x), object_addresses(y))
         if not same.all():
             other = np.flatnonzero(~same)
             same[other] = _same_values(x[other], y[other])
