@@ -1011,6 +1011,7 @@ class KeyIndex:
         self._sorted_ids = np.zeros(0, np.int64)
         self._sorted_hashes = np.zeros(0, np.uint64)
         self._keys: list[Any] | None = []
+        self._addresses: tuple[npt.NDArray[np.uintp], I64] | None = None  # _find_objects
 
     def __len__(self) -> int:
         return int(self._lookup.size)
@@ -1059,7 +1060,16 @@ class KeyIndex:
         return self._ids_one_by_one(items)
 
     def lookup(self, keys: KeyColumns) -> I64:
-        """Ids of ``keys`` already in the index, -1 for the others (nothing is added)."""
+        """Ids of ``keys`` already in the index, -1 for the others (nothing is added).
+
+        Single-value keys that are the very objects this index holds (a batch built from
+        the listed keys) are found by address first, without hashing them."""
+        by_address = self._find_objects(keys)
+        if by_address is not None:
+            found, rest = by_address
+            if rest.size:
+                found[rest] = self.lookup(keys.take(rest))
+            return found
         found = self._find_columns(keys)
         if found is None:
             return np.fromiter(
@@ -1068,6 +1078,31 @@ class KeyIndex:
                 len(keys),
             )
         return found
+
+    def _find_objects(self, keys: KeyColumns) -> tuple[I64, I64] | None:
+        """Ids of the keys held as the same objects as this index's (-1 for the others) and
+        the positions of the others; None unless both hold one part of Python objects and
+        some key is found so."""
+        mine = self._columns
+        if mine is None or len(keys) < _SORTED_QUERIES or len(mine.parts) != 1:
+            return None
+        if len(keys.parts) != 1 or keys.parts[0].dtype != object or mine.parts[0].dtype != object:
+            return None
+        if self._addresses is None:
+            addresses = object_addresses(mine.parts[0])
+            order = np.argsort(addresses)
+            self._addresses = (addresses[order], order.astype(np.int64))
+        held, ids = self._addresses
+        addresses = object_addresses(keys.parts[0])
+        order = np.argsort(addresses)  # sorted queries: the binary searches walk forward
+        addresses = addresses[order]
+        at = np.minimum(np.searchsorted(held, addresses), held.size - 1)
+        same = held[at] == addresses  # while both hold them, one address is one object
+        if not same.any():
+            return None
+        found = np.empty(len(keys), dtype=np.int64)
+        found[order] = np.where(same, ids[at], np.int64(-1))
+        return found, np.sort(order[~same])
 
     def find(self, key: Any) -> int | None:
         """The id of ``key``, None if it is not in the index."""
@@ -1184,6 +1219,7 @@ class KeyIndex:
         else:
             sorted_hashes = by_lookup[0]
         self._keys = None
+        self._addresses = None
         if not self._lookup.size:  # the first keys: nothing to merge them into
             self._lookup, self._hashes = lookup, hashes
             self._sorted_lookup, self._sorted_ids = by_lookup
