@@ -1070,14 +1070,14 @@ class KeyIndex:
             if rest.size:
                 found[rest] = self.lookup(keys.take(rest))
             return found
-        found = self._find_columns(keys)
-        if found is None:
+        columnar = self._find_columns(keys)
+        if columnar is None:
             return np.fromiter(
                 (-1 if (i := self.find(key)) is None else i for key in keys.tolist()),
                 np.int64,
                 len(keys),
             )
-        return found
+        return columnar
 
     def _find_objects(self, keys: KeyColumns) -> tuple[I64, I64] | None:
         """Ids of the keys held as the same objects as this index's (-1 for the others) and
