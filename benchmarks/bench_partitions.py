@@ -2,9 +2,10 @@
 
 Issue 11: telemetry released by many keys at once. The workload: ``--events`` events (1M)
 from 200,000 users over ``--partitions`` public partitions (500,000; integer keys, and
-string keys ``"p0"``, ``"p1"``, ...; ``str-fresh``: the same strings, the events' as objects
-of their own, as read from a file rather than built from the partition list), each user bounded to 4 partitions and 2 events per
-partition, ``count`` + ``sum`` of a value in [0, 10], epsilon 1, every public partition
+string keys ``"p0"``, ``"p1"``, ...; ``str-fresh``: the same strings, the events' as
+objects of their own, as read from a file rather than built from the partition list), each
+user bounded to 4 partitions and 2 events per partition, ``count`` + ``sum`` of a value in
+[0, 10], epsilon 1, every public partition
 released (so 2 noisy values per partition). Timed from the events and the partition list in
 memory to the released table (``Aggregator(partitions=...)``, ``add``, ``release``), in CPU
 seconds of the process (the machine may be shared).

@@ -14,13 +14,14 @@ import warnings
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.test_key_index import ReferenceKeyIndex, key_batches
 
 import telemagg as tm
-from telemagg import _identity
+from telemagg import _identity, _ingest
 from telemagg._identity import KeyColumns, KeyIndex, _blake, _text_hashes, key_columns
 from telemagg.errors import UntrackedReleaseWarning
 from telemagg.testing import seeded
@@ -35,17 +36,20 @@ class EmptyIndexAggregator(tm.Aggregator):
 
 
 @st.composite
-def public_workloads(draw: st.DrawFn) -> tuple[Any, list[dict[str, Any]], int, bool]:
+def public_workloads(draw: st.DrawFn) -> tuple[Any, list[dict[str, Any]], int, int | None]:
     """Public partitions (int or str keys, in any order), batches of events over them and
-    over unlisted keys, a seed, and whether the events hold the listed objects."""
+    over unlisted keys, a seed, and which of the events' strings are objects of their own
+    (one in every n, all for 0; None: all are the listed objects)."""
     as_text = draw(st.booleans())
-    listed = draw(st.lists(st.integers(-5, 200), min_size=1, max_size=80, unique=True))
+    scale = draw(st.sampled_from([1, 10**15]))  # integers in a narrow range, or spread out
+    size = draw(st.sampled_from([1, 7, 64, 90]))  # below and above _VECTOR_MIN
+    listed = draw(st.lists(st.integers(-5, 200), min_size=size, max_size=size, unique=True))
     others = draw(st.lists(st.integers(201, 210), max_size=3))
-    names = [f"p{k}" if as_text else k for k in listed]
-    pool = names + [f"p{k}" if as_text else k for k in others]
+    names = [f"p{k}" if as_text else k * scale for k in listed]
+    pool = names + [f"p{k}" if as_text else k * scale for k in others]
     batches = []
     for _ in range(draw(st.integers(1, 3))):
-        n = draw(st.integers(0, 150))
+        n = draw(st.sampled_from([0, 3, 60, 150]))
         picks = draw(st.lists(st.integers(0, len(pool) - 1), min_size=n, max_size=n))
         values = draw(st.lists(st.floats(0, 10), min_size=n, max_size=n))
         users = draw(st.lists(st.integers(0, 12), min_size=n, max_size=n))
@@ -56,15 +60,17 @@ def public_workloads(draw: st.DrawFn) -> tuple[Any, list[dict[str, Any]], int, b
         batches.append({"user": np.asarray(users, np.int64), "key": key, "value": values})
     partitions = np.empty(len(names), dtype=object)
     partitions[:] = names
-    return partitions, batches, draw(st.integers(0, 2**16)), draw(st.booleans())
+    shared = draw(st.sampled_from([None, *range(4)]))  # None: every object shared
+    return partitions, batches, draw(st.integers(0, 2**16)), shared
 
 
-def fresh(values: Any) -> Any:
-    """The same strings as new objects (no address shared with the listed keys)."""
+def fresh(values: Any, every: int) -> Any:
+    """The same strings, one in ``every`` (all if 0) as a new object (no address shared
+    with the listed keys)."""
     if values.dtype != object:
         return values
-    out = np.empty(values.size, dtype=object)
-    out[:] = ["".join(list(v)) for v in values.tolist()]
+    out = values.copy()
+    out[:: every or 1] = ["".join(list(v)) for v in values[:: every or 1].tolist()]
     return out
 
 
@@ -87,14 +93,15 @@ def released(cls: type[tm.Aggregator], partitions: Any, batches: list[dict[str, 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(public_workloads(), st.integers(1, 2), st.booleans())
 def test_releases_equal_those_of_an_index_starting_empty(
-    workload: tuple[Any, list[dict[str, Any]], int, bool], shards: int, small: bool
+    workload: tuple[Any, list[dict[str, Any]], int, int | None], shards: int, small: bool
 ) -> None:
     partitions, batches, seed, shared = workload
-    if not shared:
-        batches = [{**b, "key": fresh(b["key"])} for b in batches]
+    if shared is not None:  # some or all strings as objects of their own
+        batches = [{**b, "key": fresh(b["key"], shared)} for b in batches]
     with pytest.MonkeyPatch.context() as patch:
-        if small:  # the sorted and by-address lookups on small batches too
-            patch.setattr(_identity, "_SORTED_QUERIES", 1)
+        if small:  # the sorted, by-address and table lookups on small batches too, and
+            patch.setattr(_identity, "_SORTED_QUERIES", 1)  # the factorization of key
+            patch.setattr(_ingest, "_MANY", 8)  # columns by object address
         got = released(tm.Aggregator, partitions, batches, seed, shards)
     expected = released(EmptyIndexAggregator, partitions, batches, seed, shards)
     assert got == expected
@@ -143,3 +150,26 @@ def test_lookup_finds_shared_objects_without_hashing_them() -> None:
 def test_text_hashes_are_one_blake2b_per_string(items: list[str]) -> None:
     expected = [_blake(b"s:", t.encode("utf-8")) for t in items]  # NUL and "" included
     assert _text_hashes(items).tolist() == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "ccc", None]), min_size=9, max_size=80), st.data())
+def test_factorize_by_reference_keeps_every_value(pool: list[Any], data: st.DataObject) -> None:
+    """Key columns factorized by object address: each event's value is its unique's;
+    other columns (``distinct=True``) get exactly pandas' codes and uniques."""
+    objects = {v: v for v in pool}  # one object per value...
+    values = np.empty(len(pool), dtype=object)
+    values[:] = [objects[v] for v in pool]
+    fresh_at = data.draw(st.lists(st.integers(0, len(pool) - 1), max_size=5))
+    for i in fresh_at:  # ...and some as objects of their own
+        if values[i] is not None:
+            values[i] = "".join(list(values[i]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_ingest, "_MANY", 8)
+        keys = _ingest.factorize(values, distinct=False)
+        other = _ingest.factorize(values)
+    expected_codes, expected_uniques = pd.factorize(values, use_na_sentinel=True)
+    assert other.codes.tolist() == expected_codes.tolist()
+    assert other.uniques.tolist() == list(expected_uniques)
+    got = [None if c < 0 else keys.uniques[c] for c in keys.codes.tolist()]
+    assert got == values.tolist()

@@ -984,6 +984,24 @@ _VECTOR_MIN = 64
 _REHASH = 0x5851F42D4C957F2D
 
 
+_DENSE_SPAN = 4
+"""An index of integer keys spanning at most this many times its size (and at least 1,024
+values) looks them up in a table from value to id."""
+
+
+def _dense_table(part: npt.NDArray[Any]) -> tuple[int, I64] | None:
+    """(lowest value, id of each value from it: -1 for none) of an int64 part spanning a
+    narrow range; None otherwise (or an index of other keys)."""
+    if part.dtype != np.int64 or not part.size:
+        return None
+    lo, hi = int(part.min()), int(part.max())
+    if hi - lo >= max(_DENSE_SPAN * part.size, 1024):
+        return None
+    table = np.full(hi - lo + 1, -1, dtype=np.int64)
+    table[part - lo] = np.arange(part.size, dtype=np.int64)
+    return lo, table
+
+
 class KeyIndex:
     """Dense integer ids for keys (partition key tuples, categorical values), by identity.
 
@@ -1012,6 +1030,7 @@ class KeyIndex:
         self._sorted_hashes = np.zeros(0, np.uint64)
         self._keys: list[Any] | None = []
         self._addresses: tuple[npt.NDArray[np.uintp], I64] | None = None  # _find_objects
+        self._dense: tuple[int, I64] | None = None  # _find_dense
 
     def __len__(self) -> int:
         return int(self._lookup.size)
@@ -1063,7 +1082,11 @@ class KeyIndex:
         """Ids of ``keys`` already in the index, -1 for the others (nothing is added).
 
         Single-value keys that are the very objects this index holds (a batch built from
-        the listed keys) are found by address first, without hashing them."""
+        the listed keys) are found by address first, without hashing them; integer keys of
+        an index of integers in a narrow range, in a table of that range."""
+        dense = self._find_dense(keys)
+        if dense is not None:
+            return dense
         by_address = self._find_objects(keys)
         if by_address is not None:
             found, rest = by_address
@@ -1078,6 +1101,25 @@ class KeyIndex:
                 len(keys),
             )
         return columnar
+
+    def _find_dense(self, keys: KeyColumns) -> I64 | None:
+        """Ids of one-part int64 keys in an index of one int64 part spanning at most
+        ``_DENSE_SPAN`` times its size (a table from value to id); None otherwise."""
+        mine = self._columns
+        if mine is None or len(keys) < _SORTED_QUERIES or len(mine.parts) != 1:
+            return None
+        if len(keys.parts) != 1 or keys.parts[0].dtype != np.int64:
+            return None
+        if self._dense is None:
+            self._dense = _dense_table(mine.parts[0])
+        if self._dense is None:
+            return None
+        lo, table = self._dense
+        values = keys.parts[0]
+        inside = np.flatnonzero((values >= lo) & (values <= lo + table.size - 1))
+        found = np.full(values.size, -1, dtype=np.int64)
+        found[inside] = table[values[inside] - lo]
+        return found
 
     def _find_objects(self, keys: KeyColumns) -> tuple[I64, I64] | None:
         """Ids of the keys held as the same objects as this index's (-1 for the others) and
@@ -1219,7 +1261,7 @@ class KeyIndex:
         else:
             sorted_hashes = by_lookup[0]
         self._keys = None
-        self._addresses = None
+        self._addresses = self._dense = None
         if not self._lookup.size:  # the first keys: nothing to merge them into
             self._lookup, self._hashes = lookup, hashes
             self._sorted_lookup, self._sorted_ids = by_lookup
