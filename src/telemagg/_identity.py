@@ -885,10 +885,10 @@ def _same_parts(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Bool:
 
 def _same_values(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Bool:
     """:func:`_same_parts`, value by value (in C where the types allow)."""
-    xs, ys = x.astype(object), y.astype(object)
+    xs, ys = x.astype(object, copy=False), y.astype(object, copy=False)
     same = np.asarray(xs == ys, dtype=bool)
     items_x, items_y = xs.tolist(), ys.tolist()
-    if not set(map(type, items_x)) | set(map(type, items_y)) <= _NO_CROSS_RANK_EQUALITY:
+    if not set(map(type, items_x)).union(map(type, items_y)) <= _NO_CROSS_RANK_EQUALITY:
         same &= np.fromiter(map(_rank, items_x), np.int8, xs.size) == np.fromiter(
             map(_rank, items_y), np.int8, ys.size
         )
@@ -1136,6 +1136,10 @@ class KeyIndex:
             self._addresses = (addresses[order], order.astype(np.int64))
         held, ids = self._addresses
         addresses = object_addresses(keys.parts[0])
+        probe = addresses[:: max(1, addresses.size // 1024)]  # ~1,024 keys, spread out
+        at = np.minimum(np.searchsorted(held, probe), held.size - 1)
+        if not np.any(held[at] == probe):
+            return None  # most likely none is: not worth a pass over every key
         order = np.argsort(addresses)  # sorted queries: the binary searches walk forward
         addresses = addresses[order]
         at = np.minimum(np.searchsorted(held, addresses), held.size - 1)
