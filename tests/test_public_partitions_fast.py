@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -173,3 +174,19 @@ def test_factorize_by_reference_keeps_every_value(pool: list[Any], data: st.Data
     assert other.uniques.tolist() == list(expected_uniques)
     got = [None if c < 0 else keys.uniques[c] for c in keys.codes.tolist()]
     assert got == values.tolist()
+
+
+def test_a_pickled_index_forgets_the_addresses_of_its_objects() -> None:
+    names = np.array([f"p{i}" for i in range(60_000)], dtype=object)
+    index = KeyIndex()
+    index.ids(KeyColumns((names,)))
+    assert index.lookup(KeyColumns((names[::-3],)))[0] == 59_999  # addresses cached
+    assert index._addresses is not None
+    restored = pickle.loads(pickle.dumps(index))
+    assert restored._addresses is None  # another process's objects: recomputed from its own
+    query = np.array(["".join(list(v)) for v in names[::-3].tolist()], dtype=object)
+    assert restored.lookup(KeyColumns((query,))).tolist() == list(range(59_999, -1, -3))
+    del restored.__dict__["_dense"]  # as pickled before the cache existed
+    again = pickle.loads(pickle.dumps(restored))
+    assert again._dense is None
+    assert again.lookup(KeyColumns((query,))).tolist() == list(range(59_999, -1, -3))

@@ -347,7 +347,7 @@ class Aggregator:
     def _pair_keys(self, unit_id: npt.NDArray[np.uint64], partition: I64) -> npt.NDArray[np.uint64]:
         key = self._randomness.sampling_key
         hashes = self._partitions.hashes  # only ever appended to: salts are kept, and extended
-        known = self._salts
+        known = getattr(self, "_salts", None)  # absent from an older pickle
         if known is None or known[0] != key or known[1].size > hashes.size:
             known = (key, hashes[:0])
         if known[1].size < hashes.size:

@@ -1035,6 +1035,14 @@ class KeyIndex:
     def __len__(self) -> int:
         return int(self._lookup.size)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the objects' addresses: they mean nothing in another process."""
+        return {**self.__dict__, "_addresses": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_addresses=None, _dense=None)  # caches an older pickle lacks
+        self.__dict__.update(state)
+
     @property
     def keys(self) -> list[Any]:
         """The keys in id order, in canonical released form (tuples or single values)."""
