@@ -202,7 +202,7 @@ class State:
 
     def __getstate__(self) -> dict[str, Any]:
         self._settle()  # pickle (Dask, processes) the bounded rows only
-        return dict(self.__dict__)
+        return {**self.__dict__, "_samples": {}}  # samples are recomputed, not shipped
 
     def _settle(self) -> None:
         """Bound the pending rows together with the bounded ones; count the evicted."""
