@@ -73,7 +73,7 @@ I64 = npt.NDArray[np.int64]
 
 STATE_FORMAT = 2
 """Layout of a pickled Aggregator; raised with every change to its attributes (2: windows
-in a WindowStates, states keep a cache of per-metric samples)."""
+in a WindowStates, a cache of partition salts, states keep a cache of per-metric samples)."""
 
 
 @dataclass
@@ -343,7 +343,7 @@ class Aggregator:
     def _pair_keys(self, unit_id: npt.NDArray[np.uint64], partition: I64) -> npt.NDArray[np.uint64]:
         key = self._randomness.sampling_key
         hashes = self._partitions.hashes  # only ever appended to: salts are kept, and extended
-        known = getattr(self, "_salts", None)  # absent from an older pickle
+        known = self._salts
         if known is None or known[0] != key or known[1].size > hashes.size:
             known = (key, hashes[:0])
         if known[1].size < hashes.size:
