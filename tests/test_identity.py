@@ -24,15 +24,15 @@ from hypothesis import strategies as st
 from tests.strategies import ID_CHARACTERS
 
 import telemagg as tm
-from telemagg import _identity
+from telemagg import _identity, _key_index
 from telemagg._identity import (
-    KeyIndex,
     canonical_unit,
     factorize_ids,
     key_identity,
     key_order,
     unit_hash,
 )
+from telemagg._key_index import KeyIndex
 from telemagg.errors import ConfigError, SchemaError
 from telemagg.testing import seeded
 
@@ -266,9 +266,10 @@ def test_keys_whose_64_bit_images_coincide_never_share_a_bounding_slot() -> None
 def test_colliding_key_hashes_are_rehashed_deterministically(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_identity, "key_hash", lambda identity: 12345)
+    monkeypatch.setattr(_key_index, "key_hash", lambda identity: 12345)
     index = KeyIndex()
     index.ids([("a",), ("b",), ("c",), ("a",)])
+    assert index.hashes.tolist()[0] == 12345  # the patched hash is the one in use
     assert len(set(index.hashes.tolist())) == 3
     again = KeyIndex()
     again.ids([("a",), ("b",), ("c",)])
@@ -352,7 +353,7 @@ def test_merge_recomputes_pair_keys_from_the_receiving_index(
     def colliding(identity: Any) -> int:  # on the shard, "b" collides with "a" seen first
         return real(key_identity(("a",))) if identity == b else real(identity)
 
-    monkeypatch.setattr(_identity, "key_hash", colliding)
+    monkeypatch.setattr(_key_index, "key_hash", colliding)
     shard.add({"user": [1, 2], "event": ["a", "b"], "value": [1.0, 1.0]})
     monkeypatch.undo()
     in_shard = shard._partitions.hashes[shard._partitions.find(("b",))]

@@ -1,6 +1,6 @@
 """The vectorised key index against the value-by-value one it replaced (issue 11).
 
-``ReferenceKeyIndex`` is the previous :class:`~telemagg._identity.KeyIndex`, verbatim in
+``ReferenceKeyIndex`` is the previous :class:`~telemagg._key_index.KeyIndex`, verbatim in
 behaviour: a dict from key identity to id, one hash per new key, a colliding hash moved.
 The columnar index must give the same ids, released keys and hashes on any sequence of
 batches, whichever path (whole columns, or value by value) each batch takes, and refuse
@@ -22,18 +22,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import telemagg as tm
-from telemagg import _identity
-from telemagg._identity import (
+from telemagg import _identity, _key_index
+from telemagg._identity import _mix64_int, canonical_keys, key_hash, key_identity
+from telemagg._key_index import (
     _VECTOR_MIN,
     KeyColumns,
     KeyIndex,
-    _mix64_int,
     _released,
-    canonical_keys,
     key_columns,
-    key_hash,
     key_hashes,
-    key_identity,
 )
 from telemagg.errors import SchemaError
 from telemagg.testing import seeded
@@ -161,9 +158,9 @@ def test_colliding_hashes_are_found_and_moved_as_before(
         return real_columns(keys) & np.uint64(3)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_identity, "key_hash", tiny)
-        patch.setattr(_identity, "_LOOKUP_HASH", tiny)
-        patch.setattr(_identity, "key_hashes", tiny_columns)
+        patch.setattr(_key_index, "key_hash", tiny)
+        patch.setattr(_key_index, "_LOOKUP_HASH", tiny)
+        patch.setattr(_key_index, "key_hashes", tiny_columns)
         index, reference = KeyIndex(), ReferenceKeyIndex(tiny)
         for batch, as_columns in zip(monkeypatch_batches, columns, strict=False):
             try:

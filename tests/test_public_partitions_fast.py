@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from tests.test_key_index import ReferenceKeyIndex, key_batches
 
 import telemagg as tm
-from telemagg import _identity, _ingest
-from telemagg._identity import KeyColumns, KeyIndex, _blake, _text_hashes, key_columns
+from telemagg import _identity, _ingest, _key_index
+from telemagg._identity import _blake
+from telemagg._key_index import KeyColumns, KeyIndex, _text_hashes, key_columns
 from telemagg.errors import UntrackedReleaseWarning
 from telemagg.testing import seeded
 
@@ -101,7 +102,7 @@ def test_releases_equal_those_of_an_index_starting_empty(
         batches = [{**b, "key": fresh(b["key"], shared)} for b in batches]
     with pytest.MonkeyPatch.context() as patch:
         if small:  # the sorted, by-address and table lookups on small batches too, and
-            patch.setattr(_identity, "_SORTED_QUERIES", 1)  # the factorization of key
+            patch.setattr(_key_index, "_SORTED_QUERIES", 1)  # the factorization of key
             patch.setattr(_ingest, "_MANY", 8)  # columns by object address
         got = released(tm.Aggregator, partitions, batches, seed, shards)
     expected = released(EmptyIndexAggregator, partitions, batches, seed, shards)
@@ -131,7 +132,7 @@ def test_lookup_by_address_and_sorted_agrees_with_the_reference(
     if query is None:
         return
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_identity, "_SORTED_QUERIES", 1)
+        patch.setattr(_key_index, "_SORTED_QUERIES", 1)
         got = index.lookup(query).tolist()
     expected = [reference._ids.get(_identity.key_identity(k), -1) for k in query.tolist()]
     assert got == expected

@@ -34,8 +34,8 @@ from telemagg._consent_gate import (
     withdrawn,
     without_units,
 )
-from telemagg._identity import KeyColumns, KeyIndex
 from telemagg._ingest import Batch, Encoded, ingest
+from telemagg._key_index import KeyColumns, KeyIndex
 from telemagg._plan import Plan
 from telemagg._releasing import (
     NOT_PUBLIC_PARTITION,

@@ -22,12 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from telemagg._identity import (
-    KeyColumns,
-    canonical_keys,
-    int_unit_ids,
-    unit_hashes,
-)
+from telemagg._identity import canonical_keys, int_unit_ids, unit_hashes
+from telemagg._key_index import KeyColumns
 from telemagg.errors import SchemaError
 
 __all__ = ["Batch", "Encoded", "factorize", "ingest"]
@@ -344,7 +340,7 @@ def factorize(values: Any, name: str = "values", *, distinct: bool = True) -> En
     Uses pandas' hash-based factorize when pandas is installed (much faster on strings),
     otherwise numpy's sort-based unique. With ``distinct=False`` one ``str`` value may hold
     two codes (two objects): for key columns, whose values
-    :class:`~telemagg._identity.KeyIndex` makes one id by identity anyway.
+    :class:`~telemagg._key_index.KeyIndex` makes one id by identity anyway.
 
     >>> enc = factorize(np.array(["b", None, "a", "b"], dtype=object))
     >>> [enc.uniques[c] if c >= 0 else None for c in enc.codes]
@@ -469,7 +465,7 @@ def _encode(column: Any, name: str, distinct: bool = True) -> Encoded:
 def _encode_keys(column: Any, name: str, distinct: bool = True) -> Encoded:
     """A key (or categorical) column factorized, its distinct values in canonical form
     (:func:`telemagg._identity.canonical_keys`); equal values of different types may still
-    hold two codes: :class:`~telemagg._identity.KeyIndex` makes them one id (and with
+    hold two codes: :class:`~telemagg._key_index.KeyIndex` makes them one id (and with
     ``distinct=False`` two objects of one ``str``: see :func:`factorize`)."""
     encoded = _encode(column, name, distinct)
     values, missing = canonical_keys(encoded.uniques, column=name)

@@ -14,9 +14,10 @@ import numpy.typing as npt
 
 from telemagg import _mechanisms as mech
 from telemagg._consent_gate import CONSENT
-from telemagg._identity import KeyColumns, KeyIndex, canonical_keys, key_order
+from telemagg._identity import canonical_keys, key_order
 from telemagg._ingest import MISSING_PRIVACY_UNIT
 from telemagg._intervals import Measured
+from telemagg._key_index import KeyColumns, KeyIndex
 from telemagg._plan import (
     UNIT_COUNT,
     Column,
