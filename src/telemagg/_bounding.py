@@ -202,24 +202,25 @@ def bound_contributions(
         return _bound(unit_id, pair_key, event_priority, max_partitions, max_contributions)
     # Units are bounded independently: split the rows by the top bits of their unit's
     # (uniformly mixed) id and bound each bucket on its own, so that the sorts and their
-    # temporaries stay bucket-sized. A stable sort of the bucket numbers (a radix sort of
-    # bytes, one pass) lists each bucket's rows in input order, so ties break by position
-    # as before, and a pair key shared by two units in two buckets is two groups, as the
-    # exact path makes it: the kept rows are those of one pass.
+    # temporaries stay bucket-sized. The rows of a group of buckets are gathered at once
+    # (see _OUTER_BITS), then a stable sort of their bucket numbers lists each bucket's rows
+    # in input order, so ties break by position as before, and a pair key shared by two
+    # units in two buckets is two groups, as the exact path makes it: the kept rows are
+    # those of one pass.
     bits = min((n // _BUCKET_ROWS).bit_length(), _MAX_BUCKET_BITS)
     outer = min(bits, _OUTER_BITS)
-    shift = np.uint64(64 - outer)
-    group = np.empty(n, dtype=np.uint8)
+    shift = np.uint64(64 - bits)
+    bucket = np.empty(n, dtype=np.uint8)
     for at in range(0, n, _CHUNK):  # a chunk at a time: no n-row uint64 temporary
-        group[at : at + _CHUNK] = unit_id[at : at + _CHUNK] >> shift
+        bucket[at : at + _CHUNK] = unit_id[at : at + _CHUNK] >> shift
     keep = np.zeros(n, dtype=bool)
     for g in range(1 << outer):
-        rows = np.flatnonzero(group == g)
+        rows = np.flatnonzero((bucket >> np.uint8(bits - outer)) == g)
         if rows.size == 0:
             continue
         units, pairs, priorities = unit_id[rows], pair_key[rows], event_priority[rows]
         kept = np.zeros(rows.size, dtype=bool)
-        for inner in _buckets(units, outer, bits):
+        for inner in _buckets(bucket[rows], bits - outer):
             kept[inner[
                 _kept_rows(
                     units[inner], pairs[inner], priorities[inner], max_partitions,
@@ -230,15 +231,14 @@ def bound_contributions(
     return keep
 
 
-def _buckets(unit_id: U64, skip: int, bits: int) -> list[I64]:
-    """The rows of each bucket of ``unit_id`` by its bits ``skip`` to ``bits`` (from the
-    top), each in ascending order (a stable radix sort of the bucket numbers)."""
-    if bits == skip:
-        return [np.arange(unit_id.size)]
-    bucket = unit_id << np.uint64(skip)
-    bucket >>= np.uint64(64 - (bits - skip))
-    order = np.argsort(bucket.astype(np.uint8), kind="stable")
-    ends = np.cumsum(np.bincount(bucket, minlength=1 << (bits - skip))).tolist()
+def _buckets(bucket: npt.NDArray[np.uint8], bits: int) -> list[I64]:
+    """The positions of each value of the low ``bits`` bits of ``bucket`` (masked in
+    place), each list in ascending order (a stable sort of bytes is a radix sort)."""
+    if bits == 0:
+        return [np.arange(bucket.size)]
+    bucket &= np.uint8((1 << bits) - 1)
+    order = np.argsort(bucket, kind="stable")
+    ends = np.cumsum(np.bincount(bucket, minlength=1 << bits)).tolist()
     return [order[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True) if hi > lo]
 
 
