@@ -359,7 +359,8 @@ def flights_main(args: argparse.Namespace) -> None:
             (
                 c.get("max_partitions"),
                 c.get("max_contributions"),
-                c["bounds"]["delay_min"],
+                c.get("metric_max_contributions"),
+                c["metric_bounds"],
                 round(c["events_kept_share"], 3),
             )
             for c in CHOSEN

@@ -797,3 +797,20 @@ def test_integer_keys_beyond_64_bits_export_to_arrow_exactly() -> None:
     column = release.to_arrow().column("k")
     assert [int(v) for v in column.to_pylist()] == keys
     assert str(column.type) == "decimal128(38, 0)"
+
+
+def test_a_pickled_aggregator_of_another_state_format_is_refused_naming_it() -> None:
+    import pickle
+
+    from telemagg import _aggregator
+
+    agg = tm.Aggregator(policy=tm.Policy(privacy_unit="u"), by="e", metrics=[tm.count()])
+    data = pickle.dumps(agg)
+    assert isinstance(pickle.loads(data), tm.Aggregator)  # this version reads its own
+    old = _aggregator.STATE_FORMAT
+    _aggregator.STATE_FORMAT = old + 1  # a later version reading this one's
+    try:
+        with pytest.raises(tm.ConfigError, match=f"state format {old}"):
+            pickle.loads(data)
+    finally:
+        _aggregator.STATE_FORMAT = old

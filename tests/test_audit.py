@@ -467,6 +467,14 @@ def test_cli_audit_unreadable_files_exit_2(
         ("histogram(ms, 0 10 100)", tm.histogram("ms", bins=[0, 10, 100])),
         ("histogram(ms, 0, 10, 100)", tm.histogram("ms", bins=[0, 10, 100])),
         ("top_k(code, 3, name=codes)", tm.top_k("code", k=3, name="codes")),
+        (
+            "mean(ms, 0, 100, max_contributions=3, name=m)",
+            tm.mean("ms", bounds=(0, 100), max_contributions=3, name="m"),
+        ),
+        (
+            "quantiles(ms, 0.5, 1, 100, log, max_contributions = 2)",
+            tm.quantiles("ms", [0.5], bounds=(1, 100), scale="log", max_contributions=2),
+        ),
     ],
 )
 def test_metric_spec_spells_every_metric(spec: str, made: tm.Metric) -> None:
@@ -474,7 +482,20 @@ def test_metric_spec_spells_every_metric(spec: str, made: tm.Metric) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["", "count(1)", "sum(x, 0, one)", "top_k(x, 2.5)", "histogram(x, 2 1)", "mean x"]
+    "spec",
+    [
+        "",
+        "count(1)",
+        "sum(x, 0, one)",
+        "top_k(x, 2.5)",
+        "histogram(x, 2 1)",
+        "mean x",
+        "count(max_contributions=2)",
+        "mean(x, 0, 1, max_contributions=two)",
+        "mean(x, 0, 1, max_contributions=0)",
+        "mean(x, 0, 1, bins=3)",
+        "mean(x, 0, 1, name=a, name=b)",
+    ],
 )
 def test_metric_spec_errors_name_the_spec(spec: str) -> None:
     with pytest.raises(tm.ConfigError, match="metric"):

@@ -2,7 +2,8 @@
 
 Data flow: ``add`` ingests a batch (``_ingest``), drops events without consent
 (``_consent_gate``), gives each event its unit identity, partition and bottom-k priorities,
-and absorbs it into the bounded state (``_state``, ``_bounding``). ``release`` plans the
+and absorbs it into the bounded state (``_state``, ``_bounding``; with ``window=``, the
+state of each window, ``_window_states``). ``release`` plans the
 measurements and budget split (``_releasing``, ``_plan``), charges the ledger, then selects
 partitions, adds noise (``_mechanisms``) and packages a :class:`~telemagg.release.Release`
 (``_releasing``).
@@ -11,12 +12,13 @@ partitions, adds noise (``_mechanisms``) and packages a :class:`~telemagg.releas
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +48,8 @@ from telemagg._releasing import (
 )
 from telemagg._state import SamplingKey, State
 from telemagg._tuning import needs_tuning, tune
-from telemagg._windows import FUTURE, LATE, Grid, Schedule, by_window, instant_ms
+from telemagg._window_states import WindowStates
+from telemagg._windows import Grid, instant_ms
 from telemagg.consent import ConsentRegistry
 from telemagg.errors import (
     BudgetExceededError,
@@ -67,6 +70,10 @@ from telemagg.policy import (
 from telemagg.release import Accounting, Release
 
 I64 = npt.NDArray[np.int64]
+
+STATE_FORMAT = 2
+"""Layout of a pickled Aggregator; raised with every change to its attributes (2: windows
+in a WindowStates, states keep a cache of per-metric samples)."""
 
 
 @dataclass
@@ -176,16 +183,34 @@ class Aggregator:
         self._warned_untracked = False
         self._reset()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_format": STATE_FORMAT}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A pickled Aggregator (Dask workers, the collector's checkpoints) of this version
+        only: another layout would fail later, far from its cause."""
+        found = state.pop("_format", None)
+        if found != STATE_FORMAT:
+            raise ConfigError(
+                f"this Aggregator was saved by another telemagg version (state format"
+                f" {found!r}; this version reads {STATE_FORMAT}): release or drain it with"
+                " that version, or start again from the events (a collector: a new"
+                " state.name)"
+            )
+        self.__dict__.update(state)
+
     def _reset(self) -> None:
         """Empty state: no partitions, no events, no windows."""
         self._partitions = KeyIndex()
         self._categories = {c: KeyIndex() for c in self._categorical}  # values, global ids
         self._state = self._empty_state()
-        self._windows: dict[int, State] = {}  # pending windows that received events
-        self._schedule = None if self._grid is None else Schedule(self._grid)
-        self._received_total = 0
-        self._aggregated = 0  # events in the tables of released windows
-        self._outside_windows: Counter[str] = Counter()  # dropped outside pending windows
+        self._windows = (
+            None
+            if self._grid is None
+            else WindowStates(
+                self._grid, self.policy.bounding_limits, self._numeric, self._categorical
+            )
+        )
         # Consent: the registry's history position before the earliest check of held events
         # and what silence meant then (see _honour_consent_changes).
         self._consent_position: int | None = None
@@ -240,11 +265,11 @@ class Aggregator:
         batch.unit = Encoded(np.zeros(0, np.int64), batch.unit.uniques[:0])
         time_ms, rows = batch.time_ms, self._rows(batch)
         del batch
-        if self.window is None:
+        if self._windows is None:
             self._state = self._absorb(self._state, rows)
         else:
             assert time_ms is not None
-            self._add_to_windows(rows, time_ms, now_ms)
+            self._windows.add(rows, time_ms, now_ms)
 
     def _absorb(self, state: State, rows: State, *, rows_bounded: bool = False) -> State:
         max_partitions, max_contributions = self.policy.bounding_limits
@@ -254,26 +279,6 @@ class Aggregator:
             max_contributions=max_contributions,
             rows_bounded=rows_bounded,
         )
-
-    # ------------------------------------------------------------------ windows
-
-    def _add_to_windows(self, rows: State, time_ms: I64, now_ms: int) -> None:
-        """Split rows over the windows of the grid; future and late events are dropped.
-
-        The clock is ``now``, never the events: see :mod:`telemagg._windows`. Events that
-        reach no window are counted in :meth:`accounting`; each window's release accounts
-        for the events placed in it.
-        """
-        assert self._schedule is not None
-        self._received_total += rows.received
-        self._outside_windows.update(rows.dropped)
-        index, future, late = self._schedule.classify(time_ms, now_ms)
-        self._outside_windows[FUTURE] += int(np.count_nonzero(future))
-        self._outside_windows[LATE] += int(np.count_nonzero(late))
-        for w, positions in by_window(index, ~(future | late)):  # a loop over windows
-            part = rows.select(cast(npt.NDArray[np.bool_], positions))  # positions index too
-            part.received, part.dropped = len(positions), Counter()
-            self._windows[w] = self._absorb(self._windows.get(w, self._empty_state()), part)
 
     def _empty_state(self) -> State:
         return State.empty(self._numeric, self._categorical)
@@ -296,21 +301,12 @@ class Aggregator:
                    'future': 1, 'late': 0, 'missing_privacy_unit': 1}, missing_values={})
         """
         dropped = reported_reasons(self.consent is not None)
-        if self.window is None:
-            dropped.update(self._state.dropped)
-            state = self._state
-            return Accounting(
-                received=state.received, aggregated=0, pending=len(state), dropped=dropped
-            )
-        dropped.update({LATE: 0, FUTURE: 0})
-        dropped.update(self._outside_windows)
-        for state in self._windows.values():
-            dropped.update(state.dropped)
+        if self._windows is not None:
+            return self._windows.accounting(dropped)
+        dropped.update(self._state.dropped)
+        state = self._state
         return Accounting(
-            received=self._received_total,
-            aggregated=self._aggregated,
-            pending=sum(len(s) for s in self._windows.values()),
-            dropped=dropped,
+            received=state.received, aggregated=0, pending=len(state), dropped=dropped
         )
 
     def _rows(self, batch: Batch) -> State:
@@ -348,7 +344,8 @@ class Aggregator:
         other.__dict__.update(self.__dict__)
         other._randomness = self._randomness.spawn()
         other._reset()
-        other._schedule = self._schedule  # immutable: windows released here are late there
+        if self._windows is not None:  # windows released here are late there
+            other._windows = self._windows.spawn()
         return other
 
     def merge(self, *others: Aggregator) -> None:
@@ -369,17 +366,16 @@ class Aggregator:
         mark = earliest(marks)
         if mark is not None:  # the earliest check of any held event is where re-checking starts
             self._consent_position, self._consent_opt_in = mark
-        if self.window is None:
-            adopted = [self._adopt(other, other._state) for other in others]
-            same_key = all(
-                o._randomness.sampling_key == self._randomness.sampling_key for o in others
-            )
-            self._state = self._absorb(
-                self._state, State.concat(adopted), rows_bounded=same_key and len(others) == 1
-            )
+        if self._windows is not None:
+            for other in others:
+                assert other._windows is not None  # same window: _check_mergeable
+                self._windows.merge(other._windows, functools.partial(self._adopt, other))
             return
-        for other in others:
-            self._merge_windows(other)
+        adopted = [self._adopt(other, other._state) for other in others]
+        same_key = all(o._randomness.sampling_key == self._randomness.sampling_key for o in others)
+        self._state = self._absorb(
+            self._state, State.concat(adopted), rows_bounded=same_key and len(others) == 1
+        )
 
     def _check_mergeable(self, other: Aggregator) -> None:
         if not isinstance(other, Aggregator):
@@ -402,20 +398,6 @@ class Aggregator:
                     f"cannot merge aggregators with different {name}:"
                     f" {getattr(self, name)!r} != {getattr(other, name)!r}"
                 )
-
-    def _merge_windows(self, other: Aggregator) -> None:
-        """Merge per window; the other's events in windows released here count as late."""
-        assert self._schedule is not None
-        self._received_total += other._received_total
-        self._aggregated += other._aggregated
-        self._outside_windows.update(other._outside_windows)
-        for w, theirs in other._windows.items():
-            if w <= self._schedule.released_through:
-                self._outside_windows[LATE] += len(theirs)
-                self._outside_windows.update(theirs.dropped)
-                continue
-            mine = self._windows.get(w, self._empty_state())
-            self._windows[w] = self._absorb(mine, self._adopt(other, theirs))
 
     def _adopt(self, other: Aggregator, theirs: State) -> State:
         """Another aggregator's state in this one's partition ids and sampling key."""
@@ -516,7 +498,8 @@ class Aggregator:
         >>> agg.release_closed(1.0, partitions=["a"], now=3 * 3600)  # each window once
         []
         """
-        if self._schedule is None:
+        windows = self._windows
+        if windows is None:
             raise ConfigError(
                 "release_closed needs an Aggregator made with window=...; use release"
             )
@@ -525,21 +508,17 @@ class Aggregator:
             epsilon, delta, partitions, noise, allow_large_delta, tuning_share
         )
         self._honour_consent_changes()
-        due = self._schedule.due(now_ms, flush=flush)
+        due = windows.due(now_ms, flush=flush)
         released: list[Release] = []
         with open_ledger(ledger) as charged:
-            for w in due:
-                state = self._windows.get(w)
-                if state is None:  # no event: released all the same (the schedule's choice)
-                    state = self._empty_state()
+            for w in due:  # a window without events is released all the same
                 try:
-                    release = self._release(state, plan, params, public, charged, label, w)
+                    release = self._release(
+                        windows.state(w), plan, params, public, charged, label, w
+                    )
                 except TelemaggError as exc:
                     raise self._partial_failure(exc, released, due, w) from exc
-                self._windows.pop(w, None)
-                self._schedule = self._schedule.released(w)
-                self._aggregated += release.accounting.aggregated
-                self._outside_windows.update(release.accounting.dropped)
+                windows.released(w, release)
                 released.append(release)
         return released
 
@@ -565,7 +544,8 @@ class Aggregator:
         ids = withdrawn(consent, purpose, changed)
         if ids.size:
             self._state = without_units(self._state, ids)
-            self._windows = {w: without_units(s, ids) for w, s in self._windows.items()}
+            if self._windows is not None:
+                self._windows.without(lambda state: without_units(state, ids))
         # only now: if the registry failed above, the next release asks again from the old
         # position (advancing first would let a withdrawn unit's events through after a
         # failed release)

@@ -48,12 +48,12 @@ from telemagg import _samplers
 from telemagg._plan import (
     Calibrated,
     Column,
-    centred_key,
     histogram_key,
     list_column,
+    metric_key,
     present_count_key,
-    square_step,
     sum_key,
+    sum_keys,
 )
 from telemagg._samplers import laplace_rate
 from telemagg.errors import ConfigError
@@ -304,17 +304,14 @@ def _mean_variance_bounds(metric: Mean | Variance, measured: Measured, level: fl
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     parts = 2 if isinstance(metric, Mean) else 3
     alpha = (1.0 - level) / parts
-    count = _noise_bounds(measured, present_count_key(metric.column), alpha)
-    centred_sum = _noise_bounds(
-        measured, centred_key(metric.column, metric.value_bounds, 1, metric.step), alpha
-    )
+    count = _noise_bounds(measured, metric_key(metric, present_count_key(metric.column)), alpha)
+    centred_key, *squares_key = (key for key, _ in sum_keys(metric))
+    centred_sum = _noise_bounds(measured, centred_key, alpha)
     m_low, m_high = _ratio_range(centred_sum, count)
     m_low, m_high = np.clip(m_low, -half, half), np.clip(m_high, -half, half)
     if isinstance(metric, Mean):
         return np.clip(mid + m_low, lo, hi), np.clip(mid + m_high, lo, hi)
-    squares = _noise_bounds(
-        measured, centred_key(metric.column, metric.value_bounds, 2, square_step(metric)), alpha
-    )
+    squares = _noise_bounds(measured, squares_key[0], alpha)
     low, high = _variance_range(count, centred_sum, squares)
     return np.clip(low, 0.0, half**2), np.clip(high, 0.0, half**2)
 
@@ -353,7 +350,7 @@ def _bounds(metric: Metric, measured: Measured, level: float) -> dict[str, Bound
     if isinstance(metric, UnitCount):
         return {metric.name: _unit_count_bounds(measured, alpha)}
     if isinstance(metric, Sum):
-        key = sum_key(metric.column, metric.value_bounds, metric.step)
+        key = metric_key(metric, sum_key(metric.column, metric.value_bounds, metric.step))
         return {metric.name: _noise_bounds(measured, key, alpha)}
     if isinstance(metric, Histogram):
         return {metric.name: _non_negative(_noise_bounds(measured, histogram_key(metric), alpha))}

@@ -8,13 +8,16 @@
 ``top_k(col, k)``                                     the ``k`` most frequent values
 ====================================================  =========================================
 
-Any of them takes a last argument ``name=<column name>``: ``count(name=events)``.
+Any of them takes a last argument ``name=<column name>``: ``count(name=events)``; the
+value metrics (sum, mean, variance, quantiles) also ``max_contributions=N``, their own
+contribution bound.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from telemagg.errors import ConfigError
 from telemagg.policy import (
@@ -34,7 +37,7 @@ __all__ = ["METRIC_SYNTAX", "parse_metric", "parse_metrics"]
 METRIC_SYNTAX = (
     "count | unit_count | sum(col, lo, hi) | mean(col, lo, hi) | variance(col, lo, hi)"
     " | quantiles(col, 0.5 0.9, lo, hi[, log]) | histogram(col, e0 e1 e2 ...) | top_k(col, k)"
-    " [, name=...]"
+    " [, name=...] [, max_contributions=N (sum, mean, variance, quantiles)]"
 )
 
 _CALL = re.compile(r"^\s*([A-Za-z_]+)\s*(?:\((.*)\))?\s*$", re.S)
@@ -49,6 +52,8 @@ def parse_metric(spec: str) -> Metric:
     ('p50_latency_ms', 'p90_latency_ms')
     >>> parse_metric("count(name=events)").name
     'events'
+    >>> parse_metric("mean(duration_ms, 0, 60000, max_contributions=3)").max_contributions
+    3
     >>> parse_metric("top_k(x)")
     Traceback (most recent call last):
     ...
@@ -61,9 +66,22 @@ def parse_metric(spec: str) -> Metric:
         raise ConfigError(f"metric {spec!r} is not one of: {METRIC_SYNTAX}")
     kind, inner = match.group(1), match.group(2)
     args = [a.strip() for a in inner.split(",")] if inner and inner.strip() else []
-    name = ""
-    if args and args[-1].startswith("name="):
-        name = args.pop().removeprefix("name=").strip()
+    options: dict[str, Any] = {}
+    while args and "=" in args[-1]:
+        key, _, value = (part.strip() for part in args.pop().partition("="))
+        if key not in ("name", "max_contributions") or key in options:
+            raise ConfigError(
+                f"metric {spec!r}: {key!r} is not an option here (name=, and for sum, mean,"
+                " variance and quantiles max_contributions=)"
+            )
+        options[key] = value
+    if "max_contributions" in options:
+        if kind not in _VALUE_KINDS:
+            raise ConfigError(f"metric {spec!r}: {kind} takes no max_contributions")
+        try:
+            options["max_contributions"] = _integer(options["max_contributions"])
+        except ValueError as exc:
+            raise ConfigError(f"metric {spec!r}: max_contributions: {exc}") from None
     shape, build = _KINDS[kind]
     if not shape.low <= len(args) <= shape.high:
         plural = "" if len(args) == 1 else "s"
@@ -71,7 +89,7 @@ def parse_metric(spec: str) -> Metric:
             f"metric {spec!r}: {kind} takes {shape.text}, not {len(args)} argument{plural}"
         )
     try:
-        return build(args, name)
+        return build(args, options)
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise ConfigError(f"metric {spec!r}: {exc}") from None
@@ -108,27 +126,28 @@ def _integer(text: str) -> int:
         raise ValueError(f"{text!r} is not an integer") from None
 
 
-Builder = Callable[[list[str], str], Metric]
+Builder = Callable[[list[str], dict[str, Any]], Metric]
 _BOUNDED = _Shape("(column, lower, upper)", 3)
+_VALUE_KINDS = ("sum", "mean", "variance", "quantiles")
 _KINDS: dict[str, tuple[_Shape, Builder]] = {
-    "count": (_Shape("no arguments", 0), lambda a, n: count(name=n)),
-    "unit_count": (_Shape("no arguments", 0), lambda a, n: unit_count(name=n)),
-    "sum": (_BOUNDED, lambda a, n: sum(a[0], (_number(a[1]), _number(a[2])), name=n)),
-    "mean": (_BOUNDED, lambda a, n: mean(a[0], (_number(a[1]), _number(a[2])), name=n)),
-    "variance": (_BOUNDED, lambda a, n: variance(a[0], (_number(a[1]), _number(a[2])), name=n)),
+    "count": (_Shape("no arguments", 0), lambda a, o: count(**o)),
+    "unit_count": (_Shape("no arguments", 0), lambda a, o: unit_count(**o)),
+    "sum": (_BOUNDED, lambda a, o: sum(a[0], (_number(a[1]), _number(a[2])), **o)),
+    "mean": (_BOUNDED, lambda a, o: mean(a[0], (_number(a[1]), _number(a[2])), **o)),
+    "variance": (_BOUNDED, lambda a, o: variance(a[0], (_number(a[1]), _number(a[2])), **o)),
     "quantiles": (
         _Shape("(column, levels, lower, upper[, log|linear])", 4, 5),
-        lambda a, n: quantiles(
+        lambda a, o: quantiles(
             a[0],
             _numbers(a[1]),
             (_number(a[2]), _number(a[3])),
             scale=a[4] if len(a) > 4 else "linear",  # type: ignore[arg-type]  # validated
-            name=n,
+            **o,
         ),
     ),
     "histogram": (
         _Shape("(column, edges)", 2, 10_001),
-        lambda a, n: histogram(a[0], _numbers(" ".join(a[1:])), name=n),
+        lambda a, o: histogram(a[0], _numbers(" ".join(a[1:])), **o),
     ),
-    "top_k": (_Shape("(column, k)", 2), lambda a, n: top_k(a[0], _integer(a[1]), name=n)),
+    "top_k": (_Shape("(column, k)", 2), lambda a, o: top_k(a[0], _integer(a[1]), **o)),
 }

@@ -58,7 +58,7 @@ import numpy.typing as npt
 from telemagg import _mechanisms as mech
 from telemagg._identity import key_identity
 from telemagg._quantiles import quantile_columns, quantile_key, quantile_spec
-from telemagg._state import State
+from telemagg._state import State, sample_key
 from telemagg.errors import ConfigError, TelemaggError
 from telemagg.policy import (
     Count,
@@ -72,6 +72,7 @@ from telemagg.policy import (
     Sum,
     TopK,
     UnitCount,
+    ValueMetric,
     Variance,
     default_resolution,
 )
@@ -364,8 +365,44 @@ def histogram_spec(policy: Policy, metric: Histogram) -> MeasurementSpec:
     )
 
 
+def metric_key(metric: Metric, key: str) -> str:
+    """Key of a measurement as ``metric`` reads it: a value metric with its own
+    ``max_contributions`` reads its own sample, which never shares a measurement with the
+    policy's rows."""
+    return sample_key(key, metric.max_contributions if isinstance(metric, ValueMetric) else None)
+
+
+def _sampled(metric: ValueMetric, spec: MeasurementSpec, linf: int) -> MeasurementSpec:
+    """``spec`` (calibrated at Linf ``linf``) computed on each pair's ``linf`` events of
+    smallest priority (:meth:`State.sampled`), under the metric's key."""
+    compute = spec.compute
+
+    def sampled(s: State, n: int) -> I64:
+        return compute(s.sampled(linf), n)
+
+    return replace(
+        spec,
+        key=metric_key(metric, spec.key),
+        compute=sampled,
+        details={**spec.details, "max_contributions": linf},
+    )
+
+
 def measurement_specs(metric: Metric, policy: Policy) -> list[MeasurementSpec]:
-    """The measurements a metric is computed from."""
+    """The measurements a metric is computed from. A value metric with its own
+    ``max_contributions`` below the policy's reads a sample of the kept events and is
+    calibrated to its own bound; at or above the policy's it reads them all."""
+    if isinstance(metric, ValueMetric) and metric.max_contributions is not None:
+        linf = min(metric.max_contributions, policy.linf)
+        own = policy.model_copy(update={"max_contributions": linf})
+        specs = _measurement_specs(metric.model_copy(update={"max_contributions": None}), own)
+        if linf == policy.linf:  # nothing to sample
+            return [replace(s, key=metric_key(metric, s.key)) for s in specs]
+        return [_sampled(metric, s, linf) for s in specs]
+    return _measurement_specs(metric, policy)
+
+
+def _measurement_specs(metric: Metric, policy: Policy) -> list[MeasurementSpec]:
     if isinstance(metric, Count):
         return [count_spec(policy)]
     if isinstance(metric, UnitCount):
@@ -393,7 +430,7 @@ INSUFFICIENT_STDDEVS = 2.0
 :func:`insufficient_below`."""
 
 
-def _sum_keys(metric: Mean | Variance) -> list[tuple[str, float]]:
+def sum_keys(metric: Mean | Variance) -> list[tuple[str, float]]:
     """The centred sums of a mean or variance, each with the largest size its ratio to the
     count can have (the half-width, or its square)."""
     half = (metric.value_bounds[1] - metric.value_bounds[0]) / 2.0
@@ -402,7 +439,7 @@ def _sum_keys(metric: Mean | Variance) -> list[tuple[str, float]]:
         keys.append(
             (centred_key(metric.column, metric.value_bounds, 2, square_step(metric)), half**2)
         )
-    return keys
+    return [(metric_key(metric, key), largest) for key, largest in keys]
 
 
 def insufficient_below(metric: Mean | Variance, calibrated: Mapping[str, Calibrated]) -> float:
@@ -420,8 +457,8 @@ def insufficient_below(metric: Mean | Variance, calibrated: Mapping[str, Calibra
     >>> round(insufficient_below(metric, plan), 1)  # 2 x the count's noise stddev
     28.3
     """
-    count = calibrated[present_count_key(metric.column)]
-    sums = [calibrated[key].stddev / largest for key, largest in _sum_keys(metric)]
+    count = calibrated[metric_key(metric, present_count_key(metric.column))]
+    sums = [calibrated[key].stddev / largest for key, largest in sum_keys(metric)]
     return max(1.0, INSUFFICIENT_STDDEVS * count.stddev, *sums)
 
 
@@ -458,7 +495,7 @@ def finalize(
     ``value_counts`` holds the released (partition, value) counts that ``top_k`` reads.
     """
     if isinstance(metric, Quantiles):
-        return quantile_columns(metric, noisy[quantile_key(metric)])
+        return quantile_columns(metric, noisy[metric_key(metric, quantile_key(metric))])
     if isinstance(metric, Histogram):
         counts = np.maximum(noisy[histogram_key(metric)], 0.0)
         return {metric.name: list_column([row.tolist() for row in counts])}
@@ -471,22 +508,22 @@ def finalize(
         key = "count" if isinstance(metric, Count) else "unit_count"
         return {metric.name: np.maximum(noisy[key][:, 0], 0.0)}
     if isinstance(metric, Sum):
-        return {metric.name: noisy[sum_key(metric.column, metric.value_bounds, metric.step)][:, 0]}
+        key = metric_key(metric, sum_key(metric.column, metric.value_bounds, metric.step))
+        return {metric.name: noisy[key][:, 0]}
     assert isinstance(metric, Mean | Variance)
     assert calibrated is not None
     lo, hi = metric.value_bounds
     mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
-    count_key = present_count_key(metric.column)
-    noisy_count = noisy[count_key][:, 0]
+    (centred_sum, _), *squares_sum = sum_keys(metric)
+    noisy_count = noisy[metric_key(metric, present_count_key(metric.column))][:, 0]
     unknown = noisy_count < insufficient_below(metric, calibrated)
     n = np.maximum(noisy_count, 1.0)
-    centred = noisy[centred_key(metric.column, metric.value_bounds, 1, metric.step)][:, 0]
+    centred = noisy[centred_sum][:, 0]
     centred_mean = np.clip(centred / n, -half, half)
     if isinstance(metric, Mean):  # clipped again: mid + x can round past a bound
         value = np.clip(mid + centred_mean, lo, hi)
     else:
-        squares_key = centred_key(metric.column, metric.value_bounds, 2, square_step(metric))
-        squares = noisy[squares_key][:, 0] / n
+        squares = noisy[squares_sum[0][0]][:, 0] / n
         value = np.clip(squares - centred_mean**2, 0.0, half**2)
     return {metric.name: np.where(unknown, np.nan, value)}
 

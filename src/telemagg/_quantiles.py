@@ -33,11 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from telemagg import _samplers
+from telemagg._state import State, sample_key
 from telemagg.policy import Policy, Quantiles
 
 if TYPE_CHECKING:
     from telemagg._plan import Calibrated, MeasurementSpec
-    from telemagg._state import State
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -299,8 +299,9 @@ def quantile_intervals(
     probability >= ``level``, with no union over the edges. Intervals are widened to
     include the released value.
     """
-    cal = calibrated[quantile_key(metric)]
-    nodes = np.asarray(noisy[quantile_key(metric)], dtype=np.float64) / cal.spec.resolution
+    key = sample_key(quantile_key(metric), metric.max_contributions)
+    cal = calibrated[key]
+    nodes = np.asarray(noisy[key], dtype=np.float64) / cal.spec.resolution
     height = tree_height(metric)
     leaves = BRANCHING**height
     prefix = prefix_nodes(height)

@@ -26,7 +26,7 @@ U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
 
-__all__ = ["CONTRIBUTION_BOUNDS", "SamplingKey", "State"]
+__all__ = ["CONTRIBUTION_BOUNDS", "SamplingKey", "State", "sample_key"]
 
 CONTRIBUTION_BOUNDS = "contribution_bounds"
 
@@ -77,6 +77,16 @@ _MIN_PENDING_ROWS = 1 << 16
 _PENDING_RATIO = 2
 
 
+def sample_key(key: str, max_contributions: int | None) -> str:
+    """Key of measurement ``key`` read from :meth:`State.sampled` (``max_contributions``;
+    None: from all kept rows): a sample never shares a measurement with the kept rows.
+
+    >>> sample_key("count(x)", 5), sample_key("count(x)", None)
+    ('count(x)[max_contributions=5]', 'count(x)')
+    """
+    return key if max_contributions is None else f"{key}[max_contributions={max_contributions}]"
+
+
 class State:
     """Bounded rows plus the event accounting of everything absorbed so far.
 
@@ -123,6 +133,7 @@ class State:
         self._pending_rows = 0
         self._limits = (1, 1)  # (max_partitions, max_contributions) of the pending rows
         self._borrowed = False  # value columns may be views of a caller's arrays
+        self._samples: dict[int, State] = {}  # sampled(k), while the rows stay settled
 
     @classmethod
     def empty(cls, numeric: Sequence[str], categorical: Sequence[str] = ()) -> State:
@@ -191,13 +202,14 @@ class State:
 
     def __getstate__(self) -> dict[str, Any]:
         self._settle()  # pickle (Dask, processes) the bounded rows only
-        return dict(self.__dict__)
+        return {**self.__dict__, "_samples": {}}  # samples are recomputed, not shipped
 
     def _settle(self) -> None:
         """Bound the pending rows together with the bounded ones; count the evicted."""
         if not self._pending:
             return
         pending, self._pending, self._pending_rows = self._pending, [], 0
+        self._samples = {}
         parts = pending if self._unit_id.size == 0 else [self, *pending]
         merged = parts[0] if len(parts) == 1 else State._stack(parts)
         max_partitions, max_contributions = self._limits
@@ -305,6 +317,33 @@ class State:
             queued._numeric = {c: np.array(v) for c, v in rows._numeric.items()}
             queued._borrowed = False
         return out
+
+    def sampled(self, max_contributions: int) -> State:
+        """The rows with the ``max_contributions`` smallest event priorities of each
+        (unit, partition) pair: what bounding with that Linf would have kept (bottom-k of a
+        bottom-k sample is the bottom-k of the whole; ``_bounding``), so a uniform sample
+        of each unit's kept events. Computed once per value while the rows stay the same.
+
+        >>> state = State.empty(["v"]).absorb(State(
+        ...     unit_id=np.array([1, 1, 1], dtype=np.uint64), partition=np.array([0, 0, 0]),
+        ...     pair_key=np.array([5, 5, 5], dtype=np.uint64),
+        ...     event_priority=np.array([3, 1, 2], dtype=np.uint64),
+        ...     numeric={"v": np.array([30.0, 10.0, 20.0])}, categorical={}, received=3,
+        ... ), max_partitions=1, max_contributions=3)
+        >>> state.sampled(1).numeric["v"].tolist()
+        [10.0]
+        """
+        self._settle()
+        if max_contributions not in self._samples:
+            keep = bound_contributions(
+                self._unit_id,
+                self._pair_key,
+                self._event_priority,
+                max_partitions=max(int(self._unit_id.size), 1),  # L0 holds already
+                max_contributions=max_contributions,
+            )
+            self._samples[max_contributions] = self.select(keep)
+        return self._samples[max_contributions]
 
     def select(self, rows: npt.NDArray[np.bool_]) -> State:
         """The rows in ``rows`` (no accounting change)."""

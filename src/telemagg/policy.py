@@ -308,6 +308,14 @@ class ValueMetric(Metric):
     """A metric over a numeric column, each value clamped to ``bounds``. Events whose value
     is missing (NaN, None, +-inf) are left out of this metric only.
 
+    ``max_contributions`` (None: the policy's): the metric reads at most this many of the
+    events the policy keeps of each unit in each partition, a uniform sample of them (the
+    same random priorities as bounding), and its noise is calibrated to that smaller
+    bound. Means and quantiles of units with many events gain most: their noise grows
+    with the bound while their value does not. Under ``Policy(max_contributions="auto")``
+    a metric left at None gets its own bound chosen privately with the policy's
+    (``release.metadata["tuning"]["metric_max_contributions"]``).
+
     >>> import telemagg as tm
     >>> metric = tm.quantiles("latency_ms", [0.5], bounds=(1, 10_000))
     >>> isinstance(metric, ValueMetric), metric.column, metric.bounds
@@ -316,6 +324,14 @@ class ValueMetric(Metric):
 
     column: Annotated[str, Field(min_length=1)]
     bounds: tuple[float, float] | Literal["auto"]
+    max_contributions: int | None = None
+
+    @field_validator("max_contributions", mode="before")
+    @classmethod
+    def _contributions(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        return _integer_in(value, 1, MAX_CONTRIBUTIONS)
 
     @field_validator("bounds", mode="before")
     @classmethod
@@ -339,6 +355,11 @@ class ValueMetric(Metric):
     def with_bounds(self, bounds: tuple[float, float]) -> ValueMetric:
         """This metric with chosen ``bounds`` (same name)."""
         return type(self)(**{**self.model_dump(), "bounds": bounds})
+
+    def with_contributions(self, max_contributions: int) -> ValueMetric:
+        """This metric reading at most ``max_contributions`` events per unit and partition
+        (same name)."""
+        return type(self)(**{**self.model_dump(), "max_contributions": max_contributions})
 
     def default_name(self) -> str:
         return f"{self.kind}_{self.column}"
@@ -681,6 +702,7 @@ def sum(
     bounds: tuple[float, float] | Literal["auto"],
     *,
     resolution: float | None = None,
+    max_contributions: int | None = None,
     name: str = "",
 ) -> Sum:
     """Sum of ``column`` per partition, each value clamped to ``bounds``.
@@ -692,7 +714,13 @@ def sum(
     >>> sum("duration_ms", bounds=(0, 60_000)).name
     'sum_duration_ms'
     """
-    return Sum(column=column, bounds=bounds, resolution=resolution, name=name)
+    return Sum(
+        column=column,
+        bounds=bounds,
+        resolution=resolution,
+        max_contributions=max_contributions,
+        name=name,
+    )
 
 
 def mean(
@@ -700,6 +728,7 @@ def mean(
     bounds: tuple[float, float] | Literal["auto"],
     *,
     resolution: float | None = None,
+    max_contributions: int | None = None,
     name: str = "",
 ) -> Mean:
     """Mean of ``column`` per partition, each value clamped to ``bounds``.
@@ -707,7 +736,13 @@ def mean(
     >>> mean("duration_ms", bounds=(0, 60_000)).bounds
     (0.0, 60000.0)
     """
-    return Mean(column=column, bounds=bounds, resolution=resolution, name=name)
+    return Mean(
+        column=column,
+        bounds=bounds,
+        resolution=resolution,
+        max_contributions=max_contributions,
+        name=name,
+    )
 
 
 def variance(
@@ -715,6 +750,7 @@ def variance(
     bounds: tuple[float, float] | Literal["auto"],
     *,
     resolution: float | None = None,
+    max_contributions: int | None = None,
     name: str = "",
 ) -> Variance:
     """Variance of ``column`` per partition, each value clamped to ``bounds``.
@@ -724,7 +760,13 @@ def variance(
     ...
     telemagg.errors.ConfigError: Variance.bounds must satisfy lower < upper; got (5, 1)
     """
-    return Variance(column=column, bounds=bounds, resolution=resolution, name=name)
+    return Variance(
+        column=column,
+        bounds=bounds,
+        resolution=resolution,
+        max_contributions=max_contributions,
+        name=name,
+    )
 
 
 def quantiles(
@@ -734,6 +776,7 @@ def quantiles(
     *,
     scale: Literal["linear", "log"] = "linear",
     bins: int = 64,
+    max_contributions: int | None = None,
     name: str = "",
 ) -> Quantiles:
     """Quantiles of ``column`` at every level in ``levels``, per partition, in one release.
@@ -755,7 +798,15 @@ def quantiles(
     ...
     telemagg.errors.ConfigError: Quantiles.levels must be sorted in increasing order; got [0.9, 0.5]
     """
-    return Quantiles(column=column, levels=levels, bounds=bounds, scale=scale, bins=bins, name=name)
+    return Quantiles(
+        column=column,
+        levels=levels,
+        bounds=bounds,
+        scale=scale,
+        bins=bins,
+        max_contributions=max_contributions,
+        name=name,
+    )
 
 
 def histogram(column: str, bins: Sequence[float], *, name: str = "") -> Histogram:

@@ -48,6 +48,7 @@ from telemagg.policy import (
     Sum,
     TopK,
     UnitCount,
+    ValueMetric,
     Variance,
 )
 
@@ -365,7 +366,7 @@ def column_descriptions(metrics: Sequence[Metric], policy: Policy) -> dict[str, 
     >>> column_descriptions([tm.count()], policy)["count"][:60]
     'number of events kept within the contribution bounds (max_pa'
     """
-    kept = (
+    all_kept = (
         "events kept within the contribution bounds (max_partitions="
         f"{policy.max_partitions} partitions per {policy.privacy_unit},"
         f" max_contributions={policy.max_contributions} events per"
@@ -373,6 +374,13 @@ def column_descriptions(metrics: Sequence[Metric], policy: Policy) -> dict[str, 
     )
     out: dict[str, str] = {}
     for metric in metrics:
+        kept = all_kept
+        if isinstance(metric, ValueMetric) and metric.max_contributions is not None:
+            own = min(metric.max_contributions, policy.linf)
+            kept = (
+                f"{all_kept} (of these, at most {own} per {policy.privacy_unit} and"
+                " partition: a uniform sample)"
+            )
         if isinstance(metric, Count):
             out[metric.name] = (
                 f"number of {kept}, plus noise; events beyond the bounds are not counted, so"
