@@ -2,8 +2,10 @@
 
 Issue 11: telemetry released by many keys at once. The workload: ``--events`` events (1M)
 from 200,000 users over ``--partitions`` public partitions (500,000; integer keys, and
-string keys ``"p0"``, ``"p1"``, ...), each user bounded to 4 partitions and 2 events per
-partition, ``count`` + ``sum`` of a value in [0, 10], epsilon 1, every public partition
+string keys ``"p0"``, ``"p1"``, ...; ``str-fresh``: the same strings, the events' as
+objects of their own, as read from a file rather than built from the partition list), each
+user bounded to 4 partitions and 2 events per partition, ``count`` + ``sum`` of a value in
+[0, 10], epsilon 1, every public partition
 released (so 2 noisy values per partition). Timed from the events and the partition list in
 memory to the released table (``Aggregator(partitions=...)``, ``add``, ``release``), in CPU
 seconds of the process (the machine may be shared).
@@ -17,6 +19,7 @@ CPU-second on one core, target >= 20M.
 Run from the repository root with the project's venv active::
 
     python benchmarks/bench_partitions.py --json benchmarks/.data/partitions.json
+    python benchmarks/bench_partitions.py --keys int,str-fresh --no-anchors  # telemagg only
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ def workload(n_events: int, n_partitions: int, keys: str, seed: int) -> tuple[di
     """Events and the public partitions (integer or string keys)."""
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, n_partitions, n_events)
-    if keys == "str":
+    if keys in ("str", "str-fresh"):
         names = np.array([f"p{i}" for i in range(n_partitions)], dtype=object)
         column, partitions = names[codes], names
+        if keys == "str-fresh":  # new objects: the events' strings are not the listed ones
+            column = np.array(["".join(("p", v[1:])) for v in column.tolist()], dtype=object)
     else:
         column, partitions = codes, np.arange(n_partitions)
     events = {
@@ -105,17 +110,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sampler-values", type=int, default=10_000_000)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keys", default="int,str", help="comma-separated: int, str, str-fresh")
+    parser.add_argument("--no-anchors", action="store_true", help="skip OpenDP and the sampler")
     args = parser.parse_args(argv)
 
     results: dict[str, Any] = {"events": args.events, "partitions": args.partitions}
     noisy_values = 2 * args.partitions  # count and sum of every public partition
     release(*workload(20_000, 1_000, "int", args.seed))  # warm-up: imports, tables
-    for keys in ("int", "str"):
+    for keys in args.keys.split(","):
         events, partitions = workload(args.events, args.partitions, keys, args.seed)
         seconds = cpu_seconds(lambda e=events, p=partitions: release(e, p), args.repeats)
         results[f"{keys}_keys_cpu_seconds"] = seconds
         results[f"{keys}_keys_values_per_cpu_second"] = noisy_values / seconds
         print(f"{keys} keys: {seconds:.2f} CPU s, {noisy_values / seconds:,.0f} values/CPU-s")
+    if args.no_anchors:
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     results["opendp_laplace_values_per_cpu_second"] = opendp_laplace_rate(
         args.opendp_values, args.repeats
     )

@@ -13,6 +13,7 @@ from tests.release_files import EVENTS, one_release, windowed_dir
 
 import telemagg as tm
 from telemagg._dataset import dataset_card
+from telemagg.testing import seeded
 
 
 def test_a_release_file_reads_back_with_its_metadata(tmp_path: Path) -> None:
@@ -108,3 +109,26 @@ def test_the_card_uses_the_release_s_own_column_descriptions_when_it_has_them() 
     release = one_release()
     meta = {**release.metadata, "columns": {"count": "events, in the release's words"}}
     assert "| `count` | events, in the release's words |" in dataset_card(meta, ["event", "count"])
+
+
+def test_the_card_of_an_auto_release_states_the_chosen_bounds() -> None:
+    rng = np.random.default_rng(5)
+    users = rng.integers(0, 2000, 100_000)
+    data = {"user": users, "event": users % 3, "value": rng.lognormal(3, 1, users.size)}
+    release = tm.aggregate(
+        data,
+        by="event",
+        metrics=[tm.count(), tm.mean("value", bounds="auto")],
+        policy=tm.Policy(privacy_unit="user", max_partitions="auto", max_contributions="auto"),
+        epsilon=1.0,
+        partitions=[0, 1, 2],
+        randomness=seeded(4),
+    )
+    tuning = release.metadata["tuning"]
+    card = release.dataset_card()
+    assert "at most auto" not in card
+    assert (
+        f"at most {tuning['max_partitions']} partitions, and at most"
+        f" {tuning['max_contributions']} events to each"
+    ) in card
+    assert "chosen privately from the data" in card

@@ -73,7 +73,7 @@ I64 = npt.NDArray[np.int64]
 
 STATE_FORMAT = 2
 """Layout of a pickled Aggregator; raised with every change to its attributes (2: windows
-in a WindowStates, states keep a cache of per-metric samples)."""
+in a WindowStates, a cache of partition salts, states keep a cache of per-metric samples)."""
 
 
 @dataclass
@@ -200,8 +200,10 @@ class Aggregator:
         self.__dict__.update(state)
 
     def _reset(self) -> None:
-        """Empty state: no partitions, no events, no windows."""
-        self._partitions = KeyIndex()
+        """Empty state: no events, no windows; no partitions but the public ones (whose ids
+        are then their positions, so that a batch's keys are looked up once: ``add``)."""
+        self._partitions = KeyIndex() if self._public is None else self._public.copy()
+        self._salts: tuple[SamplingKey, npt.NDArray[np.uint64]] | None = None  # _pair_keys
         self._categories = {c: KeyIndex() for c in self._categorical}  # values, global ids
         self._state = self._empty_state()
         self._windows = (
@@ -257,13 +259,14 @@ class Aggregator:
             if self._consent_position is None:  # before the first check of held events
                 self._consent_position, self._consent_opt_in = bookmark(self.consent, self.purpose)
             batch = admit(batch, self.consent, self.purpose)
+        public_ids = None
         if self._public is not None and len(batch):
-            listed = self._public.lookup(batch.partition_keys) >= 0
-            batch = batch.take(listed[batch.partition_codes], NOT_PUBLIC_PARTITION)
+            public_ids = self._public.lookup(batch.partition_keys)
+            batch = batch.take((public_ids >= 0)[batch.partition_codes], NOT_PUBLIC_PARTITION)
         # Memory: consent was the unit encoding's only reader, and bounding needs none of
         # the batch's codes.
         batch.unit = Encoded(np.zeros(0, np.int64), batch.unit.uniques[:0])
-        time_ms, rows = batch.time_ms, self._rows(batch)
+        time_ms, rows = batch.time_ms, self._rows(batch, public_ids)
         del batch
         if self._windows is None:
             self._state = self._absorb(self._state, rows)
@@ -309,8 +312,13 @@ class Aggregator:
             received=state.received, aggregated=0, pending=len(state), dropped=dropped
         )
 
-    def _rows(self, batch: Batch) -> State:
-        partition = self._partitions.remap(batch.partition_codes, batch.partition_keys)
+    def _rows(self, batch: Batch, public_ids: I64 | None = None) -> State:
+        """The batch's rows; ``public_ids``: the ids of its keys in the public index, -1 for
+        keys not listed (whose events ``batch`` no longer holds)."""
+        if public_ids is not None and self._partitions.columns is self._public_columns():
+            partition = public_ids[batch.partition_codes]  # the index holds the public keys only
+        else:
+            partition = self._partitions.remap(batch.partition_codes, batch.partition_keys)
         pair_key = self._pair_keys(batch.unit_id, partition)
         priority = self._randomness.generator().integers(
             0, np.iinfo(np.uint64).max, size=len(batch), dtype=np.uint64, endpoint=True
@@ -329,10 +337,19 @@ class Aggregator:
             dropped=Counter(batch.dropped),
         )
 
+    def _public_columns(self) -> KeyColumns | None:
+        return None if self._public is None else self._public.columns
+
     def _pair_keys(self, unit_id: npt.NDArray[np.uint64], partition: I64) -> npt.NDArray[np.uint64]:
         key = self._randomness.sampling_key
-        salts = key.partition_salts(self._partitions.hashes)
-        return key.pair_keys(unit_id, salts, partition)
+        hashes = self._partitions.hashes  # only ever appended to: salts are kept, and extended
+        known = self._salts
+        if known is None or known[0] != key or known[1].size > hashes.size:
+            known = (key, hashes[:0])
+        if known[1].size < hashes.size:
+            known = (key, np.concatenate([known[1], key.partition_salts(hashes[known[1].size :])]))
+        self._salts = known
+        return key.pair_keys(unit_id, known[1], partition)
 
     def spawn(self) -> Aggregator:
         """An empty Aggregator for another shard: same query, same sampling key.

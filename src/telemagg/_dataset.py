@@ -217,7 +217,7 @@ def dataset_card(
     >>> "epsilon = 1" in card
     True
     """
-    query, policy, privacy = metadata["query"], metadata["policy"], metadata["privacy"]
+    query, policy, privacy = metadata["query"], chosen_policy(metadata), metadata["privacy"]
     by = list(query["by"])
     sections = [
         _summary(metadata, by, windows),
@@ -256,6 +256,22 @@ def _summary(metadata: Mapping[str, Any], by: list[str], windows: Sequence[Any])
     return "\n".join(lines)
 
 
+def chosen_policy(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The release's policy with the values chosen privately where it said ``"auto"``
+    (``metadata["tuning"]``).
+
+    >>> chosen_policy({"policy": {"max_partitions": "auto", "max_contributions": 5},
+    ...                "tuning": {"max_partitions": 2}})["max_partitions"]
+    2
+    """
+    policy = dict(metadata["policy"])
+    tuning = metadata.get("tuning") or {}
+    for name in ("max_partitions", "max_contributions"):
+        if policy.get(name) == "auto" and name in tuning:
+            policy[name] = tuning[name]
+    return policy
+
+
 def _metric_meaning(spec: Mapping[str, Any], column: str, bounded: str) -> str:
     kind, source = spec["kind"], spec.get("column", "")
     clamp = ""
@@ -291,7 +307,7 @@ def _metric_meaning(spec: Mapping[str, Any], column: str, bounded: str) -> str:
 
 
 def _columns(metadata: Mapping[str, Any], columns: Sequence[str]) -> str:
-    query, policy = metadata["query"], metadata["policy"]
+    query, policy = metadata["query"], chosen_policy(metadata)
     bounded = (
         f"kept within the contribution bounds (at most {policy['max_contributions']} events"
         f" of each privacy unit per partition, in at most {policy['max_partitions']}"
@@ -366,6 +382,11 @@ def _guarantee(
         " events to each; events beyond these were dropped (chosen at random) before"
         " aggregation. Metric values were clamped to the bounds listed in the columns.",
     ]
+    if metadata.get("tuning"):
+        lines[-1] += (
+            " Bounds marked auto in the query were chosen privately from the data, within"
+            " this release's budget (metadata `tuning`)."
+        )
     if windows:
         lines += [
             "",

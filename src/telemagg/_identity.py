@@ -39,7 +39,9 @@ personal data and error messages end up in logs.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import functools
 import hashlib
 import math
 import re
@@ -885,10 +887,23 @@ def _same_parts(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Bool:
     """Element-wise: do canonical parts ``x`` and ``y`` have one identity (rank and value)?"""
     if x.dtype == y.dtype and x.dtype != object:
         return np.asarray(x == y, dtype=bool)
-    xs, ys = x.astype(object), y.astype(object)
+    if x.dtype == y.dtype == object and x.size:
+        # The very same object is one identity: only other pairs are compared by value
+        # (keys of a batch built from a vocabulary often are the listed keys' objects).
+        same: Bool = np.equal(object_addresses(x), object_addresses(y))
+        if not same.all():
+            other = np.flatnonzero(~same)
+            same[other] = _same_values(x[other], y[other])
+        return same
+    return _same_values(x, y)
+
+
+def _same_values(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> Bool:
+    """:func:`_same_parts`, value by value (in C where the types allow)."""
+    xs, ys = x.astype(object, copy=False), y.astype(object, copy=False)
     same = np.asarray(xs == ys, dtype=bool)
     items_x, items_y = xs.tolist(), ys.tolist()
-    if not set(map(type, items_x)) | set(map(type, items_y)) <= _NO_CROSS_RANK_EQUALITY:
+    if not set(map(type, items_x)).union(map(type, items_y)) <= _NO_CROSS_RANK_EQUALITY:
         same &= np.fromiter(map(_rank, items_x), np.int8, xs.size) == np.fromiter(
             map(_rank, items_y), np.int8, ys.size
         )
@@ -903,10 +918,36 @@ def _same_keys(a: KeyColumns, rows_a: I64, b: KeyColumns, rows_b: I64) -> Bool:
 
 
 def _text_hashes(items: list[str]) -> U64:
-    """``_blake(b"s:", text)`` of each string: the digests joined, read as little-endian."""
-    blake = hashlib.blake2b
-    digests = b"".join([blake(b"s:" + t.encode("utf-8"), digest_size=8).digest() for t in items])
+    """``_blake(b"s:", text)`` of each string: the digests joined, read as little-endian.
+
+    The tagged strings are encoded at once and split at NUL separators (when no string
+    holds a NUL), then hashed by ``map`` without a Python frame per string."""
+    if not items:
+        return np.zeros(0, dtype=np.uint64)
+    data = ("s:" + "\x00s:".join(items)).encode("utf-8")
+    if data.count(b"\x00") == len(items) - 1:
+        pieces: Iterable[bytes] = data.split(b"\x00")
+    else:
+        pieces = [b"s:" + t.encode("utf-8") for t in items]
+    digests = b"".join(map(_DIGEST, map(_BLAKE8, pieces)))
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+_BLAKE8 = functools.partial(hashlib.blake2b, digest_size=8)
+_DIGEST = hashlib.blake2b.digest
+
+
+def object_addresses(values: npt.NDArray[np.object_]) -> npt.NDArray[np.uintp]:
+    """The address of each object of an object array (a copy): while ``values`` lives,
+    equal addresses are the very same object.
+
+    >>> a = np.array(["x", "y"], dtype=object)
+    >>> bool(object_addresses(a)[0] == object_addresses(a[[0]])[0])
+    True
+    """
+    values = np.ascontiguousarray(values)
+    raw = (ctypes.c_char * values.nbytes).from_address(values.ctypes.data)
+    return np.frombuffer(memoryview(raw), dtype=np.uintp).copy()
 
 
 def _part_hashes(part: npt.NDArray[Any]) -> U64:
@@ -950,9 +991,30 @@ def _concat_parts(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.concatenate([x, y])
 
 
+_SORTED_QUERIES = 1 << 14
+"""From this many keys, a lookup sorts them first (about half the time of random binary
+searches over a large index, sort included)."""
 _VECTOR_MIN = 64
 """Fewer keys than this take the value-by-value path (numpy's per-call cost dominates)."""
 _REHASH = 0x5851F42D4C957F2D
+
+
+_DENSE_SPAN = 4
+"""An index of integer keys spanning at most this many times its size (and at least 1,024
+values) looks them up in a table from value to id."""
+
+
+def _dense_table(part: npt.NDArray[Any]) -> tuple[int, I64] | None:
+    """(lowest value, id of each value from it: -1 for none) of an int64 part spanning a
+    narrow range; None otherwise (or an index of other keys)."""
+    if part.dtype != np.int64 or not part.size:
+        return None
+    lo, hi = int(part.min()), int(part.max())
+    if hi - lo >= max(_DENSE_SPAN * part.size, 1024):
+        return None
+    table = np.full(hi - lo + 1, -1, dtype=np.int64)
+    table[part - lo] = np.arange(part.size, dtype=np.int64)
+    return lo, table
 
 
 class KeyIndex:
@@ -982,9 +1044,19 @@ class KeyIndex:
         self._sorted_ids = np.zeros(0, np.int64)
         self._sorted_hashes = np.zeros(0, np.uint64)
         self._keys: list[Any] | None = []
+        self._addresses: tuple[npt.NDArray[np.uintp], I64] | None = None  # _find_objects
+        self._dense: tuple[int, I64] | None = None  # _find_dense
 
     def __len__(self) -> int:
         return int(self._lookup.size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the objects' addresses: they mean nothing in another process."""
+        return {**self.__dict__, "_addresses": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_addresses=None, _dense=None)  # caches an older pickle lacks
+        self.__dict__.update(state)
 
     @property
     def keys(self) -> list[Any]:
@@ -1013,6 +1085,8 @@ class KeyIndex:
     def ids(self, keys: Iterable[Any] | KeyColumns) -> I64:
         """Ids of ``keys`` (whole columns, or a loop over distinct keys for few or exotic
         ones; never over events), adding new ones."""
+        if keys is self._columns and keys is not None:  # this index's own keys, in id order
+            return np.arange(len(self), dtype=np.int64)
         columns = keys if isinstance(keys, KeyColumns) else None
         items = None
         if not isinstance(keys, KeyColumns):
@@ -1028,15 +1102,76 @@ class KeyIndex:
         return self._ids_one_by_one(items)
 
     def lookup(self, keys: KeyColumns) -> I64:
-        """Ids of ``keys`` already in the index, -1 for the others (nothing is added)."""
-        found = self._find_columns(keys)
-        if found is None:
+        """Ids of ``keys`` already in the index, -1 for the others (nothing is added).
+
+        Single-value keys that are the very objects this index holds (a batch built from
+        the listed keys) are found by address first, without hashing them; integer keys of
+        an index of integers in a narrow range, in a table of that range."""
+        dense = self._find_dense(keys)
+        if dense is not None:
+            return dense
+        by_address = self._find_objects(keys)
+        if by_address is not None:
+            found, rest = by_address
+            if rest.size:
+                found[rest] = self.lookup(keys.take(rest))
+            return found
+        columnar = self._find_columns(keys)
+        if columnar is None:
             return np.fromiter(
                 (-1 if (i := self.find(key)) is None else i for key in keys.tolist()),
                 np.int64,
                 len(keys),
             )
+        return columnar
+
+    def _find_dense(self, keys: KeyColumns) -> I64 | None:
+        """Ids of one-part int64 keys in an index of one int64 part spanning at most
+        ``_DENSE_SPAN`` times its size (a table from value to id); None otherwise."""
+        mine = self._columns
+        if mine is None or len(keys) < _SORTED_QUERIES or len(mine.parts) != 1:
+            return None
+        if len(keys.parts) != 1 or keys.parts[0].dtype != np.int64:
+            return None
+        if self._dense is None:
+            self._dense = _dense_table(mine.parts[0])
+        if self._dense is None:
+            return None
+        lo, table = self._dense
+        values = keys.parts[0]
+        inside = np.flatnonzero((values >= lo) & (values <= lo + table.size - 1))
+        found = np.full(values.size, -1, dtype=np.int64)
+        found[inside] = table[values[inside] - lo]
         return found
+
+    def _find_objects(self, keys: KeyColumns) -> tuple[I64, I64] | None:
+        """Ids of the keys held as the same objects as this index's (-1 for the others) and
+        the positions of the others; None unless both hold one part of Python objects and
+        some key is found so."""
+        mine = self._columns
+        if mine is None or len(keys) < _SORTED_QUERIES or len(mine.parts) != 1:
+            return None
+        if len(keys.parts) != 1 or keys.parts[0].dtype != object or mine.parts[0].dtype != object:
+            return None
+        if self._addresses is None:
+            addresses = object_addresses(mine.parts[0])
+            order = np.argsort(addresses)
+            self._addresses = (addresses[order], order.astype(np.int64))
+        held, ids = self._addresses
+        addresses = object_addresses(keys.parts[0])
+        probe = addresses[:: max(1, addresses.size // 1024)]  # ~1,024 keys, spread out
+        at = np.minimum(np.searchsorted(held, probe), held.size - 1)
+        if not np.any(held[at] == probe):
+            return None  # most likely none is: not worth a pass over every key
+        order = np.argsort(addresses)  # sorted queries: the binary searches walk forward
+        addresses = addresses[order]
+        at = np.minimum(np.searchsorted(held, addresses), held.size - 1)
+        same = held[at] == addresses  # while both hold them, one address is one object
+        if not same.any():
+            return None
+        found = np.empty(len(keys), dtype=np.int64)
+        found[order] = np.where(same, ids[at], np.int64(-1))
+        return found, np.sort(order[~same])
 
     def find(self, key: Any) -> int | None:
         """The id of ``key``, None if it is not in the index."""
@@ -1070,9 +1205,15 @@ class KeyIndex:
         if len(keys.parts) != len(self._columns.parts):
             return None
         lookup = key_hashes(keys)
+        order = None
+        if lookup.size >= _SORTED_QUERIES:  # in hash order, the binary searches walk forward
+            order = np.argsort(lookup)
+            lookup = lookup[order]
         at = np.minimum(np.searchsorted(self._sorted_lookup, lookup), len(self) - 1)
         hit = np.flatnonzero(self._sorted_lookup[at] == lookup)
         candidates = self._sorted_ids[at[hit]]
+        if order is not None:
+            hit = order[hit]
         if not _same_keys(keys, hit, self._columns, candidates).all():
             return None  # a hash shared by two keys: the first one found is not it
         found[hit] = candidates
@@ -1085,21 +1226,42 @@ class KeyIndex:
         new = np.flatnonzero(found < 0)
         if not new.size:
             return found
-        lookup = key_hashes(keys)[new]
+        fresh = keys if new.size == len(keys) else keys.take(new)
+        lookup = key_hashes(fresh)
+        order = np.argsort(lookup)  # any order: equal hashes are looked for next
+        distinct = lookup[order]
+        if distinct.size > 1 and bool(np.any(distinct[1:] == distinct[:-1])):
+            return self._add_repeated(keys, found, new, lookup)
+        if self._taken_any(distinct):  # a re-hashed key may sit on a new key's hash
+            return None
+        # All distinct: new keys get ids in order of arrival, each its own hash.
+        ids = np.arange(len(self), len(self) + new.size, dtype=np.int64)
+        found[new] = ids
+        self._append(fresh, lookup, lookup, (distinct, ids[order]))
+        return found
+
+    def _add_repeated(self, keys: KeyColumns, found: I64, new: I64, lookup: U64) -> I64 | None:
+        """:meth:`_ids_vectorised` for new keys some of which share a hash (one key twice,
+        as ``7`` and ``7.0``, or a collision)."""
         distinct, first, inverse = np.unique(lookup, return_index=True, return_inverse=True)
         firsts = new[first]
         if distinct.size < new.size and not _same_keys(keys, new, keys, firsts[inverse]).all():
             return None  # two new keys share a hash
-        if len(self):  # a re-hashed key may sit on a new key's hash
-            at = np.minimum(np.searchsorted(self._sorted_hashes, distinct), len(self) - 1)
-            if np.any(self._sorted_hashes[at] == distinct):
-                return None
+        if self._taken_any(distinct):  # a re-hashed key may sit on a new key's hash
+            return None
         order = np.argsort(first, kind="stable")  # new keys get ids in order of arrival
         rank = np.empty_like(order)
         rank[order] = np.arange(len(self), len(self) + order.size)
         found[new] = rank[inverse]
         self._append(keys.take(firsts[order]), distinct[order], distinct[order], (distinct, rank))
         return found
+
+    def _taken_any(self, hashes: U64) -> bool:
+        """Whether a bounding hash of this index is among ``hashes`` (sorted)."""
+        if not len(self):
+            return False
+        at = np.minimum(np.searchsorted(self._sorted_hashes, hashes), len(self) - 1)
+        return bool(np.any(self._sorted_hashes[at] == hashes))
 
     def _append(
         self,
@@ -1126,6 +1288,12 @@ class KeyIndex:
         else:
             sorted_hashes = by_lookup[0]
         self._keys = None
+        self._addresses = self._dense = None
+        if not self._lookup.size:  # the first keys: nothing to merge them into
+            self._lookup, self._hashes = lookup, hashes
+            self._sorted_lookup, self._sorted_ids = by_lookup
+            self._sorted_hashes = sorted_hashes
+            return
         self._lookup = np.concatenate([self._lookup, lookup])
         self._hashes = np.concatenate([self._hashes, hashes])
         at = np.searchsorted(self._sorted_lookup, by_lookup[0], side="right")

@@ -13,6 +13,7 @@ the metrics on that column skip it (``telemagg._plan.present``).
 from __future__ import annotations
 
 import ctypes
+import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -336,12 +337,14 @@ def _unsupported(name: str, dtype: str) -> SchemaError:
     )
 
 
-def factorize(values: Any, name: str = "values") -> Encoded:
+def factorize(values: Any, name: str = "values", *, distinct: bool = True) -> Encoded:
     """Codes and distinct values of a column (a numpy array or a pandas Series); None/NaN
     get code -1.
 
     Uses pandas' hash-based factorize when pandas is installed (much faster on strings),
-    otherwise numpy's sort-based unique.
+    otherwise numpy's sort-based unique. With ``distinct=False`` one ``str`` value may hold
+    two codes (two objects): for key columns, whose values
+    :class:`~telemagg._identity.KeyIndex` makes one id by identity anyway.
 
     >>> enc = factorize(np.array(["b", None, "a", "b"], dtype=object))
     >>> [enc.uniques[c] if c >= 0 else None for c in enc.codes]
@@ -355,7 +358,7 @@ def factorize(values: Any, name: str = "values") -> Encoded:
         return _factorize_numpy(values, name)
     try:
         if isinstance(values, np.ndarray) and values.dtype == object and values.size > _MANY:
-            found = _factorize_by_reference(values, pd)
+            found = _factorize_by_reference(values, pd, distinct)
             if found is not None:
                 return found
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
@@ -367,28 +370,54 @@ def factorize(values: Any, name: str = "values") -> Encoded:
 _MANY = 1 << 16
 
 
-def _factorize_by_reference(values: ObjArray, pd: Any) -> Encoded | None:
+def _factorize_by_reference(values: ObjArray, pd: Any, distinct: bool = True) -> Encoded | None:
     """pandas' factorize of an object column, through the objects' addresses first.
 
     Columns built from a vocabulary (``names[codes]``, most string columns in memory) hold
     few distinct *objects*: factorizing their addresses (integers) and then only the
     distinct objects by value is several times faster than hashing and comparing every
     value, and gives the same codes and uniques (both in order of first occurrence; equal
-    values held by distinct objects still meet in the second step). None (no gain
-    expected) when a sample holds mostly distinct objects.
+    values held by distinct objects still meet in the second step, which ``distinct=False``
+    skips when the distinct objects are all ``str``). None (no gain expected) when the
+    column's first rows suggest more distinct objects than half its rows.
     """
     values = np.ascontiguousarray(values)
     raw = (ctypes.c_char * values.nbytes).from_address(values.ctypes.data)
     addresses = np.frombuffer(memoryview(raw), dtype=np.uintp)  # read only, while ``values`` lives
-    if pd.unique(addresses[:_MANY]).size > _MANY // 2:
+    if _distinct_estimate(pd.unique(addresses[:_MANY]).size, _MANY, values.size) > values.size / 2:
         return None
-    by_address, distinct = pd.factorize(addresses)
-    holder = np.empty(distinct.size, dtype=np.int64)  # a position holding each object
+    by_address, objects_at = pd.factorize(addresses)
+    holder = np.empty(objects_at.size, dtype=np.int64)  # a position holding each object
     for lo in range(0, values.size, _MANY):
         chunk = by_address[lo : lo + _MANY]
         holder[chunk] = np.arange(lo, lo + chunk.size, dtype=np.int64)
-    codes, uniques = pd.factorize(values[holder], use_na_sentinel=True)
+    objects = values[holder]
+    if not distinct and set(map(type, objects.tolist())) == {str}:
+        return Encoded(by_address.astype(np.int64, copy=False), objects)
+    codes, uniques = pd.factorize(objects, use_na_sentinel=True)
     return Encoded(np.asarray(codes, dtype=np.int64)[by_address], np.asarray(uniques))
+
+
+def _distinct_estimate(seen: int, sampled: int, rows: int) -> float:
+    """Distinct values expected among ``rows`` when ``sampled`` rows held ``seen``: the
+    vocabulary V solving ``seen = V (1 - exp(-sampled / V))`` (uniform draws; skewed
+    columns hold fewer), then ``V (1 - exp(-rows / V))``. ``rows`` if every sampled value
+    was distinct.
+
+    >>> round(_distinct_estimate(61_400, 65_536, 1_000_000) / 1000)  # 500k names, 1M rows
+    431
+    """
+    if seen >= sampled:
+        return float(rows)
+    if 2 * seen <= sampled:
+        return float(seen)  # at most half distinct already: few objects
+    lo, hi = float(seen), float(seen)
+    while hi * -math.expm1(-sampled / hi) < seen:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mid * -math.expm1(-sampled / mid) < seen else (lo, mid)
+    return hi * -math.expm1(-rows / hi)
 
 
 def _unhashable(name: str, values: Any) -> SchemaError:
@@ -423,8 +452,9 @@ def _factorize_numpy(values: np.ndarray[Any, Any], name: str) -> Encoded:
     return Encoded(codes, uniques)
 
 
-def _encode(column: Any, name: str) -> Encoded:
-    """A column factorized; missing values (None, NaN, null) get code -1."""
+def _encode(column: Any, name: str, distinct: bool = True) -> Encoded:
+    """A column factorized; missing values (None, NaN, null) get code -1 (``distinct``: see
+    :func:`factorize`)."""
     data = _to_numpy(column, name)
     if isinstance(data, Encoded):
         return data
@@ -433,14 +463,15 @@ def _encode(column: Any, name: str) -> Encoded:
         return Encoded(np.where(data.missing, -1, encoded.codes), encoded.uniques)
     if data.dtype.kind not in "iufbOUSmM":
         raise SchemaError(f"column {name!r} has values of unsupported dtype {data.dtype}")
-    return factorize(data, name)
+    return factorize(data, name, distinct=distinct)
 
 
-def _encode_keys(column: Any, name: str) -> Encoded:
+def _encode_keys(column: Any, name: str, distinct: bool = True) -> Encoded:
     """A key (or categorical) column factorized, its distinct values in canonical form
     (:func:`telemagg._identity.canonical_keys`); equal values of different types may still
-    hold two codes: :class:`~telemagg._identity.KeyIndex` makes them one id."""
-    encoded = _encode(column, name)
+    hold two codes: :class:`~telemagg._identity.KeyIndex` makes them one id (and with
+    ``distinct=False`` two objects of one ``str``: see :func:`factorize`)."""
+    encoded = _encode(column, name, distinct)
     values, missing = canonical_keys(encoded.uniques, column=name)
     if not missing.any():
         return Encoded(encoded.codes, values)
@@ -587,7 +618,7 @@ def ingest(
     names = list(dict.fromkeys([unit, *by, *numeric, *categorical, *([time] if time else [])]))
     raw, n_events = _raw_columns(events, names)
     unit_id, unit_encoded, unit_missing = _unit_ids(raw[unit], unit)
-    keys_encoded = [_encode_keys(raw[c], c) for c in by]
+    keys_encoded = [_encode_keys(raw[c], c, distinct=False) for c in by]
     if n_events == 0:
         codes = np.zeros(0, np.int64)
         keys = KeyColumns(tuple(enc.uniques[:0] for enc in keys_encoded))

@@ -29,6 +29,11 @@ contribution", PoPETs 2020). Per partition, with Linf = ``max_contributions`` ev
   events may fall in one bin);
 * the tree histogram ``quantiles`` reads: Linf per level (``_quantiles``).
 
+A value metric with its own ``max_contributions`` m (< Linf) reads, of each (unit,
+partition) pair, the m kept events of smallest priority (``State.sampled``): the sample
+of a pair depends on that pair's own events only, so a unit still touches at most L0
+partitions and at most m events in each, and every bound above holds with Linf = m.
+
 ``top_k`` without candidates is not a per-partition vector but a threshold over
 (partition, value) counts, see :func:`value_threshold`.
 

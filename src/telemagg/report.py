@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from telemagg._dataset import WINDOW_START, ReleaseData, interval_columns, read_release
+from telemagg._dataset import (
+    WINDOW_START,
+    ReleaseData,
+    chosen_policy,
+    interval_columns,
+    read_release,
+)
 from telemagg.errors import ConfigError, require
 from telemagg.release import Release
 
@@ -329,7 +335,7 @@ def _time_series(
 
 def _header(data: ReleaseData) -> str:
     meta = data.metadata
-    policy = meta["policy"]
+    policy = chosen_policy(meta)
     by = ", ".join(meta["query"]["by"])
     windows = f" in {len(data.windows)} windows" if data.windows else ""
     seeded = (
