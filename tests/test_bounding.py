@@ -196,3 +196,90 @@ def test_huge_limits_cost_no_more_than_the_data() -> None:
         assert time.perf_counter() - start < 1.0
         assert set(np.flatnonzero(keep).tolist()) == reference_bound(unit, pair, prio, l0, linf)
     assert bottom_k(pair, prio, 2**70).all()
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+@st.composite
+def nested_prefix_rows(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Rows against the one sort by (unit, pair, priority) prefixes: units sharing their
+    top ``shared`` bits (a bucket's) and, often, the unit prefix after them; pair keys of a
+    unit sharing their prefix, or shared by two units; priorities tying in their prefix or
+    exactly; a few huge groups (one unit with many pairs, one pair with many events) beside
+    single rows."""
+    shared = draw(st.sampled_from([0, 0, 3, 6]))
+    n = draw(st.integers(1, 400))
+    top = draw(st.integers(0, 2**shared - 1)) << (64 - shared) if shared else 0
+
+    unit_base = top | (draw(st.integers(0, 2 ** (64 - shared) - 1)) & ~0xFF)
+    units = [
+        unit_base | draw(st.integers(0, 7))
+        if draw(st.booleans())
+        else top | draw(st.integers(0, 2 ** (64 - shared) - 1))
+        for _ in range(draw(st.integers(1, 6)))
+    ]
+    pair_base = draw(st.integers(0, 2**64 - 1)) & ~0xFFFF
+    pairs = [
+        pair_base | draw(st.integers(0, 2**16 - 1))
+        if draw(st.booleans())
+        else draw(st.integers(0, 2**64 - 1))
+        for _ in range(draw(st.integers(1, 12)))
+    ]
+    skew = draw(st.sampled_from([0.0, 0.9]))  # 0.9: most rows in one (unit, pair)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    hot = rng.random(n) < skew
+    unit = np.asarray(units, dtype=np.uint64)[rng.integers(0, len(units), n)]
+    pair = np.asarray(pairs, dtype=np.uint64)[rng.integers(0, len(pairs), n)]
+    unit[hot], pair[hot] = unit[0], pair[0]
+    if draw(st.booleans()):  # each unit its own keys: units sharing a prefix interleave
+        pair ^= unit * np.uint64(_GOLDEN)
+    tie_shift = draw(st.sampled_from([0, 40, 56, 61]))
+    prio = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+    prio >>= np.uint64(tie_shift)  # shifted: prefixes tie (and, at 61, values too)
+    if tie_shift:
+        prio |= rng.integers(0, 2, n, dtype=np.uint64) << np.uint64(63)
+    return unit, pair, prio, shared
+
+
+@given(rows=nested_prefix_rows(), l0=st.integers(1, 5), linf=st.integers(1, 5))
+@settings(max_examples=500, deadline=None)
+def test_one_sort_kernel_matches_the_exact_reference(rows, l0, linf) -> None:
+    """The one-sort kernel (both levels from one packed sort, prefix clashes re-sorted)
+    keeps exactly the rows of the lexsort reference, ties broken by position."""
+    unit, pair, prio, shared = rows
+    exact = _bounding._bound_exactly(unit, pair, prio, l0, linf)
+    assert _bounding._bound(unit, pair, prio, l0, linf, shared).tolist() == exact.tolist()
+    assert (
+        bound_contributions(unit, pair, prio, max_partitions=l0, max_contributions=linf).tolist()
+        == exact.tolist()
+    )
+
+
+@given(
+    n=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    l0=st.integers(1, 4),
+    linf=st.integers(1, 4),
+    units=st.integers(1, 40),
+    low_bits=st.integers(1, 16),
+    random_pairs=st.booleans(),
+)
+@settings(max_examples=120, deadline=None)
+def test_one_sort_kernel_matches_the_reference_on_many_prefix_clashes(
+    n, seed, l0, linf, units, low_bits, random_pairs
+) -> None:
+    """Units (and pair keys, unless ``random_pairs``) random in their low ``low_bits`` bits
+    only, so nearly every group shares its prefix with another and the re-sorted runs are
+    many and large; with random pair keys, units sharing a prefix interleave by pair."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**64, 2, dtype=np.uint64, endpoint=False) >> np.uint64(16)
+    base <<= np.uint64(16)
+    low = np.uint64(2**low_bits)
+    unit = base[0] | rng.integers(0, units, n, dtype=np.uint64) % low
+    pair = base[1] | rng.integers(0, 2**16, n, dtype=np.uint64) % low
+    if random_pairs:  # a unit's own keys (a pair key shared by two units is a pair clash)
+        pair = (unit * np.uint64(1_000_003) + pair % np.uint64(12)) * np.uint64(_GOLDEN)
+    prio = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False) >> np.uint64(50)
+    keep = _bounding._bound(unit, pair, prio, l0, linf)
+    assert keep.tolist() == _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()

@@ -14,8 +14,9 @@ sketches", PODC 2007). With i.i.d. priorities the kept events and partitions are
 random sample of the unit's. Exact priority ties (probability ~2^-64 per pair of rows)
 are broken by row position, as a stable sort would.
 
-Cost: one value sort of the rows and one of the (unit, partition) pairs, a few gathers, and
-O(rows) vectorised passes; no parameter makes time or memory grow beyond the data.
+Cost: one value sort of the rows by (unit, pair key, event priority) prefixes, which gives
+both levels at once, a few gathers, and O(rows) vectorised passes; no parameter makes time
+or memory grow beyond the data.
 """
 
 from __future__ import annotations
@@ -123,20 +124,6 @@ def _restarted(group: U64, order: I64, starts: I64, positions: I64, lo: I64) -> 
     return np.flatnonzero(start)
 
 
-def _mixed_groups(key: U64, order: I64, starts: I64) -> bool:
-    """Whether some group of ``order`` (starting at ``starts``) holds rows of two
-    ``key`` values (compared between neighbours, a chunk at a time)."""
-    n = order.size
-    inside = np.ones(n, dtype=bool)
-    inside[starts] = False  # a row and the one before it are in one group
-    for lo in range(0, n - 1, _CHUNK):
-        hi = min(lo + _CHUNK, n - 1)
-        here = key[order[lo : hi + 1]]
-        if np.any((here[1:] != here[:-1]) & inside[lo + 1 : hi + 1]):
-            return True
-    return False
-
-
 def _resort(order: I64, lo: I64, hi: I64, group: U64, priority: U64) -> I64:
     """Sort the disjoint position blocks ``[lo, hi)`` of ``order`` exactly by (group,
     priority, row), in place; return the positions touched.
@@ -215,21 +202,44 @@ def bound_contributions(
         return _bound(unit_id, pair_key, event_priority, max_partitions, max_contributions)
     # Units are bounded independently: split the rows by the top bits of their unit's
     # (uniformly mixed) id and bound each bucket on its own, so that the sorts and their
-    # temporaries stay bucket-sized. Rows keep their order within a bucket, so ties break
-    # by position as before, and a pair key shared by two units in two buckets is two
-    # groups, as the exact path makes it: the kept rows are those of one pass.
+    # temporaries stay bucket-sized. The rows of a group of buckets are gathered at once
+    # (see _OUTER_BITS), then a stable sort of their bucket numbers lists each bucket's rows
+    # in input order, so ties break by position as before, and a pair key shared by two
+    # units in two buckets is two groups, as the exact path makes it: the kept rows are
+    # those of one pass.
     bits = min((n // _BUCKET_ROWS).bit_length(), _MAX_BUCKET_BITS)
-    bucket = (unit_id >> np.uint64(64 - bits)).astype(np.uint16)
+    outer = min(bits, _OUTER_BITS)
+    shift = np.uint64(64 - bits)
+    bucket = np.empty(n, dtype=np.uint8)
+    for at in range(0, n, _CHUNK):  # a chunk at a time: no n-row uint64 temporary
+        bucket[at : at + _CHUNK] = unit_id[at : at + _CHUNK] >> shift
     keep = np.zeros(n, dtype=bool)
-    for b in range(1 << bits):
-        rows = np.flatnonzero(bucket == b)
-        if rows.size:
-            kept = _bound(
-                unit_id[rows], pair_key[rows], event_priority[rows], max_partitions,
-                max_contributions,
-            )  # fmt: skip
-            keep[rows[kept]] = True
+    for g in range(1 << outer):
+        rows = np.flatnonzero((bucket >> np.uint8(bits - outer)) == g)
+        if rows.size == 0:
+            continue
+        units, pairs, priorities = unit_id[rows], pair_key[rows], event_priority[rows]
+        kept = np.zeros(rows.size, dtype=bool)
+        for inner in _buckets(bucket[rows], bits - outer):
+            kept[inner[
+                _kept_rows(
+                    units[inner], pairs[inner], priorities[inner], max_partitions,
+                    max_contributions, bits,
+                )
+            ]] = True  # fmt: skip
+        keep[rows[kept]] = True
     return keep
+
+
+def _buckets(bucket: npt.NDArray[np.uint8], bits: int) -> list[I64]:
+    """The positions of each value of the low ``bits`` bits of ``bucket`` (masked in
+    place), each list in ascending order (a stable sort of bytes is a radix sort)."""
+    if bits == 0:
+        return [np.arange(bucket.size)]
+    bucket &= np.uint8((1 << bits) - 1)
+    order = np.argsort(bucket, kind="stable")
+    ends = np.cumsum(np.bincount(bucket, minlength=1 << bits)).tolist()
+    return [order[lo:hi] for lo, hi in zip([0, *ends[:-1]], ends, strict=True) if hi > lo]
 
 
 _BUCKET_ROWS = 1 << 18
@@ -237,29 +247,185 @@ _BUCKET_ROWS = 1 << 18
 larger inputs are split by unit into buckets of about this size (10M rows, 100k partitions:
 1.77 CPU s against 2.05 with 2M-row buckets, loaded machine)."""
 _MAX_BUCKET_BITS = 6
-"""At most 64 buckets: each is found by one pass over the rows, so the passes stay a
-constant number whatever the input's size (buckets grow beyond ``_BUCKET_ROWS`` instead)."""
+"""At most 64 buckets: buckets grow beyond ``_BUCKET_ROWS`` instead, so the passes over
+the whole input stay a constant number."""
+_OUTER_BITS = 3
+"""The rows of 8 bucket groups are gathered (one pass over the input each), then split into
+their buckets: each gather reads a cache line of the input about 5.3 times, not 7.6 as one
+gather per bucket of 64 would."""
 
 
 def _bound(
-    unit_id: U64, pair_key: U64, event_priority: U64, max_partitions: int, max_contributions: int
+    unit_id: U64,
+    pair_key: U64,
+    event_priority: U64,
+    max_partitions: int,
+    max_contributions: int,
+    shared_bits: int = 0,
 ) -> Bool:
-    """:func:`bound_contributions` of rows bounded in one pass."""
+    """:func:`bound_contributions` of rows bounded in one pass; the ``shared_bits`` top bits
+    of every ``unit_id`` are equal (a bucket's)."""
+    keep = np.zeros(unit_id.size, dtype=bool)
+    keep[
+        _kept_rows(
+            unit_id, pair_key, event_priority, max_partitions, max_contributions, shared_bits
+        )
+    ] = True
+    return keep
+
+
+def _kept_rows(
+    unit_id: U64,
+    pair_key: U64,
+    event_priority: U64,
+    max_partitions: int,
+    max_contributions: int,
+    shared_bits: int,
+) -> I64:
+    """The rows :func:`_bound` keeps, in no particular order.
+
+    One sort orders the rows by (unit, pair key, event priority, position) (see
+    :func:`_sorted_pairs`): a unit's pairs then come in the order of their keys, each
+    pair's events in the order of their priorities, so L0 keeps the first
+    ``max_partitions`` pairs of each unit and Linf the first ``max_contributions`` rows of
+    each kept pair: the positions [start, start + min(size, max_contributions)) of each
+    kept pair, listed directly, so time and memory follow the rows kept, whatever the
+    limits are.
+    """
     n = unit_id.size
     if n == 0:
-        return np.zeros(0, dtype=bool)
+        return np.zeros(0, dtype=np.int64)
     max_contributions = min(max_contributions, n)
-    # Linf: bottom-k events per pair.
-    order, starts, pair_keys = _sorted_groups(pair_key, event_priority, max_contributions)
-    if _mixed_groups(unit_id, order, starts):
-        # Two units' pairs share a 64-bit key (~pairs^2 / 2^65 per call): bound each unit's
-        # rows of that key on its own, so no unit can ever gain a slot from another. Every
-        # row is compared with its neighbour, as the units of such a group interleave.
-        return _bound_exactly(unit_id, pair_key, event_priority, max_partitions, max_contributions)
-    pair_units = unit_id[order[starts]]
-    # L0: bottom-k pairs per unit, the pair key being the pair's priority.
-    pair_kept = bottom_k(pair_units, pair_keys, max_partitions)
-    return _first_k(order, starts, max_contributions, pair_kept)
+    order, starts, unit_first = _sorted_pairs(
+        unit_id, pair_key, event_priority, max_contributions, shared_bits
+    )
+    rank = np.arange(starts.size)
+    rank -= np.maximum.accumulate(np.where(unit_first, rank, 0))  # of a pair in its unit
+    taken = np.minimum(np.diff(np.append(starts, n)), max_contributions)
+    taken[rank >= min(max_partitions, n)] = 0
+    rows: I64 = order[_ranges(starts, taken)]
+    return rows
+
+
+def _sorted_pairs(
+    unit_id: U64, pair_key: U64, priority: U64, k: int, shared_bits: int
+) -> tuple[I64, I64, Bool]:
+    """Order rows by (unit, pair key, priority, position), exactly wherever L0 and a
+    bottom-``k`` Linf choice depend on it; return the order, the positions where (unit,
+    pair) groups start in it, and whether each of those groups starts a unit.
+
+    As in :func:`_sorted_groups`, each row is packed into one 64-bit word and value-sorted:
+    the top bits of its unit (after the ``shared_bits``), of its pair key, of its priority,
+    and its position. The packed order is exact except (a) where distinct units share their
+    unit prefix, (b) where distinct pairs of one unit share their pair prefix (their rows
+    may interleave, and the unit's pairs are ordered by prefix only), and (c) where
+    priorities of one pair tie in their prefix exactly at the ``k``-th place. (a) and (b)
+    show in the full keys as a unit (pair) start whose unit (unit and pair) prefix equals
+    the previous row's; the runs of rows sharing that prefix are re-sorted exactly. (c) is
+    fixed as in :func:`_sorted_groups`. Elsewhere truncation is monotone, so exact.
+    """
+    n = unit_id.size
+    index_bits = max(1, (n - 1).bit_length())
+    coarse_bits = 64 - index_bits
+    prio_bits = coarse_bits // 5  # 9 of the 46 coarse bits of a 256k-row bucket
+    pair_bits = coarse_bits * 3 // 10  # 13
+    unit_bits = coarse_bits - prio_bits - pair_bits
+    index_u, pair_u, prio_u = np.uint64(index_bits), np.uint64(pair_bits), np.uint64(prio_bits)
+    unit_shift = pair_u + prio_u  # coarse >> unit_shift: the unit prefix
+
+    packed = unit_id << np.uint64(shared_bits)
+    packed >>= np.uint64(64 - unit_bits)
+    packed <<= pair_u
+    part = pair_key >> np.uint64(64 - pair_bits)
+    packed |= part
+    packed <<= prio_u
+    np.right_shift(priority, np.uint64(64 - prio_bits), out=part)
+    packed |= part
+    packed <<= index_u
+    del part
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order: I64 = (packed & ((_ONE << index_u) - _ONE)).view(np.int64)
+    coarse = packed
+    coarse >>= index_u  # sorted: (unit, pair, priority) prefixes of each position
+
+    units = unit_id[order]
+    pairs = pair_key[order]
+    new_unit = np.empty(n, dtype=bool)
+    new_unit[0] = True
+    np.not_equal(units[1:], units[:-1], out=new_unit[1:])
+    new_pair = np.empty(n, dtype=bool)
+    new_pair[0] = True
+    np.not_equal(pairs[1:], pairs[:-1], out=new_pair[1:])
+    new_pair |= new_unit
+    starts = np.flatnonzero(new_pair)
+
+    # (a) a unit starting inside a run of its unit prefix, (b) a pair starting inside a run
+    # of its (unit, pair) prefix: re-sort those runs exactly (a (b) run inside an (a) run
+    # is part of it; a (b) run outside holds one unit).
+    later = starts[1:]
+    unit_later = later[new_unit[later]]
+    unit_clash = unit_later[
+        (coarse[unit_later] >> unit_shift) == (coarse[unit_later - 1] >> unit_shift)
+    ]
+    pair_clash = later[(coarse[later] >> prio_u) == (coarse[later - 1] >> prio_u)]
+    exact = None
+    if unit_clash.size or pair_clash.size:
+        unit_runs = np.unique(coarse[unit_clash] >> unit_shift)
+        pair_runs = np.unique(coarse[pair_clash] >> prio_u)
+        pair_runs = pair_runs[~np.isin(pair_runs >> pair_u, unit_runs)]
+        lo = np.concatenate(
+            [
+                np.searchsorted(coarse, unit_runs << unit_shift),
+                np.searchsorted(coarse, pair_runs << prio_u),
+            ]
+        )
+        hi = np.concatenate(
+            [
+                np.searchsorted(coarse, (unit_runs + _ONE) << unit_shift),
+                np.searchsorted(coarse, (pair_runs + _ONE) << prio_u),
+            ]
+        )
+        ranked = np.argsort(lo)
+        lo, hi = lo[ranked], hi[ranked]
+        positions = _resort_pairs(order, lo, hi, unit_id, pair_key, priority)
+        exact = np.zeros(n, dtype=bool)
+        exact[positions] = True
+        # Only the re-sorted rows' starts change: a run's first row follows a row of a
+        # smaller prefix, the row after it has a larger one.
+        rows = order[positions]
+        units[positions] = unit_id[rows]
+        pairs[positions] = pair_key[rows]
+        inner = positions[positions > 0]
+        new_unit[inner] = units[inner] != units[inner - 1]
+        new_pair[inner] = (pairs[inner] != pairs[inner - 1]) | new_unit[inner]
+        starts = np.flatnonzero(new_pair)
+    # (c) outside re-sorted runs, a tie of the coarse keys across the k-th place of a pair:
+    # re-sort the tied block (rows sharing all three prefixes; one pair) exactly.
+    sizes = np.diff(np.append(starts, n))
+    cut = starts[sizes > k] + k if k > 0 else starts[:0]
+    tied = coarse[cut] == coarse[cut - 1]
+    if exact is not None:
+        tied &= ~exact[cut]
+    cut = cut[tied]
+    if cut.size:
+        lo = np.searchsorted(coarse, coarse[cut], "left")
+        hi = np.searchsorted(coarse, coarse[cut], "right")
+        _resort_pairs(order, lo, hi, unit_id, pair_key, priority)
+    return order, starts, new_unit[starts]
+
+
+def _resort_pairs(order: I64, lo: I64, hi: I64, unit_id: U64, pair_key: U64, priority: U64) -> I64:
+    """Sort the disjoint position blocks ``[lo, hi)`` of ``order`` exactly by (unit, pair,
+    priority, row), in place; return the positions touched (ascending if ``lo`` is)."""
+    sizes = hi - lo
+    block = np.repeat(np.arange(lo.size), sizes)
+    positions = _ranges(lo, sizes)
+    rows = order[positions]
+    order[positions] = rows[
+        np.lexsort((rows, priority[rows], pair_key[rows], unit_id[rows], block))
+    ]
+    return positions
 
 
 def _bound_exactly(

@@ -99,21 +99,36 @@ def mix64(x: U64, *, inplace: bool = False) -> U64:
     """SplitMix64 finalizer: a bijective, well-mixing map on 64-bit integers (vectorised).
 
     Works in place (``inplace=True`` overwrites ``x``) with one scratch array: on large
-    batches fresh memory, not arithmetic, is the cost.
+    batches fresh memory, not arithmetic, is the cost. A long array is mixed a chunk at a
+    time, so the scratch array and the passes stay cache-sized (10M ids: 0.03 CPU s against
+    0.06-0.3 with one 80 MB scratch array).
 
     >>> int(mix64(np.array([0], dtype=np.uint64))[0]) == _mix64_int(0)
     True
     """
     with np.errstate(over="ignore"):
         z = np.add(x, _GOLDEN, out=x if inplace else None, dtype=np.uint64)
-        t = np.empty_like(z)
-        for shift, multiplier in ((30, _MIX1), (27, _MIX2)):
-            np.right_shift(z, np.uint64(shift), out=t)
-            np.bitwise_xor(z, t, out=z)
-            np.multiply(z, multiplier, out=z)
-        np.right_shift(z, np.uint64(31), out=t)
-        np.bitwise_xor(z, t, out=z)
+        if z.ndim != 1:
+            _mix_rest(z, np.empty_like(z))
+            return z
+        t = np.empty(min(z.size, _MIX_CHUNK), dtype=np.uint64)
+        for at in range(0, z.size, _MIX_CHUNK):
+            part = z[at : at + _MIX_CHUNK]
+            _mix_rest(part, t[: part.size])
         return z
+
+
+_MIX_CHUNK = 1 << 16
+
+
+def _mix_rest(z: U64, t: U64) -> None:
+    """The steps of :func:`mix64` after the first addition, in place (``t``: scratch)."""
+    for shift, multiplier in ((30, _MIX1), (27, _MIX2)):
+        np.right_shift(z, np.uint64(shift), out=t)
+        np.bitwise_xor(z, t, out=z)
+        np.multiply(z, multiplier, out=z)
+    np.right_shift(z, np.uint64(31), out=t)
+    np.bitwise_xor(z, t, out=z)
 
 
 def _mix64_int(x: int) -> int:
