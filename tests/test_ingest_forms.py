@@ -245,3 +245,30 @@ def test_consent_refuses_ids_the_store_cannot_hold_on_every_backend(
             purpose="model_training",
             randomness=seeded(1),
         )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    low=st.sampled_from([0, -(2**63), 2**63 - 2**20, 7]),
+    width=st.integers(1, 300_000),
+    dtype=st.sampled_from([np.int64, np.int32, np.uint64, np.uint8]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_integer_keys_factorized_by_counting_match_pandas(
+    low: int, width: int, dtype: Any, seed: int
+) -> None:
+    """The counting path (narrow integer ranges) gives every value back and the same
+    grouping as pandas' hash factorize; wide or out-of-dtype ranges take pandas' path."""
+    from telemagg._ingest import _MANY, factorize
+
+    info = np.iinfo(dtype)
+    low = min(max(low, int(info.min)), int(info.max))
+    high = min(low + width, int(info.max))
+    values = np.random.default_rng(seed).integers(low, high, _MANY + 1, endpoint=True)
+    values = values.astype(dtype)
+    enc = factorize(values)
+    np.testing.assert_array_equal(enc.uniques[enc.codes], values)
+    assert len(set(enc.uniques.tolist())) == enc.uniques.size
+    codes, _ = pd.factorize(values)
+    pairs = set(zip(enc.codes.tolist(), codes.tolist(), strict=True))
+    assert len(pairs) == enc.uniques.size  # one pandas code per code, and back
