@@ -79,17 +79,26 @@ def _sorted_groups(group: U64, priority: U64, k: int) -> tuple[I64, I64, U64]:
         starts = _restarted(group, order, starts, positions, lo)
     # (b) outside re-sorted runs, a tie of (group, priority) prefixes across the k-th place:
     # re-sort the tied block (rows sharing that prefix pair; one group) exactly.
-    sizes = np.diff(np.append(starts, n))
+    tied = _tied_at_k(coarse, starts, k, exact)
+    if tied is not None:
+        _resort(order, *tied, group, priority)
+    return order, starts, group[order[starts]]
+
+
+def _tied_at_k(coarse: U64, starts: I64, k: int, exact: Bool | None) -> tuple[I64, I64] | None:
+    """The blocks of rows whose coarse (prefix) keys tie across the ``k``-th row of a
+    group, outside the rows already re-sorted exactly (``exact``): their (lo, hi) position
+    ranges, to be re-sorted by the full keys; None if there is none."""
+    sizes = np.diff(np.append(starts, coarse.size))
     cut = starts[sizes > k] + k if k > 0 else starts[:0]
     tied = coarse[cut] == coarse[cut - 1]
     if exact is not None:
         tied &= ~exact[cut]
     cut = cut[tied]
-    if cut.size:
-        lo = np.searchsorted(coarse, coarse[cut], "left")
-        hi = np.searchsorted(coarse, coarse[cut], "right")
-        _resort(order, lo, hi, group, priority)
-    return order, starts, group[order[starts]]
+    if not cut.size:
+        return None
+    keys = coarse[cut]
+    return np.searchsorted(coarse, keys, "left"), np.searchsorted(coarse, keys, "right")
 
 
 _CHUNK = 1 << 20
@@ -402,16 +411,9 @@ def _sorted_pairs(
         starts = np.flatnonzero(new_pair)
     # (c) outside re-sorted runs, a tie of the coarse keys across the k-th place of a pair:
     # re-sort the tied block (rows sharing all three prefixes; one pair) exactly.
-    sizes = np.diff(np.append(starts, n))
-    cut = starts[sizes > k] + k if k > 0 else starts[:0]
-    tied = coarse[cut] == coarse[cut - 1]
-    if exact is not None:
-        tied &= ~exact[cut]
-    cut = cut[tied]
-    if cut.size:
-        lo = np.searchsorted(coarse, coarse[cut], "left")
-        hi = np.searchsorted(coarse, coarse[cut], "right")
-        _resort_pairs(order, lo, hi, unit_id, pair_key, priority)
+    tied = _tied_at_k(coarse, starts, k, exact)
+    if tied is not None:
+        _resort_pairs(order, *tied, unit_id, pair_key, priority)
     return order, starts, new_unit[starts]
 
 
