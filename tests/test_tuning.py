@@ -206,9 +206,12 @@ def test_neighbouring_inputs_change_the_tuning_only_through_noise(tmp_path) -> N
     metrics = [tm.count(), tm.mean("value", bounds="auto")]
     d, d_prime = release(base, metrics), release(neighbour, metrics)
     tuning, tuning_prime = d.metadata["tuning"], d_prime.metadata["tuning"]
-    for key in ("max_partitions", "max_contributions", "bounds", "epsilon"):
+    for key in ("max_partitions", "max_contributions", "bounds", "epsilon", "metric_bounds"):
         assert tuning[key] == tuning_prime[key]
+    assert tuning.get("metric_max_contributions") == tuning_prime.get("metric_max_contributions")
     assert abs(tuning["events_kept_share"] - tuning_prime["events_kept_share"]) < 0.01
+    for name, share in tuning.get("metric_events_kept_share", {}).items():
+        assert abs(share - tuning_prime["metric_events_kept_share"][name]) < 0.01
 
     def without_tuning(r: tm.Release) -> dict[str, Any]:
         out = published(r, tmp_path)
