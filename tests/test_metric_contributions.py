@@ -138,3 +138,33 @@ def test_auto_policy_gives_value_metrics_their_own_smaller_bound() -> None:
         assert {c["max_contributions"] for c in components} == {m}
     assert set(tuning["metric_bounds"]) == {"mean_value", "value"}
     assert release.metrics["count"].sensitivity == tuning["max_contributions"]
+
+
+def test_a_release_samples_once_per_bound_and_keeps_no_sample_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mean and a variance with one own bound read one sample (four measurements);
+    the held state keeps no copy of its rows once the release is out."""
+    from telemagg import _state
+
+    rng = np.random.default_rng(0)
+    data = {"user": rng.integers(0, 50, 2000), "event": rng.integers(0, 3, 2000)}
+    data["value"] = rng.uniform(0, 100, 2000)
+    policy = tm.Policy(privacy_unit="user", max_partitions=3, max_contributions=20)
+    metrics = [
+        tm.mean("value", bounds=BOUNDS, max_contributions=2),
+        tm.variance("value", bounds=BOUNDS, max_contributions=2),
+    ]
+    agg = tm.Aggregator(policy=policy, by="event", metrics=metrics, randomness=seeded(1))
+    agg.add(data)
+    calls: list[int] = []
+    real = _state.bound_contributions
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["max_contributions"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_state, "bound_contributions", counted)
+    agg.release(epsilon=1.0, partitions=[0, 1, 2])
+    assert calls.count(2) == 1
+    assert agg._state._samples is None

@@ -743,11 +743,12 @@ class Plan:
         the noisy integer times the resolution (post-processing).
         """
         noisy: dict[str, F64] = {}
-        for key, cal in self.measurements.items():
-            exact = cal.spec.exact(state, n_known, categories)[released]
-            draw = noise.laplace if cal.mechanism == "laplace" else noise.gaussian
-            units = draw(exact.ravel(), cal.scale).reshape(exact.shape)
-            noisy[key] = units.astype(np.float64) * cal.spec.resolution
+        with state.sampling():  # metrics with their own max_contributions share a sample
+            for key, cal in self.measurements.items():
+                exact = cal.spec.exact(state, n_known, categories)[released]
+                draw = noise.laplace if cal.mechanism == "laplace" else noise.gaussian
+                units = draw(exact.ravel(), cal.scale).reshape(exact.shape)
+                noisy[key] = units.astype(np.float64) * cal.spec.resolution
         value_counts = {
             key: noisy_value_counts(
                 state, released, n_known, selection, categories[selection.column], noise

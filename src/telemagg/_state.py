@@ -11,8 +11,9 @@ in any order and any batching give the same state for the same rows and prioriti
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +134,7 @@ class State:
         self._pending_rows = 0
         self._limits = (1, 1)  # (max_partitions, max_contributions) of the pending rows
         self._borrowed = False  # value columns may be views of a caller's arrays
-        self._samples: dict[int, State] = {}  # sampled(k), while the rows stay settled
+        self._samples: dict[int, State] | None = None  # sampled(k), inside sampling()
 
     @classmethod
     def empty(cls, numeric: Sequence[str], categorical: Sequence[str] = ()) -> State:
@@ -202,14 +203,15 @@ class State:
 
     def __getstate__(self) -> dict[str, Any]:
         self._settle()  # pickle (Dask, processes) the bounded rows only
-        return {**self.__dict__, "_samples": {}}  # samples are recomputed, not shipped
+        return {**self.__dict__, "_samples": None}  # samples are recomputed, not shipped
 
     def _settle(self) -> None:
         """Bound the pending rows together with the bounded ones; count the evicted."""
         if not self._pending:
             return
         pending, self._pending, self._pending_rows = self._pending, [], 0
-        self._samples = {}
+        if self._samples is not None:
+            self._samples = {}
         parts = pending if self._unit_id.size == 0 else [self, *pending]
         merged = parts[0] if len(parts) == 1 else State._stack(parts)
         max_partitions, max_contributions = self._limits
@@ -322,7 +324,7 @@ class State:
         """The rows with the ``max_contributions`` smallest event priorities of each
         (unit, partition) pair: what bounding with that Linf would have kept (bottom-k of a
         bottom-k sample is the bottom-k of the whole; ``_bounding``), so a uniform sample
-        of each unit's kept events. Computed once per value while the rows stay the same.
+        of each unit's kept events. Inside :meth:`sampling`, computed once per value.
 
         >>> state = State.empty(["v"]).absorb(State(
         ...     unit_id=np.array([1, 1, 1], dtype=np.uint64), partition=np.array([0, 0, 0]),
@@ -334,16 +336,31 @@ class State:
         [10.0]
         """
         self._settle()
-        if max_contributions not in self._samples:
-            keep = bound_contributions(
-                self._unit_id,
-                self._pair_key,
-                self._event_priority,
-                max_partitions=max(int(self._unit_id.size), 1),  # L0 holds already
-                max_contributions=max_contributions,
-            )
-            self._samples[max_contributions] = self.select(keep)
-        return self._samples[max_contributions]
+        samples = self._samples
+        if samples is not None and max_contributions in samples:
+            return samples[max_contributions]
+        keep = bound_contributions(
+            self._unit_id,
+            self._pair_key,
+            self._event_priority,
+            max_partitions=max(int(self._unit_id.size), 1),  # L0 holds already
+            max_contributions=max_contributions,
+        )
+        sample = self.select(keep)
+        if samples is not None:
+            samples[max_contributions] = sample
+        return sample
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Within this block :meth:`sampled` computes each sample once (the measurements
+        of one release share them); after it they are dropped, so a state held between
+        releases never keeps copies of its rows."""
+        self._samples = {}
+        try:
+            yield
+        finally:
+            self._samples = None
 
     def select(self, rows: npt.NDArray[np.bool_]) -> State:
         """The rows in ``rows`` (no accounting change)."""
