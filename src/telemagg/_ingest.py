@@ -387,7 +387,9 @@ def _factorize_narrow_ints(values: npt.NDArray[Any]) -> Encoded | None:
     span = high - low + 1
     if span > _NARROW_SPAN * values.size or high > np.iinfo(np.int64).max:
         return None
-    offsets = values.astype(np.int64) - low if low else values.astype(np.int64, copy=False)
+    offsets = values.astype(np.int64, copy=bool(low))  # one copy, and only when shifted
+    if low:
+        offsets -= low
     present = np.zeros(span, dtype=bool)
     present[offsets] = True
     rank = np.cumsum(present, dtype=np.int64)
