@@ -218,3 +218,42 @@ def test_release_with_many_public_partitions_matches_small_batches() -> None:
     pieces = agg.release(epsilon=1.0)
     assert whole.to_dict()["key"].tolist() == pieces.to_dict()["key"].tolist() == keys.tolist()
     assert whole.to_dict()["count"].tolist() == pieces.to_dict()["count"].tolist()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(-60, 60), min_size=_VECTOR_MIN - 1, max_size=_VECTOR_MIN + 9, unique=True),
+    st.sampled_from([None, 0, -1]),
+    st.booleans(),
+    st.sampled_from([0, 2**62]),
+    key_batches(width=0),
+)
+def test_first_integers_without_a_sort_as_the_value_by_value_index(
+    first: list[int], repeated: int | None, single: bool, offset: int, later: list[list[Any]]
+) -> None:
+    """An empty index given integers of a narrow range registers them without sorting
+    (the hash-sorted arrays are built on first need): same ids, keys and hashes as the
+    reference, then and after any later batches; a value listed twice (``repeated``: the
+    first or last again) takes the general path."""
+    if repeated is not None:
+        first = [*first, first[repeated]]
+    values = np.array(first, dtype=np.int64) + np.int64(offset)
+    keys = KeyColumns((values,), single=single)
+    index, reference = KeyIndex(), ReferenceKeyIndex()
+    expected = reference.ids(keys.tolist())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_key_index, "_SORTED_QUERIES", 1)
+        assert index.ids(keys).tolist() == expected
+        vectorised = len(first) >= _VECTOR_MIN  # fewer keys go value by value
+        assert (index._sorted is None) == (vectorised and repeated is None)  # sorted: none
+        assert_same(index, reference)
+        assert index.lookup(keys).tolist() == expected
+        for batch in later:
+            if len(batch) and not single:
+                batch = [(k,) for k in batch]
+            try:
+                expected = reference.ids(batch)
+            except SchemaError:
+                return
+            assert index.ids(batch).tolist() == expected
+            assert_same(index, reference)

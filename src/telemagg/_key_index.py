@@ -257,6 +257,7 @@ searches over a large index, sort included)."""
 _VECTOR_MIN = 64
 """Fewer keys than this take the value-by-value path (numpy's per-call cost dominates)."""
 _REHASH = 0x5851F42D4C957F2D
+_ByHash = tuple[U64, I64, U64]
 
 
 _DENSE_SPAN = 4
@@ -300,9 +301,7 @@ class KeyIndex:
         self._columns: KeyColumns | None = None  # every key, in id order
         self._lookup = np.zeros(0, np.uint64)  # identity hash of each id
         self._hashes = np.zeros(0, np.uint64)  # bounding hash of each id (distinct)
-        self._sorted_lookup = np.zeros(0, np.uint64)
-        self._sorted_ids = np.zeros(0, np.int64)
-        self._sorted_hashes = np.zeros(0, np.uint64)
+        self._sorted: _ByHash | None = None  # see _by_hash
         self._keys: list[Any] | None = []
         self._addresses: tuple[npt.NDArray[np.uintp], I64] | None = None  # _find_objects
         self._dense: tuple[int, I64] | None = None  # _find_dense
@@ -315,8 +314,19 @@ class KeyIndex:
         return {**self.__dict__, "_addresses": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(_addresses=None, _dense=None)  # caches an older pickle lacks
+        self.__dict__.update(_addresses=None, _dense=None, _sorted=None)  # caches
         self.__dict__.update(state)
+        for old in ("_sorted_lookup", "_sorted_ids", "_sorted_hashes"):  # an older pickle's
+            self.__dict__.pop(old, None)
+
+    def _by_hash(self) -> _ByHash:
+        """The lookup hashes sorted, the id at each, and the bounding hashes sorted: kept
+        up to date as keys are added, or (after the first keys of a range of integers,
+        which need no sort: see :meth:`_first_integers`) built on first need."""
+        if self._sorted is None:
+            order = np.argsort(self._lookup, kind="stable")
+            self._sorted = (self._lookup[order], order.astype(np.int64), np.sort(self._hashes))
+        return self._sorted
 
     @property
     def keys(self) -> list[Any]:
@@ -469,9 +479,10 @@ class KeyIndex:
         if lookup.size >= _SORTED_QUERIES:  # in hash order, the binary searches walk forward
             order = np.argsort(lookup)
             lookup = lookup[order]
-        at = np.minimum(np.searchsorted(self._sorted_lookup, lookup), len(self) - 1)
-        hit = np.flatnonzero(self._sorted_lookup[at] == lookup)
-        candidates = self._sorted_ids[at[hit]]
+        sorted_lookup, sorted_ids, _ = self._by_hash()
+        at = np.minimum(np.searchsorted(sorted_lookup, lookup), len(self) - 1)
+        hit = np.flatnonzero(sorted_lookup[at] == lookup)
+        candidates = sorted_ids[at[hit]]
         if order is not None:
             hit = order[hit]
         if not _same_keys(keys, hit, self._columns, candidates).all():
@@ -480,6 +491,10 @@ class KeyIndex:
         return found
 
     def _ids_vectorised(self, keys: KeyColumns) -> I64 | None:
+        if not len(self):
+            first = self._first_integers(keys)
+            if first is not None:
+                return first
         found = self._find_columns(keys)
         if found is None:
             return None
@@ -499,6 +514,27 @@ class KeyIndex:
         found[new] = ids
         self._append(fresh, lookup, lookup, (distinct, ids[order]))
         return found
+
+    def _first_integers(self, keys: KeyColumns) -> I64 | None:
+        """Ids of the first keys of an index when they are distinct integers of one int64
+        part in a narrow range (a public list of integer partitions), without sorting:
+        SplitMix64 is a bijection of 64-bit words, and so is xoring and mixing in the
+        part count, so distinct values have distinct hashes (no collision to resolve);
+        distinctness is checked in the range table lookups use. None otherwise."""
+        if len(keys.parts) != 1 or len(keys) < _SORTED_QUERIES:
+            return None
+        part = keys.parts[0]
+        dense = _dense_table(part) if part.dtype == np.int64 else None
+        if dense is None:
+            return None
+        lo, table = dense
+        ids = np.arange(len(keys), dtype=np.int64)
+        if not np.array_equal(table[part - lo], ids):  # a value listed twice
+            return None
+        lookup = key_hashes(keys)
+        self._append(keys, lookup, lookup, sort=False)
+        self._dense = dense
+        return ids
 
     def _add_repeated(self, keys: KeyColumns, found: I64, new: I64, lookup: U64) -> I64 | None:
         """:meth:`_ids_vectorised` for new keys some of which share a hash (one key twice,
@@ -520,8 +556,9 @@ class KeyIndex:
         """Whether a bounding hash of this index is among ``hashes`` (sorted)."""
         if not len(self):
             return False
-        at = np.minimum(np.searchsorted(self._sorted_hashes, hashes), len(self) - 1)
-        return bool(np.any(self._sorted_hashes[at] == hashes))
+        sorted_hashes = self._by_hash()[2]
+        at = np.minimum(np.searchsorted(sorted_hashes, hashes), len(self) - 1)
+        return bool(np.any(sorted_hashes[at] == hashes))
 
     def _append(
         self,
@@ -529,10 +566,13 @@ class KeyIndex:
         lookup: U64,
         hashes: U64,
         by_lookup: tuple[U64, I64] | None = None,
+        *,
+        sort: bool = True,
     ) -> None:
         """Add ``keys`` with their lookup and bounding hashes (``by_lookup``: the lookup
         hashes sorted and the new ids in that order, when the caller has them; bounding
-        hashes are then the lookup hashes)."""
+        hashes are then the lookup hashes). ``sort=False``, or hash-sorted arrays not
+        built yet: they are built from all keys on first need (:meth:`_by_hash`)."""
         if self._columns is None:
             self._columns = keys
         else:
@@ -540,27 +580,29 @@ class KeyIndex:
             self._columns = KeyColumns(
                 tuple(_concat_parts(x, y) for x, y in parts), self._columns.single
             )
+        self._keys = None
+        self._addresses = self._dense = None
+        first = not self._lookup.size
+        self._lookup = lookup if first else np.concatenate([self._lookup, lookup])
+        self._hashes = hashes if first else np.concatenate([self._hashes, hashes])
+        if not sort or (self._sorted is None and not first):
+            self._sorted = None
+            return
         if by_lookup is None:
             order = np.argsort(lookup, kind="stable")
-            ids = np.arange(len(self), len(self) + len(keys), dtype=np.int64)
+            ids = np.arange(len(self) - len(keys), len(self), dtype=np.int64)
             by_lookup = (lookup[order], ids[order])
             sorted_hashes = np.sort(hashes)
         else:
             sorted_hashes = by_lookup[0]
-        self._keys = None
-        self._addresses = self._dense = None
-        if not self._lookup.size:  # the first keys: nothing to merge them into
-            self._lookup, self._hashes = lookup, hashes
-            self._sorted_lookup, self._sorted_ids = by_lookup
-            self._sorted_hashes = sorted_hashes
+        if first or self._sorted is None:
+            self._sorted = (*by_lookup, sorted_hashes)
             return
-        self._lookup = np.concatenate([self._lookup, lookup])
-        self._hashes = np.concatenate([self._hashes, hashes])
-        at = np.searchsorted(self._sorted_lookup, by_lookup[0], side="right")
-        self._sorted_lookup = np.insert(self._sorted_lookup, at, by_lookup[0])
-        self._sorted_ids = np.insert(self._sorted_ids, at, by_lookup[1])
-        at = np.searchsorted(self._sorted_hashes, sorted_hashes)
-        self._sorted_hashes = np.insert(self._sorted_hashes, at, sorted_hashes)
+        old_lookup, old_ids, old_hashes = self._sorted
+        at = np.searchsorted(old_lookup, by_lookup[0], side="right")
+        merged = (np.insert(old_lookup, at, by_lookup[0]), np.insert(old_ids, at, by_lookup[1]))
+        at = np.searchsorted(old_hashes, sorted_hashes)
+        self._sorted = (*merged, np.insert(old_hashes, at, sorted_hashes))
 
     # ------------------------------------------------------------------ value by value
 
@@ -570,9 +612,10 @@ class KeyIndex:
 
     def _find_identity(self, identity: Any) -> int | None:
         h = np.uint64(_LOOKUP_HASH(identity))
-        lo = int(np.searchsorted(self._sorted_lookup, h, "left"))
-        hi = int(np.searchsorted(self._sorted_lookup, h, "right"))
-        for i in self._sorted_ids[lo:hi].tolist():
+        sorted_lookup, sorted_ids, _ = self._by_hash()
+        lo = int(np.searchsorted(sorted_lookup, h, "left"))
+        hi = int(np.searchsorted(sorted_lookup, h, "right"))
+        for i in sorted_ids[lo:hi].tolist():
             if key_identity(self._key_at(i)) == identity:
                 return int(i)
         return None
@@ -610,8 +653,9 @@ class KeyIndex:
         return np.asarray(out, dtype=np.int64)
 
     def _taken(self, h: int) -> bool:
-        at = int(np.searchsorted(self._sorted_hashes, np.uint64(h)))
-        return at < self._sorted_hashes.size and int(self._sorted_hashes[at]) == h
+        sorted_hashes = self._by_hash()[2]
+        at = int(np.searchsorted(sorted_hashes, np.uint64(h)))
+        return at < sorted_hashes.size and int(sorted_hashes[at]) == h
 
 
 def _released(key: Any) -> Any:
