@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from telemagg import _kernels
+
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
@@ -218,6 +220,11 @@ def bound_contributions(
     # those of one pass.
     bits = min((n // _BUCKET_ROWS).bit_length(), _MAX_BUCKET_BITS)
     outer = min(bits, _OUTER_BITS)
+    compiled = _kernels.bound_buckets(
+        unit_id, pair_key, event_priority, bits, outer, max_partitions, max_contributions
+    )
+    if compiled is not None:
+        return compiled
     shift = np.uint64(64 - bits)
     bucket = np.empty(n, dtype=np.uint8)
     for at in range(0, n, _CHUNK):  # a chunk at a time: no n-row uint64 temporary
@@ -306,6 +313,13 @@ def _kept_rows(
     n = unit_id.size
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if n >= _kernels.MIN_ROWS:
+        kept = _kernels.kept_rows(
+            unit_id, pair_key, event_priority, shared_bits, _packed_widths(n),
+            max_partitions, max_contributions,
+        )  # fmt: skip
+        if kept is not None:
+            return kept
     max_contributions = min(max_contributions, n)
     order, starts, unit_first = _sorted_pairs(
         unit_id, pair_key, event_priority, max_contributions, shared_bits
@@ -336,26 +350,11 @@ def _sorted_pairs(
     fixed as in :func:`_sorted_groups`. Elsewhere truncation is monotone, so exact.
     """
     n = unit_id.size
-    index_bits = max(1, (n - 1).bit_length())
-    coarse_bits = 64 - index_bits
-    prio_bits = coarse_bits // 5  # 9 of the 46 coarse bits of a 256k-row bucket
-    pair_bits = coarse_bits * 3 // 10  # 13
-    unit_bits = coarse_bits - prio_bits - pair_bits
+    packed, (index_bits, pair_bits, prio_bits) = _packed_pairs(
+        unit_id, pair_key, priority, shared_bits
+    )
     index_u, pair_u, prio_u = np.uint64(index_bits), np.uint64(pair_bits), np.uint64(prio_bits)
     unit_shift = pair_u + prio_u  # coarse >> unit_shift: the unit prefix
-
-    packed = unit_id << np.uint64(shared_bits)
-    packed >>= np.uint64(64 - unit_bits)
-    packed <<= pair_u
-    part = pair_key >> np.uint64(64 - pair_bits)
-    packed |= part
-    packed <<= prio_u
-    np.right_shift(priority, np.uint64(64 - prio_bits), out=part)
-    packed |= part
-    packed <<= index_u
-    del part
-    packed |= np.arange(n, dtype=np.uint64)
-    packed.sort()
     order: I64 = (packed & ((_ONE << index_u) - _ONE)).view(np.int64)
     coarse = packed
     coarse >>= index_u  # sorted: (unit, pair, priority) prefixes of each position
@@ -420,6 +419,38 @@ def _sorted_pairs(
     if tied is not None:
         _resort_pairs(order, *tied, unit_id, pair_key, priority)
     return order, starts, new_unit[starts]
+
+
+def _packed_widths(n: int) -> tuple[int, int, int]:
+    """Widths of the position, pair and priority fields of :func:`_packed_pairs` words
+    for ``n`` rows (the unit field takes the rest)."""
+    index_bits = max(1, (n - 1).bit_length())
+    coarse_bits = 64 - index_bits
+    return index_bits, coarse_bits * 3 // 10, coarse_bits // 5  # 128k rows: 17, 14, 9
+
+
+def _packed_pairs(
+    unit_id: U64, pair_key: U64, priority: U64, shared_bits: int
+) -> tuple[U64, tuple[int, int, int]]:
+    """Each row packed into one 64-bit word, value-sorted: from the top, the bits of its
+    unit after the ``shared_bits``, of its pair key, of its priority, and its position;
+    returns the words and the widths of the position, pair and priority fields."""
+    n = unit_id.size
+    index_bits, pair_bits, prio_bits = _packed_widths(n)
+    unit_bits = 64 - index_bits - pair_bits - prio_bits
+    packed = unit_id << np.uint64(shared_bits)
+    packed >>= np.uint64(64 - unit_bits)
+    packed <<= np.uint64(pair_bits)
+    part = pair_key >> np.uint64(64 - pair_bits)
+    packed |= part
+    packed <<= np.uint64(prio_bits)
+    np.right_shift(priority, np.uint64(64 - prio_bits), out=part)
+    packed |= part
+    packed <<= np.uint64(index_bits)
+    del part
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    return packed, (index_bits, pair_bits, prio_bits)
 
 
 def _resort_pairs(order: I64, lo: I64, hi: I64, unit_id: U64, pair_key: U64, priority: U64) -> I64:

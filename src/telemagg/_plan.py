@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from telemagg import _kernels
 from telemagg import _mechanisms as mech
 from telemagg._identity import key_identity
 from telemagg._quantiles import quantile_columns, quantile_key, quantile_spec
@@ -249,7 +250,7 @@ def _unit_count(state: State, n: int) -> I64:
     if len(state) == 0:
         return np.zeros((n, 1), dtype=np.int64)
     shift = np.uint64(max(n - 1, 1).bit_length())
-    keys = np.sort(
+    keys = _kernels.sort_words(
         (state.partition.astype(np.uint64) << (np.uint64(64) - shift)) | (state.pair_key >> shift)
     )
     first = np.ones(keys.size, dtype=bool)

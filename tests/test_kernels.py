@@ -1,0 +1,160 @@
+"""The compiled kernels (numba, the ``fast`` extra) against the numpy paths they replace.
+
+Each kernel must give exactly the numpy path's result, and both the exact reference's, on
+random and adversarial inputs: units and pair keys sharing prefixes, priorities tying in
+their prefix or exactly, a unit's pairs interleaving with another's, huge groups beside
+single rows. Skipped where numba is not installed (CI installs it; its polars 1.x rerun
+runs without it, through the numpy paths).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.strategies import colliding_rows
+from tests.test_bounding import adversarial_rows, nested_prefix_rows, reference_bound
+from tests.test_bounding_buckets import spread_rows
+
+from telemagg import _bounding, _kernels
+
+pytest.importorskip("numba")
+from telemagg import _numba_kernels
+
+
+def compiled_kept(unit, pair, prio, l0, linf, shared=0) -> np.ndarray:
+    """Mask of the rows the compiled one-bucket kernel keeps."""
+    n = unit.size
+    rows = _numba_kernels.kept_rows(
+        unit, pair, prio, shared, *_bounding._packed_widths(n), min(l0, n), min(linf, n)
+    )
+    keep = np.zeros(n, dtype=bool)
+    keep[rows] = True
+    assert len(set(rows.tolist())) == rows.size  # each row at most once
+    return keep
+
+
+def numpy_kept(unit, pair, prio, l0, linf, shared=0) -> np.ndarray:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_kernels, "MIN_ROWS", 2**62)  # never the kernel
+        return _bounding._bound(unit, pair, prio, l0, linf, shared)
+
+
+@given(rows=nested_prefix_rows(), l0=st.integers(1, 5), linf=st.integers(1, 5))
+@settings(max_examples=500, deadline=None)
+def test_kernel_keeps_the_rows_of_the_numpy_path_on_nested_prefixes(rows, l0, linf) -> None:
+    unit, pair, prio, shared = rows
+    expected = _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()
+    assert numpy_kept(unit, pair, prio, l0, linf, shared).tolist() == expected
+    assert compiled_kept(unit, pair, prio, l0, linf, shared).tolist() == expected
+
+
+@given(rows=adversarial_rows(), l0=st.integers(1, 4), linf=st.integers(1, 4))
+@settings(max_examples=300, deadline=None)
+def test_kernel_keeps_the_reference_rows_on_adversarial_rows(rows, l0, linf) -> None:
+    unit, pair, prio = rows
+    kept = set(np.flatnonzero(compiled_kept(unit, pair, prio, l0, linf)).tolist())
+    assert kept == reference_bound(unit, pair, prio, l0, linf)
+
+
+@given(rows=colliding_rows(), l0=st.integers(1, 3), linf=st.integers(1, 3))
+@settings(max_examples=200, deadline=None)
+def test_kernel_keeps_the_reference_rows_on_collisions_and_ties(rows, l0, linf) -> None:
+    unit, pair, prio = rows
+    kept = set(np.flatnonzero(compiled_kept(unit, pair, prio, l0, linf)).tolist())
+    assert kept == reference_bound(unit, pair, prio, l0, linf)
+
+
+@given(
+    n=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    l0=st.integers(1, 4),
+    linf=st.integers(1, 4),
+    units=st.integers(1, 40),
+    low_bits=st.integers(1, 16),
+    random_pairs=st.booleans(),
+)
+@settings(max_examples=100, deadline=None)
+def test_kernel_matches_on_many_prefix_clashes(
+    n, seed, l0, linf, units, low_bits, random_pairs
+) -> None:
+    """Nearly every group shares its prefix with another: many large re-sorted runs."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**64, 2, dtype=np.uint64, endpoint=False) >> np.uint64(16)
+    base <<= np.uint64(16)
+    low = np.uint64(2**low_bits)
+    unit = base[0] | rng.integers(0, units, n, dtype=np.uint64) % low
+    pair = base[1] | rng.integers(0, 2**16, n, dtype=np.uint64) % low
+    if random_pairs:
+        pair = (unit * np.uint64(1_000_003) + pair % np.uint64(12)) * np.uint64(0x9E3779B97F4A7C15)
+    prio = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False) >> np.uint64(50)
+    expected = _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()
+    assert compiled_kept(unit, pair, prio, l0, linf).tolist() == expected
+
+
+@given(
+    rows=spread_rows(),
+    l0=st.integers(1, 3),
+    linf=st.integers(1, 3),
+    bits=st.integers(0, 7),
+    outer=st.integers(0, 3),
+)
+@settings(max_examples=300, deadline=None)
+def test_buckets_kernel_keeps_the_rows_of_one_pass(rows, l0, linf, bits, outer) -> None:
+    """Bucketed by the top ``bits`` bits of the unit, ``outer`` of them per gathered group:
+    the rows one pass keeps."""
+    unit, pair, prio = rows
+    outer = min(outer, bits)
+    keep = _numba_kernels.bound_buckets(unit, pair, prio, bits, outer, l0, linf)
+    assert keep.tolist() == _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()
+
+
+def test_bound_contributions_takes_the_kernels_and_agrees_with_numpy() -> None:
+    """A large input through the public entry point: the compiled buckets and the numpy
+    buckets keep the same rows (limits 1 and large, so ties at the cut and whole pairs)."""
+    rng = np.random.default_rng(7)
+    n = 300_000
+    unit = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)[rng.integers(0, 20_000, n)]
+    pair = unit ^ rng.integers(0, 6, n, dtype=np.uint64)
+    prio = rng.integers(0, 2**12, n, dtype=np.uint64) << np.uint64(52)  # prefixes tie
+    assert _kernels.enabled()
+    for l0, linf in ((1, 1), (3, 2), (10**9, 10**12)):
+        limits = {"max_partitions": l0, "max_contributions": linf}
+        got = _bounding.bound_contributions(unit, pair, prio, **limits)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_kernels, "_compiled", lambda: None)
+            expected = _bounding.bound_contributions(unit, pair, prio, **limits)
+        assert got.tolist() == expected.tolist()
+
+
+@given(
+    st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=300),
+    st.sampled_from([0, 11, 33, 60]),
+)
+@settings(max_examples=200, deadline=None)
+def test_radix_sort_is_np_sort(values: list[int], shift: int) -> None:
+    keys = np.asarray(values, dtype=np.uint64) >> np.uint64(shift)  # digits that never vary
+    assert _numba_kernels.radix_sort(keys).tolist() == np.sort(keys).tolist()
+
+
+def test_the_environment_switches_the_kernels_off() -> None:
+    code = "from telemagg import _kernels; print(_kernels.enabled())"
+    env = {**os.environ, _kernels.KERNELS_ENV: "numpy"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+    env.pop(_kernels.KERNELS_ENV)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_sort_words_sorts_large_inputs_by_radix_as_np_sort() -> None:
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 2**64, 50_000, dtype=np.uint64, endpoint=False)
+    words[::7] = words[1]  # repeated words
+    assert _kernels.sort_words(words).tolist() == np.sort(words).tolist()
+    assert _kernels.sort_words(words[:10]).tolist() == np.sort(words[:10]).tolist()
