@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from _anchors._harness import WARMUP_ROWS, Aggregate, time_runs
 
 import telemagg as tm
+from telemagg import _kernels
 from telemagg.datasets import telemetry_events
 from telemagg.errors import UntrackedReleaseWarning
 
@@ -366,8 +367,19 @@ def machine() -> str:
     return (
         f"CPU: {cpu}; {os.cpu_count()} cores; {memory}\n"
         f"Python {platform.python_version()} ({platform.system()} {platform.release()}), "
-        f"numpy {np.__version__}, pandas {pd.__version__}, pyarrow {pa.__version__}"
+        f"numpy {np.__version__}, pandas {pd.__version__}, pyarrow {pa.__version__}; "
+        f"bounding: {kernels_used()}"
     )
+
+
+def kernels_used() -> str:
+    """Which bounding kernels run: the compiled ones (loaded before timing, as a service
+    would at start: ``_kernels.warm_up``) or numpy's."""
+    if not _kernels.warm_up():
+        return "numpy (numba absent or TELEMAGG_KERNELS=numpy)"
+    import numba
+
+    return f"numba {numba.__version__} kernels"
 
 
 def _first_line_with(command: list[str], prefix: str) -> str:
@@ -399,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--event-types", type=int, default=200, help="partitions")
     parser.add_argument("--json", type=Path, default=DATA / "throughput.json")
     args = parser.parse_args(argv)
+    print(f"bounding: {kernels_used()}", flush=True)
 
     python = None if args.no_anchors else anchors_python()
     measured: list[Measurement] = []

@@ -122,12 +122,12 @@ def test_bound_contributions_takes_the_kernels_and_agrees_with_numpy() -> None:
     unit = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)[rng.integers(0, 20_000, n)]
     pair = unit ^ rng.integers(0, 6, n, dtype=np.uint64)
     prio = rng.integers(0, 2**12, n, dtype=np.uint64) << np.uint64(52)  # prefixes tie
-    assert _kernels.enabled()
+    assert _kernels.warm_up()
     for l0, linf in ((1, 1), (3, 2), (10**9, 10**12)):
         limits = {"max_partitions": l0, "max_contributions": linf}
         got = _bounding.bound_contributions(unit, pair, prio, **limits)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_kernels, "_compiled", lambda: None)
+            patch.setitem(_kernels._state, "kernels", None)
             expected = _bounding.bound_contributions(unit, pair, prio, **limits)
         assert got.tolist() == expected.tolist()
 
@@ -142,14 +142,31 @@ def test_radix_sort_is_np_sort(values: list[int], shift: int) -> None:
     assert _numba_kernels.radix_sort(keys).tolist() == np.sort(keys).tolist()
 
 
-def test_the_environment_switches_the_kernels_off() -> None:
-    code = "from telemagg import _kernels; print(_kernels.enabled())"
-    env = {**os.environ, _kernels.KERNELS_ENV: "numpy"}
+def loaded_after_bounding(mode: str | None, rows: int) -> str:
+    """In a fresh process under ``TELEMAGG_KERNELS=mode``: whether bounding ``rows`` rows
+    loaded the kernels, and whether they can run."""
+    code = (
+        "import numpy as np; from telemagg import _bounding, _kernels\n"
+        f"a = np.arange({rows}, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)\n"
+        "_bounding.bound_contributions(a, a, a, max_partitions=1, max_contributions=1)\n"
+        "print('kernels' in _kernels._state, _kernels.enabled())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != _kernels.KERNELS_ENV}
+    if mode is not None:
+        env[_kernels.KERNELS_ENV] = mode
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "False"
-    env.pop(_kernels.KERNELS_ENV)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "True"
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_the_environment_chooses_when_the_kernels_load() -> None:
+    """``auto``: a small input never loads them (a CLI run does not pay for them), a large
+    one does; ``eager``: any input of MIN_ROWS rows; ``numpy``: never."""
+    small = _kernels.MIN_ROWS + 1
+    assert loaded_after_bounding(None, small) == "False True"
+    assert loaded_after_bounding("auto", _kernels.LOAD_ROWS) == "True True"
+    assert loaded_after_bounding("eager", small) == "True True"
+    assert loaded_after_bounding("numpy", _kernels.LOAD_ROWS) == "True False"
 
 
 def test_sort_words_sorts_large_inputs_by_radix_as_np_sort() -> None:

@@ -313,13 +313,12 @@ def _kept_rows(
     n = unit_id.size
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    if n >= _kernels.MIN_ROWS:
-        kept = _kernels.kept_rows(
-            unit_id, pair_key, event_priority, shared_bits, _packed_widths(n),
-            max_partitions, max_contributions,
-        )  # fmt: skip
-        if kept is not None:
-            return kept
+    kept = _kernels.kept_rows(
+        unit_id, pair_key, event_priority, shared_bits, _packed_widths(n),
+        max_partitions, max_contributions,
+    )  # fmt: skip
+    if kept is not None:
+        return kept
     max_contributions = min(max_contributions, n)
     order, starts, unit_first = _sorted_pairs(
         unit_id, pair_key, event_priority, max_contributions, shared_bits

@@ -63,6 +63,14 @@ def _sort_block(order: I64, lo: int, hi: int, unit: U64, pair: U64, prio: U64, w
 
 
 @_njit
+def _refresh(order: I64, lo: int, hi: int, unit: U64, pair: U64, units: U64, pairs: U64) -> None:
+    """The unit and pair at positions ``lo:hi`` of ``order`` again, after a sort."""
+    for m in range(lo, hi):
+        units[m] = unit[order[m]]
+        pairs[m] = pair[order[m]]
+
+
+@_njit
 def kept_rows(
     unit: U64,
     pair: U64,
@@ -103,22 +111,40 @@ def kept_rows(
         order[i] = row
         units[i] = unit[row]
         pairs[i] = pair[row]
-    # Runs sharing a unit prefix: exact wherever the full (unit, pair) keys ascend.
-    unit_shift = np.uint64(index_bits + pair_bits + prio_bits)
+    # Runs sharing a unit prefix: exact wherever the full (unit, pair) keys ascend. In a
+    # run of one unit, pairs of different prefixes are in order (a smaller prefix is a
+    # smaller key), so only the sub-runs sharing a pair prefix may need sorting.
+    pair_shift = np.uint64(index_bits + prio_bits)
+    unit_shift = pair_shift + np.uint64(pair_bits)
     i = 0
     while i < n:
         prefix = packed[i] >> unit_shift
         j = i + 1
         ordered = True
+        one_unit = True
         while j < n and (packed[j] >> unit_shift) == prefix:
+            if units[j] != units[j - 1]:
+                one_unit = False
             if units[j] < units[j - 1] or (units[j] == units[j - 1] and pairs[j] < pairs[j - 1]):
                 ordered = False
             j += 1
-        if not ordered:
+        if not ordered and not one_unit:
             _sort_block(order, i, j, unit, pair, prio, True)
-            for m in range(i, j):
-                units[m] = unit[order[m]]
-                pairs[m] = pair[order[m]]
+            _refresh(order, i, j, unit, pair, units, pairs)
+        elif not ordered:
+            lo = i
+            while lo < j:
+                sub = packed[lo] >> pair_shift
+                hi = lo + 1
+                ordered = True
+                while hi < j and (packed[hi] >> pair_shift) == sub:
+                    if pairs[hi] < pairs[hi - 1]:
+                        ordered = False
+                    hi += 1
+                if not ordered:
+                    _sort_block(order, lo, hi, unit, pair, prio, True)
+                    _refresh(order, lo, hi, unit, pair, units, pairs)
+                lo = hi
         i = j
     # L0 and Linf. The packed words at positions of a re-sorted run are stale, but there
     # every block of a pair is already in (priority, row) order: sorting one again
