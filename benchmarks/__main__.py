@@ -174,7 +174,7 @@ SUITE = [
     Bench("ledger", "bench_ledger.py",
           ["--no-contention", "--sizes", "10,1000,10000,100000", "--repeats", "30"],
           ["--no-contention", "--sizes", "10,10000", "--repeats", "10"], ledger_rows),
-    Bench("partitions", "bench_partitions.py", ["--repeats", "3"],
+    Bench("partitions", "bench_partitions.py", ["--repeats", "7"],
           ["--repeats", "1", "--sampler-values", "2000000"], partitions_rows),
 ]  # fmt: skip
 
