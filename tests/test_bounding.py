@@ -256,23 +256,14 @@ def test_one_sort_kernel_matches_the_exact_reference(rows, l0, linf) -> None:
     )
 
 
-@given(
-    n=st.integers(1, 3000),
-    seed=st.integers(0, 2**32 - 1),
-    l0=st.integers(1, 4),
-    linf=st.integers(1, 4),
-    units=st.integers(1, 40),
-    low_bits=st.integers(1, 16),
-    random_pairs=st.booleans(),
-)
-@settings(max_examples=120, deadline=None)
-def test_one_sort_kernel_matches_the_reference_on_many_prefix_clashes(
-    n, seed, l0, linf, units, low_bits, random_pairs
-) -> None:
+@st.composite
+def clashing_rows(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Units (and pair keys, unless ``random_pairs``) random in their low ``low_bits`` bits
     only, so nearly every group shares its prefix with another and the re-sorted runs are
     many and large; with random pair keys, units sharing a prefix interleave by pair."""
-    rng = np.random.default_rng(seed)
+    n, units = draw(st.integers(1, 3000)), draw(st.integers(1, 40))
+    low_bits, random_pairs = draw(st.integers(1, 16)), draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     base = rng.integers(0, 2**64, 2, dtype=np.uint64, endpoint=False) >> np.uint64(16)
     base <<= np.uint64(16)
     low = np.uint64(2**low_bits)
@@ -281,5 +272,12 @@ def test_one_sort_kernel_matches_the_reference_on_many_prefix_clashes(
     if random_pairs:  # a unit's own keys (a pair key shared by two units is a pair clash)
         pair = (unit * np.uint64(1_000_003) + pair % np.uint64(12)) * np.uint64(_GOLDEN)
     prio = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False) >> np.uint64(50)
+    return unit, pair, prio
+
+
+@given(rows=clashing_rows(), l0=st.integers(1, 4), linf=st.integers(1, 4))
+@settings(max_examples=120, deadline=None)
+def test_one_sort_kernel_matches_the_reference_on_many_prefix_clashes(rows, l0, linf) -> None:
+    unit, pair, prio = rows
     keep = _bounding._bound(unit, pair, prio, l0, linf)
     assert keep.tolist() == _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()
