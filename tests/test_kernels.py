@@ -32,12 +32,18 @@ pytest.importorskip("numba")
 from telemagg import _numba_kernels
 
 
-def compiled_kept(unit, pair, prio, l0, linf, shared=0) -> np.ndarray:
-    """Mask of the rows the compiled one-bucket kernel keeps."""
+def compiled_kept(unit, pair, prio, l0, linf, shared=0, radix=True) -> np.ndarray:
+    """Mask of the rows the compiled one-bucket kernel keeps, its words sorted by the
+    compiled radix sort or by numpy's (the choice made per machine at load)."""
     n = unit.size
-    rows = _numba_kernels.kept_rows(
-        unit, pair, prio, shared, *_bounding._packed_widths(n), min(l0, n), min(linf, n)
-    )
+    widths = _bounding._packed_widths(n)
+    limits = (min(l0, n), min(linf, n))
+    if radix:
+        rows = _numba_kernels.kept_rows(unit, pair, prio, shared, *widths, *limits)
+    else:
+        packed = _numba_kernels.packed_rows(unit, pair, prio, shared, *widths)
+        packed.sort()
+        rows = _numba_kernels.kept_in_sorted(packed, unit, pair, prio, *widths, *limits)
     keep = np.zeros(n, dtype=bool)
     keep[rows] = True
     assert len(set(rows.tolist())) == rows.size  # each row at most once
@@ -57,6 +63,7 @@ def test_kernel_keeps_the_rows_of_the_numpy_path_on_nested_prefixes(rows, l0, li
     expected = _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()
     assert numpy_kept(unit, pair, prio, l0, linf, shared).tolist() == expected
     assert compiled_kept(unit, pair, prio, l0, linf, shared).tolist() == expected
+    assert compiled_kept(unit, pair, prio, l0, linf, shared, radix=False).tolist() == expected
 
 
 @given(
@@ -69,8 +76,10 @@ def test_kernel_keeps_the_reference_rows_on_adversarial_rows(rows, l0, linf) -> 
     """Rows crafted against the packed sort, colliding keys and tying priorities, and
     nearly every group sharing its prefix with another (many large re-sorted runs)."""
     unit, pair, prio = rows
-    kept = set(np.flatnonzero(compiled_kept(unit, pair, prio, l0, linf)).tolist())
-    assert kept == reference_bound(unit, pair, prio, l0, linf)
+    expected = reference_bound(unit, pair, prio, l0, linf)
+    for radix in (True, False):
+        kept = compiled_kept(unit, pair, prio, l0, linf, radix=radix)
+        assert set(np.flatnonzero(kept).tolist()) == expected
 
 
 @given(
@@ -82,12 +91,21 @@ def test_kernel_keeps_the_reference_rows_on_adversarial_rows(rows, l0, linf) -> 
 )
 @settings(max_examples=300, deadline=None)
 def test_buckets_kernel_keeps_the_rows_of_one_pass(rows, l0, linf, bits, outer) -> None:
-    """Bucketed by the top ``bits`` bits of the unit, ``outer`` of them per gathered group:
-    the rows one pass keeps."""
+    """Bucketed by the top ``bits`` bits of the unit, ``outer`` of them per gathered group,
+    in one compiled call (radix sorts) or bucket by bucket (numpy sorts): the rows one pass
+    keeps."""
     unit, pair, prio = rows
     outer = min(outer, bits)
-    keep = _numba_kernels.bound_buckets(unit, pair, prio, bits, outer, l0, linf)
-    assert keep.tolist() == _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()
+    expected = _bounding._bound_exactly(unit, pair, prio, l0, linf).tolist()
+    compiled = _numba_kernels.bound_buckets(unit, pair, prio, bits, outer, l0, linf)
+    assert compiled.tolist() == expected
+    assert _kernels.warm_up()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(_kernels._state, "radix", False)
+        patch.setattr(_kernels, "MIN_ROWS", 1)
+        keep = _kernels.bound_buckets(unit, pair, prio, bits, outer, l0, linf)
+    assert keep is not None
+    assert keep.tolist() == expected
 
 
 def test_bound_contributions_takes_the_kernels_and_agrees_with_numpy() -> None:
@@ -101,11 +119,14 @@ def test_bound_contributions_takes_the_kernels_and_agrees_with_numpy() -> None:
     assert _kernels.warm_up()
     for l0, linf in ((1, 1), (3, 2), (10**9, 10**12)):
         limits = {"max_partitions": l0, "max_contributions": linf}
-        got = _bounding.bound_contributions(unit, pair, prio, **limits)
         with pytest.MonkeyPatch.context() as patch:
             patch.setitem(_kernels._state, "kernels", None)
-            expected = _bounding.bound_contributions(unit, pair, prio, **limits)
-        assert got.tolist() == expected.tolist()
+            expected = _bounding.bound_contributions(unit, pair, prio, **limits).tolist()
+        for radix in (True, False):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setitem(_kernels._state, "radix", radix)
+                got = _bounding.bound_contributions(unit, pair, prio, **limits)
+            assert got.tolist() == expected
 
 
 @given(
@@ -145,7 +166,7 @@ def test_the_environment_chooses_when_the_kernels_load() -> None:
     assert loaded_after_bounding("numpy", _kernels.LOAD_ROWS) == "True False"
 
 
-def test_sort_words_sorts_large_inputs_by_radix_as_np_sort() -> None:
+def test_sort_words_sorts_large_inputs_as_np_sort() -> None:
     rng = np.random.default_rng(3)
     words = rng.integers(0, 2**64, 50_000, dtype=np.uint64, endpoint=False)
     words[::7] = words[1]  # repeated words

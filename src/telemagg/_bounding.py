@@ -314,9 +314,8 @@ def _kept_rows(
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     kept = _kernels.kept_rows(
-        unit_id, pair_key, event_priority, shared_bits, _packed_widths(n),
-        max_partitions, max_contributions,
-    )  # fmt: skip
+        unit_id, pair_key, event_priority, shared_bits, max_partitions, max_contributions
+    )
     if kept is not None:
         return kept
     max_contributions = min(max_contributions, n)

@@ -71,6 +71,25 @@ def _refresh(order: I64, lo: int, hi: int, unit: U64, pair: U64, units: U64, pai
 
 
 @_njit
+def packed_rows(
+    unit: U64, pair: U64, prio: U64, shared_bits: int, index_bits: int, pair_bits: int,
+    prio_bits: int,
+) -> U64:  # fmt: skip
+    """``_bounding._packed_pairs`` before its sort: each row one 64-bit word, from the
+    top the bits of its unit after the ``shared_bits``, of its pair key, of its priority,
+    and its position."""
+    n = unit.size
+    unit_bits = 64 - index_bits - pair_bits - prio_bits
+    packed = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        word = (unit[i] << np.uint64(shared_bits)) >> np.uint64(64 - unit_bits)
+        word = (word << np.uint64(pair_bits)) | (pair[i] >> np.uint64(64 - pair_bits))
+        word = (word << np.uint64(prio_bits)) | (prio[i] >> np.uint64(64 - prio_bits))
+        packed[i] = (word << np.uint64(index_bits)) | np.uint64(i)
+    return packed
+
+
+@_njit
 def kept_rows(
     unit: U64,
     pair: U64,
@@ -82,26 +101,36 @@ def kept_rows(
     max_partitions: int,
     k: int,
 ) -> I64:
-    """``_bounding._kept_rows``: pack each row as ``_bounding._packed_pairs`` does, sort
-    the words (radix), then one pass in that order. A run of rows sharing a unit prefix
-    whose full (unit, pair) keys do not ascend (distinct units, or distinct pairs of one
-    unit, sharing a prefix) is sorted exactly by (unit, pair, priority, row); each unit
-    keeps its first ``max_partitions`` pairs and each of them its first ``k`` rows, after
-    the rows tied with the cut on their packed priority prefix are sorted exactly by
-    (priority, row)."""
-    n = unit.size
+    """``_bounding._kept_rows``: :func:`packed_rows`, sorted by :func:`radix_sort`, then
+    :func:`kept_in_sorted`."""
+    widths = (index_bits, pair_bits, prio_bits)
+    packed = radix_sort(packed_rows(unit, pair, prio, shared_bits, *widths))
+    return kept_in_sorted(packed, unit, pair, prio, *widths, max_partitions, k)
+
+
+@_njit
+def kept_in_sorted(
+    packed: U64,
+    unit: U64,
+    pair: U64,
+    prio: U64,
+    index_bits: int,
+    pair_bits: int,
+    prio_bits: int,
+    max_partitions: int,
+    k: int,
+) -> I64:
+    """The rows bounding keeps, from the rows' :func:`packed_rows` words sorted: one pass
+    in that order. A run of rows sharing a unit prefix whose full (unit, pair) keys do not
+    ascend (distinct units, or distinct pairs of one unit, sharing a prefix) is sorted
+    exactly by (unit, pair, priority, row); each unit keeps its first ``max_partitions``
+    pairs and each of them its first ``k`` rows, after the rows tied with the cut on their
+    packed priority prefix are sorted exactly by (priority, row). The order and the choice
+    of ``_bounding._kept_rows``."""
+    n = packed.size
     out = np.empty(n, dtype=np.int64)
     if n == 0:
         return out
-    unit_bits = 64 - index_bits - pair_bits - prio_bits
-    packed = np.empty(n, dtype=np.uint64)
-    for i in range(n):
-        word = (unit[i] << np.uint64(shared_bits)) >> np.uint64(64 - unit_bits)
-        word = (word << np.uint64(pair_bits)) | (pair[i] >> np.uint64(64 - pair_bits))
-        word = (word << np.uint64(prio_bits)) | (prio[i] >> np.uint64(64 - prio_bits))
-        packed[i] = (word << np.uint64(index_bits)) | np.uint64(i)
-    packed = radix_sort(packed)
-
     mask = (np.uint64(1) << np.uint64(index_bits)) - np.uint64(1)
     order = np.empty(n, dtype=np.int64)
     units = np.empty(n, dtype=np.uint64)  # unit and pair at each position: one gather
@@ -190,59 +219,80 @@ def _bit_length(x: int) -> int:
 
 
 @_njit
+def bucket_bytes(unit: U64, bits: int) -> npt.NDArray[np.uint8]:
+    """The top ``bits`` bits (at most 8) of each unit: its bucket."""
+    bucket = np.zeros(unit.size, dtype=np.uint8)
+    if bits > 0:  # (a shift by 64 would be undefined)
+        top = np.uint64(64 - bits)
+        for i in range(unit.size):
+            bucket[i] = np.uint8(unit[i] >> top)
+    return bucket
+
+
+@_njit
+def group_rows(
+    bucket: npt.NDArray[np.uint8], group: int, inner_bits: int, unit: U64, pair: U64, prio: U64
+) -> tuple[I64, U64, U64, U64, I64]:
+    """The rows whose bucket's top bits (above ``inner_bits``) are ``group``, by bucket
+    (a counting sort; input order within each): their positions, units, pair keys and
+    priorities, and where each bucket starts (and the end)."""
+    n = unit.size
+    inner = 1 << inner_bits
+    inner_mask = inner - 1
+    starts = np.zeros(inner + 1, dtype=np.int64)
+    for i in range(n):
+        v = np.int64(bucket[i])
+        if v >> inner_bits == group:
+            starts[(v & inner_mask) + 1] += 1
+    for b in range(inner):
+        starts[b + 1] += starts[b]
+    size = starts[inner]
+    at = starts[:inner].copy()
+    rows = np.empty(size, dtype=np.int64)
+    units = np.empty(size, dtype=np.uint64)
+    pairs = np.empty(size, dtype=np.uint64)
+    prios = np.empty(size, dtype=np.uint64)
+    for i in range(n):
+        v = np.int64(bucket[i])
+        if v >> inner_bits == group:
+            j = at[v & inner_mask]
+            at[v & inner_mask] = j + 1
+            rows[j] = i
+            units[j] = unit[i]
+            pairs[j] = pair[i]
+            prios[j] = prio[i]
+    return rows, units, pairs, prios, starts
+
+
+@_njit
+def packed_widths(n: int) -> tuple[int, int, int]:
+    """``_bounding._packed_widths``."""
+    index_bits = max(1, _bit_length(n - 1))
+    coarse_bits = 64 - index_bits
+    return index_bits, coarse_bits * 3 // 10, coarse_bits // 5
+
+
+@_njit
 def bound_buckets(
     unit: U64, pair: U64, prio: U64, bits: int, outer: int, max_partitions: int, k: int
 ) -> npt.NDArray[np.bool_]:
     """``_bounding.bound_contributions`` of more rows than one bucket: the rows split by
     the top ``bits`` bits of their unit, each bucket bounded by :func:`kept_rows`. The
-    buckets of one of the ``2**outer`` groups are gathered at once (a counting sort of
-    the group's rows by bucket, in input order within each), so that temporaries stay a
-    group's size."""
-    n = unit.size
-    keep = np.zeros(n, dtype=np.bool_)
-    bucket = np.zeros(n, dtype=np.uint8)
-    if bits > 0:  # (a shift by 64 would be undefined)
-        top = np.uint64(64 - bits)
-        for i in range(n):
-            bucket[i] = np.uint8(unit[i] >> top)
-    inner_bits = bits - outer
-    inner = 1 << inner_bits
-    inner_mask = inner - 1
+    buckets of one of the ``2**outer`` groups are gathered at once (:func:`group_rows`),
+    so that temporaries stay a group's size."""
+    keep = np.zeros(unit.size, dtype=np.bool_)
+    bucket = bucket_bytes(unit, bits)
     for g in range(1 << outer):
-        starts = np.zeros(inner + 1, dtype=np.int64)
-        for i in range(n):
-            v = np.int64(bucket[i])
-            if v >> inner_bits == g:
-                starts[(v & inner_mask) + 1] += 1
-        for b in range(inner):
-            starts[b + 1] += starts[b]
-        size = starts[inner]
-        if size == 0:
-            continue
-        at = starts[:inner].copy()
-        rows = np.empty(size, dtype=np.int64)
-        units = np.empty(size, dtype=np.uint64)
-        pairs = np.empty(size, dtype=np.uint64)
-        prios = np.empty(size, dtype=np.uint64)
-        for i in range(n):
-            v = np.int64(bucket[i])
-            if v >> inner_bits == g:
-                j = at[v & inner_mask]
-                at[v & inner_mask] = j + 1
-                rows[j] = i
-                units[j] = unit[i]
-                pairs[j] = pair[i]
-                prios[j] = prio[i]
-        for b in range(inner):
+        rows, units, pairs, prios, starts = group_rows(bucket, g, bits - outer, unit, pair, prio)
+        for b in range(starts.size - 1):
             lo, hi = starts[b], starts[b + 1]
             m = hi - lo
             if m == 0:
                 continue
-            index_bits = max(1, _bit_length(m - 1))
-            coarse_bits = 64 - index_bits
+            index_bits, pair_bits, prio_bits = packed_widths(m)
             kept = kept_rows(
-                units[lo:hi], pairs[lo:hi], prios[lo:hi], bits, index_bits,
-                coarse_bits * 3 // 10, coarse_bits // 5, min(max_partitions, m), min(k, m),
+                units[lo:hi], pairs[lo:hi], prios[lo:hi], bits, index_bits, pair_bits,
+                prio_bits, min(max_partitions, m), min(k, m),
             )  # fmt: skip
             for r in kept:
                 keep[rows[lo + r]] = True
