@@ -9,6 +9,7 @@ runs without it, through the numpy paths).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from tests.test_bounding import (
 from tests.test_bounding_buckets import spread_rows
 
 from telemagg import _bounding, _kernels
+from telemagg._identity import _blake
+from telemagg._key_index import _text_hashes
 
 pytest.importorskip("numba")
 from telemagg import _numba_kernels
@@ -172,3 +175,37 @@ def test_sort_words_sorts_large_inputs_as_np_sort() -> None:
     words[::7] = words[1]  # repeated words
     assert _kernels.sort_words(words).tolist() == np.sort(words).tolist()
     assert _kernels.sort_words(words[:10]).tolist() == np.sort(words[:10]).tolist()
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=300),
+            st.integers(0, 3).map(lambda k: b"\xab" * (128 * k)),  # block boundaries
+            st.integers(1, 3).map(lambda k: b"\x01" * (128 * k + 1)),
+        ),
+        max_size=20,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_compiled_blake2b_gives_hashlib_digests(pieces: list[bytes]) -> None:
+    """Every length around BLAKE2b's 128-byte blocks, empty pieces and NUL bytes inside."""
+    data = b"".join(pieces)
+    ends = np.cumsum([len(p) for p in pieces], dtype=np.int64)
+    starts = ends - np.asarray([len(p) for p in pieces], dtype=np.int64)
+    got = _numba_kernels.blake2b_64(np.frombuffer(data, np.uint8), starts, ends).tolist()
+    expected = [
+        int.from_bytes(hashlib.blake2b(p, digest_size=8).digest(), "little") for p in pieces
+    ]
+    assert got == expected
+
+
+@given(st.lists(st.text(max_size=70).filter(lambda t: not any(
+    "\ud800" <= c <= "\udfff" for c in t)), max_size=30))  # fmt: skip
+@settings(max_examples=100, deadline=None)
+def test_text_hashes_through_the_kernel_are_one_blake2b_per_string(items: list[str]) -> None:
+    assert _kernels.warm_up()
+    expected = [_blake(b"s:", t.encode("utf-8")) for t in items]  # NUL and "" included
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_kernels, "MIN_ROWS", 1)
+        assert _text_hashes(items).tolist() == expected

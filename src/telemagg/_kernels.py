@@ -1,8 +1,10 @@
 """Compiled kernels: numba (the optional ``fast`` extra), each the twin of a numpy path.
 
-A kernel gives exactly the results of the numpy code it stands in for (Hypothesis parity
-tests in ``tests/test_kernels.py`` run both on random and adversarial inputs); it fuses
-passes that numpy makes separately and sorts by radix.
+A kernel gives exactly the results of the code it stands in for (Hypothesis parity tests in
+``tests/test_kernels.py`` run both on random and adversarial inputs): contribution bounding
+(packing, sorting and both levels in one pass per bucket), sorting 64-bit words (by radix,
+where that is the faster sort here) and BLAKE2b of many strings (the digests of
+``hashlib``, without a Python call per string).
 
 Loading the kernels costs a process about 1 CPU second (importing numba, loading the
 machine code cached beside the module), and 10-20 s the very first time (compiling). That is
@@ -48,6 +50,7 @@ __all__ = [
     "enabled",
     "kept_rows",
     "sort_words",
+    "text_hashes",
     "warm_up",
 ]
 
@@ -214,3 +217,18 @@ def sort_words(words: U64) -> U64:
         return np.sort(words)
     out: U64 = kernels.radix_sort(words)
     return out
+
+
+def text_hashes(data: bytes, pieces: int) -> U64 | None:
+    """``_key_index._text_hashes`` of ``data``: ``pieces`` NUL-separated byte strings, each
+    hashed by the compiled BLAKE2b (the same digests as ``hashlib``'s); None when the
+    kernels are off."""
+    kernels = _for(pieces)
+    if kernels is None:
+        return None
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    cuts = np.flatnonzero(buffer == 0)
+    starts = np.concatenate([np.zeros(1, dtype=np.int64), cuts + 1])
+    ends = np.append(cuts, buffer.size)
+    hashes: U64 = kernels.blake2b_64(buffer, starts, ends)
+    return hashes

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from telemagg import _kernels
 from telemagg._identity import (
     _BOOL,
     _BYTES,
@@ -186,6 +187,9 @@ def _text_hashes(items: list[str]) -> U64:
         return np.zeros(0, dtype=np.uint64)
     data = ("s:" + "\x00s:".join(items)).encode("utf-8")
     if data.count(b"\x00") == len(items) - 1:
+        compiled = _kernels.text_hashes(data, len(items))
+        if compiled is not None:
+            return compiled
         pieces: Iterable[bytes] = data.split(b"\x00")
     else:
         pieces = [b"s:" + t.encode("utf-8") for t in items]
