@@ -209,3 +209,8 @@ def test_text_hashes_through_the_kernel_are_one_blake2b_per_string(items: list[s
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_kernels, "MIN_ROWS", 1)
         assert _text_hashes(items).tolist() == expected
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4096, 100_000, 1 << 17, (1 << 17) + 1, 10**7])
+def test_compiled_field_widths_are_the_numpy_paths(n: int) -> None:
+    assert _numba_kernels.packed_widths(n) == _bounding._packed_widths(n)
