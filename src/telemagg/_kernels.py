@@ -87,6 +87,7 @@ def _radix_sorts_faster(kernels: ModuleType) -> bool:
     choice only changes speed: numpy's vectorised sort is several times faster on some
     CPUs than on others (10M words: 0.10 s on the AMD Zen 5 of earlier runs, 0.7 s on the
     Zen 4 of later ones), the radix sort's speed follows memory."""
+    # (fixed words to time two sorts on: nothing drawn here is ever released)
     words = np.random.default_rng(0).integers(0, 2**64, 1 << 17, np.uint64, endpoint=False)
     kernels.radix_sort(words[:MIN_ROWS])  # loaded (compiled) before it is timed
 
