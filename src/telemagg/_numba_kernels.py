@@ -24,6 +24,8 @@ def radix_sort(keys: U64) -> U64:
     """``np.sort`` of 64-bit words, by least significant digit first: one pass counts
     every digit, then one stable scatter per digit that is not the same in all words."""
     n = keys.size
+    if n == 0:
+        return keys.copy()
     passes = (64 + _DIGIT_BITS - 1) // _DIGIT_BITS
     counts = np.zeros((passes, _DIGITS), dtype=np.int64)
     mask = np.uint64(_DIGITS - 1)
