@@ -107,10 +107,7 @@ def _for(rows: int) -> ModuleType | None:
     loading them first from :data:`LOAD_ROWS` (``auto``) or :data:`MIN_ROWS` (``eager``)."""
     if rows < MIN_ROWS:
         return None
-    if "kernels" in _state:
-        loaded: ModuleType | None = _state["kernels"]
-        return loaded
-    if rows >= LOAD_ROWS or _mode() == "eager":
+    if "kernels" in _state or rows >= LOAD_ROWS or _mode() == "eager":
         return _load()
     return None
 
@@ -124,6 +121,7 @@ def warm_up() -> bool:
     words = np.arange(MIN_ROWS, dtype=np.uint64)
     kernels.bound_buckets(words, words, words, 1, 1, 1, 1)
     _kept(kernels, words, words, words, 0, 1, 1)
+    kernels.blake2b_64(words.view(np.uint8), np.zeros(1, np.int64), np.ones(1, np.int64))
     return True
 
 
@@ -162,7 +160,7 @@ def _kept(
     """One bucket bounded: packed, sorted by the faster sort here, one compiled pass."""
     n = unit_id.size
     widths = kernels.packed_widths(n)
-    limits = (max(0, min(max_partitions, n)), max(0, min(max_contributions, n)))
+    limits = _limits(n, max_partitions, max_contributions)
     if _state.get("radix", True):
         rows: I64 = kernels.kept_rows(unit_id, pair_key, priority, shared_bits, *widths, *limits)
         return rows
@@ -170,6 +168,12 @@ def _kept(
     packed.sort()
     rows = kernels.kept_in_sorted(packed, unit_id, pair_key, priority, *widths, *limits)
     return rows
+
+
+def _limits(rows: int, max_partitions: int, max_contributions: int) -> tuple[int, int]:
+    """The limits as the kernels take them: within [0, rows] (the same rows kept; a
+    Python integer of any size fits the kernels' int64)."""
+    return max(0, min(max_partitions, rows)), max(0, min(max_contributions, rows))
 
 
 def bound_buckets(
@@ -187,7 +191,7 @@ def bound_buckets(
     kernels = _for(n)
     if kernels is None:
         return None
-    limits = (max(0, min(max_partitions, n)), max(0, min(max_contributions, n)))
+    limits = _limits(n, max_partitions, max_contributions)
     if _state.get("radix", True):  # all in one compiled call
         keep: npt.NDArray[np.bool_] = kernels.bound_buckets(
             unit_id, pair_key, priority, bits, outer, *limits
