@@ -159,6 +159,17 @@ def loaded_after_bounding(mode: str | None, rows: int) -> str:
     return out.stdout.strip()
 
 
+def test_an_unknown_mode_is_refused_when_telemagg_is_imported() -> None:
+    env = {**os.environ, _kernels.KERNELS_ENV: "eagre"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import telemagg"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    assert "ConfigError" in out.stderr
+    assert f"environment variable {_kernels.KERNELS_ENV} must be auto, eager or numpy" in out.stderr
+    assert "got 'eagre'" in out.stderr
+
+
 def test_the_environment_chooses_when_the_kernels_load() -> None:
     """``auto``: a small input never loads them (a CLI run does not pay for them), a large
     one does; ``eager``: any input of MIN_ROWS rows; ``numpy``: never."""
@@ -167,6 +178,7 @@ def test_the_environment_chooses_when_the_kernels_load() -> None:
     assert loaded_after_bounding("auto", _kernels.LOAD_ROWS) == "True True"
     assert loaded_after_bounding("eager", small) == "True True"
     assert loaded_after_bounding("numpy", _kernels.LOAD_ROWS) == "True False"
+    assert loaded_after_bounding(" Eager ", small) == "True True"  # case and spaces aside
 
 
 def test_sort_words_sorts_large_inputs_as_np_sort() -> None:

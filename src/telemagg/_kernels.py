@@ -31,11 +31,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from telemagg.errors import ConfigError
+
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 
 KERNELS_ENV = "TELEMAGG_KERNELS"
-"""``auto`` (or unset), ``eager`` or ``numpy``: see the module docstring."""
+"""``auto`` (or unset), ``eager`` or ``numpy``: see the module docstring. Read when
+telemagg is imported; any other value is refused there (:class:`ConfigError`)."""
 MIN_ROWS = 4096
 """Smaller inputs always take the numpy path (a kernel call costs more than it saves)."""
 LOAD_ROWS = 4_000_000
@@ -60,15 +63,31 @@ the compiled radix sort beats numpy's sort on this machine (measured once, at lo
 :func:`_radix_sorts_faster`)."""
 
 
-def _mode() -> str:
-    mode = os.environ.get(KERNELS_ENV, "").strip().lower()
-    return mode if mode in ("eager", "numpy") else "auto"
+def _mode_from_environment() -> str:
+    """:data:`KERNELS_ENV`'s mode; an unknown value is refused (a typo would otherwise
+    choose ``auto`` silently).
+
+    >>> _MODE in ("auto", "eager", "numpy")
+    True
+    """
+    raw = os.environ.get(KERNELS_ENV, "")
+    mode = raw.strip().lower() or "auto"
+    if mode not in ("auto", "eager", "numpy"):
+        raise ConfigError(
+            f"environment variable {KERNELS_ENV} must be auto, eager or numpy (or unset);"
+            f" got {raw!r}"
+        )
+    return mode
+
+
+_MODE = _mode_from_environment()
+"""Read once, when telemagg is imported: a bad value fails there, before any release."""
 
 
 def _load() -> ModuleType | None:
     if "kernels" not in _state:
         kernels = None
-        if _mode() != "numpy":
+        if _MODE != "numpy":
             try:
                 from telemagg import _numba_kernels
             except ImportError:
@@ -107,7 +126,7 @@ def _for(rows: int) -> ModuleType | None:
     loading them first from :data:`LOAD_ROWS` (``auto``) or :data:`MIN_ROWS` (``eager``)."""
     if rows < MIN_ROWS:
         return None
-    if "kernels" in _state or rows >= LOAD_ROWS or _mode() == "eager":
+    if "kernels" in _state or rows >= LOAD_ROWS or _MODE == "eager":
         return _load()
     return None
 
